@@ -1,0 +1,31 @@
+"""aimc: simulate IBM's 64-core phase-change-memory analog in-memory computing chip end to end.
+
+Public API (everything else is private and may change):
+
+- :class:`ChipSpec` — every published number of the chip (SPEC.md §1-2), preset ``ChipSpec.hermes()``.
+- :mod:`aimc.devices` — PCM device models (``get``, ``available``, ``register``, ``check_device_model``).
+- :mod:`aimc.core` — one analog core: ``program_core``, ``ProgrammedCore``, ``CoreReadout``, ``CoreConfig``.
+- :mod:`aimc.digital` — FP16 / INT8 arithmetic of the digital units.
+- :mod:`aimc.errors` — ``AimcError`` and its subclasses.
+"""
+
+__version__ = "0.1.0"
+
+from aimc import core, devices, digital, errors
+from aimc.core import CoreConfig, ProgrammedCore, program_core
+from aimc.errors import AimcError
+from aimc.spec import READ_MODES, ChipSpec
+
+__all__ = [
+    "READ_MODES",
+    "AimcError",
+    "ChipSpec",
+    "CoreConfig",
+    "ProgrammedCore",
+    "__version__",
+    "core",
+    "devices",
+    "digital",
+    "errors",
+    "program_core",
+]

@@ -1,0 +1,123 @@
+"""The current-controlled-oscillator (CCO) ADC of a core and its digital affine correction (SPEC §1).
+
+Each output has one CCO ADC with two counters, one for positive and one for negative bit-line current. A counter
+integrating a charge Q (fC) over a window of ``T`` ns at mean current i = Q/T (uA) counts
+
+    count = floor(T · f(i) · 1e-3),   f(i) = A·i / (1 + B·i) + C   [MHz],          (SPEC §1, "output ADC")
+
+with i clipped at the saturation current (~100 uA) and the count at the counter's 12-bit range. The CCO gain A has a
+7% spread across ADCs (SPEC §1); B and C are assumptions (see :mod:`aimc.core.config`). Using the mean current of the
+window is this model's approximation of a CCO integrating the PWM staircase current (documented in docs/design.md).
+
+Calibration ("affine correction", SPEC §1): each counter's transfer is measured once at evenly spaced currents and a
+least-squares line count ≈ α·Q + β fitted; the LDPU then estimates Q = count/α − β/α with one FMA per counter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from aimc.core.config import CoreConfig
+from aimc.spec import ChipSpec
+
+
+@dataclass
+class AdcState:
+    """Per-counter CCO parameters and their calibrated correction.
+
+    Shapes: ``(..., 2, m)`` — leading core dimensions, the counter (0 positive, 1 negative) and the output.
+
+    Attributes:
+        gain: CCO gain A (MHz/uA).
+        offset: CCO offset C (MHz).
+        inv_alpha: calibrated fC per count for one integration window.
+        beta: calibrated offset (counts) of one integration window.
+    """
+
+    gain: torch.Tensor
+    offset: torch.Tensor
+    inv_alpha: torch.Tensor
+    beta: torch.Tensor
+
+    def to(self, device: torch.device | str) -> AdcState:
+        """Move every tensor to ``device``."""
+        return AdcState(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state as a name -> tensor dict (for safetensors)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def cco_counts(
+    charge_fC: torch.Tensor,
+    window_ns: float,
+    gain: torch.Tensor,
+    offset: torch.Tensor,
+    spec: ChipSpec,
+    config: CoreConfig,
+    phases: int = 1,
+) -> torch.Tensor:
+    """Counts of CCO counters integrating ``charge_fC`` over ``phases`` windows of ``window_ns`` each.
+
+    Args:
+        charge_fC: integrated charge per counter, shape ``(..., B, m)``; negative values (noise) count as 0 current.
+        window_ns: duration of one integration window (one PWM phase).
+        gain, offset: CCO parameters broadcastable to ``charge_fC`` (e.g. ``(..., 1, m)``).
+        phases: number of phases the charge was collected over; the mean current is taken over all of them.
+
+    Returns:
+        Counts, shape of ``charge_fC`` (float, integer-valued when ``config.adc_quantization``).
+    """
+    total_ns = window_ns * phases
+    current = (charge_fC / total_ns).clamp_min(0.0)
+    if config.adc_saturation:
+        current = current.clamp_max(spec.adc_saturation_uA)
+    b = config.cco_nonlinearity_per_uA
+    freq = gain * current / (1.0 + b * current) + offset if b else gain * current + offset
+    counts = freq * (total_ns * 1e-3)
+    if config.adc_quantization:
+        counts = torch.floor(counts)
+    return counts.clamp(0.0, float(spec.adc_max_count * phases))
+
+
+def sample_adc(
+    cores_shape: tuple[int, ...],
+    outputs: int,
+    spec: ChipSpec,
+    config: CoreConfig,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+) -> AdcState:
+    """Draw the CCO parameters of ``outputs`` ADCs (two counters each) per core and calibrate them.
+
+    Returns an :class:`AdcState` whose tensors have shape ``(*cores_shape, 2, outputs)``.
+    """
+    shape = (*cores_shape, 2, outputs)
+    spread = spec.cco_gain_spread if config.cco_gain_spread is None else config.cco_gain_spread
+    gain = spec.cco_gain_MHz_per_uA * (1.0 + spread * torch.randn(shape, generator=generator, dtype=dtype))
+    gain = gain.clamp_min(0.05 * spec.cco_gain_MHz_per_uA)
+    offset = config.cco_offset_MHz + config.cco_offset_spread_MHz * torch.randn(shape, generator=generator, dtype=dtype)
+    inv_alpha, beta = calibrate(gain, offset, spec, config)
+    return AdcState(gain=gain, offset=offset, inv_alpha=inv_alpha, beta=beta)
+
+
+def calibrate(
+    gain: torch.Tensor, offset: torch.Tensor, spec: ChipSpec, config: CoreConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit each counter's affine correction from its counts at evenly spaced currents (one window).
+
+    Returns ``(inv_alpha, beta)`` of ``gain``'s shape; the LDPU estimates the charge as
+    ``count*inv_alpha - beta*inv_alpha``.
+    """
+    window = spec.integration_time_ns
+    currents = torch.linspace(0.0, spec.adc_saturation_uA, config.calibration_points, dtype=gain.dtype)
+    charge = (currents * window).reshape(*([1] * gain.dim()), -1)  # (..., P)
+    counts = cco_counts(charge, window, gain.unsqueeze(-1), offset.unsqueeze(-1), spec, config)
+    q_mean = charge.mean(-1, keepdim=True)
+    c_mean = counts.mean(-1, keepdim=True)
+    dq = charge - q_mean
+    alpha = ((dq * (counts - c_mean)).sum(-1) / (dq * dq).sum(-1)).clamp_min(1e-12)
+    beta = c_mean.squeeze(-1) - alpha * q_mean.squeeze(-1)
+    return 1.0 / alpha, beta

@@ -1,0 +1,425 @@
+"""One analog in-memory computing core (or a stack of cores simulated together): SPEC §1.
+
+A weight block W of at most ``tile_cols`` x ``tile_rows`` (outputs x inputs, the layout of ``torch.nn.Linear``) is
+stored as the conductances of 4 PCM devices per weight, G1+, G2+, G1-, G2- (8T4R cell, W ∝ (G1+ + G2+) - (G1- +
+G2-)). Each core scales its own block: the largest |W| of the core maps to the largest polarity conductance G_max
+("per-core W_max -> G_max scaling"). An MVM applies the input as PWM pulses, integrates the bit-line currents in the
+CCO ADCs (one ADC with a positive and a negative counter per output) and turns the counts into a number in the
+LDPU in FP16: per-counter affine correction, positive minus negative, scale.
+
+Every tensor of a :class:`ProgrammedCore` may carry leading *core* dimensions ``...``: a stack of equally shaped
+cores (e.g. all sub-matrices of one network layer) is programmed and run in one batched tensor operation.
+
+Read modes (SPEC §1): four-phase reads every device with the same voltage polarity in four PWM cycles
+(±input x ±weight); one-phase applies all four combinations in one cycle, so devices on rows with a negative input
+are read with the negative voltage and conduct G·(1 + a) (polarity asymmetry, an assumption of
+:mod:`aimc.core.config`), and the counters integrate twice the current in half the time (closer to saturation and
+to the CCO's non-linear range).
+
+Fast path: with x = x+ - x- and the polarity conductances G+, G-, the positive counter of a four-phase MVM collects
+x+·G+ + x-·G- = (|x|·S + x·D)/2 and the negative one (|x|·S - x·D)/2, S = G+ + G-, D = G+ - G- (two matmuls instead
+of four). The CCO of each counter is evaluated at the mean current of its two phases; ``exact_phases=True`` evaluates
+each phase separately (four matmuls) and is the reference the fast path is tested against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from aimc._validation import SeedLike, check_choice, check_finite_tensor, check_number, make_generator
+from aimc.core.adc import AdcState, cco_counts, sample_adc
+from aimc.core.config import CoreConfig
+from aimc.core.pwm import quantize_input
+from aimc.core.readnoise import fresh_noise_fraction
+from aimc.devices.base import DeviceModel, DeviceState, check_time
+from aimc.devices.registry import get as get_device
+from aimc.digital.numerics import fp16, fp16_fma
+from aimc.errors import ValidationError
+from aimc.spec import READ_MODES, ChipSpec
+
+#: Device-assignment strategies of SPEC §1: one device per polarity (ODP) or two (TDP).
+STRATEGIES: tuple[str, ...] = ("odp", "tdp")
+
+
+def _unit_layout(strategy: str, devices_per_unit: int) -> tuple[tuple[int, ...], bool]:
+    """Polarity (+1/-1) of each modelled conductance unit, and whether the layout splits a pair into 2 devices.
+
+    - ODP, one-device model: units G1+, G2+, G1-, G2-; device 1 of the weight's polarity is programmed, device 2 of
+      each polarity stays RESET (SPEC §1 "ODP vs TDP programming").
+    - TDP, one-device model: the same four devices, both of a polarity used (see :func:`_split_tdp`).
+    - TDP, two-device model (HERMES ``hermes-2dev``, fitted on the pair): one unit per polarity, the pair as a whole.
+    """
+    if devices_per_unit == 1:
+        return (1, 1, -1, -1), strategy == "tdp"
+    if devices_per_unit == 2 and strategy == "tdp":
+        return (1, -1), False
+    raise ValidationError(
+        f"strategy {strategy!r} cannot use a device model with devices_per_unit={devices_per_unit}: ODP needs a "
+        "one-device model (e.g. 'hermes-1dev', 'standard'); a two-device model ('hermes-2dev') needs strategy 'tdp'"
+    )
+
+
+def _split_tdp(target: torch.Tensor, g_device_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TDP device assignment of a polarity target (SPEC §1): returns the targets of devices 1 and 2.
+
+    If the target exceeds what one device reaches at SET, one device is kept SET (at its maximum) and the other is
+    iterated to the rest; otherwise one device is iterated to the target and the other RESET (0). All devices are
+    taken to share the SET conductance ``g_device_max``, so "the one with the higher SET value" is device 1.
+    """
+    d1 = target.clamp_max(g_device_max)
+    return d1, target - d1
+
+
+@dataclass
+class CoreReadout:
+    """Everything about a programmed core that depends only on (chip, t, mode): computed once per run.
+
+    Attributes:
+        core: the programmed core.
+        mode: read mode.
+        g_pos, g_neg: polarity conductances G+ and G- (uS) read with the positive voltage, ``(..., m, n)``,
+            including this run's quasi-static read noise.
+        one_phase_matrix: for one-phase mode, ``(..., 2n, 2m)`` [[G+, G-], [G-', G+']]^T: rows of negative inputs
+            read with the negative voltage (primed).
+        fresh_var: per-MVM read-noise variance summed over a weight's devices (uS^2), ``(..., m, n)`` or None.
+        out_scale: output units per fC of corrected charge, per core ``(..., 1, 1)``, drift compensation included.
+    """
+
+    core: ProgrammedCore
+    mode: str
+    g_pos: torch.Tensor
+    g_neg: torch.Tensor
+    one_phase_matrix: torch.Tensor | None
+    fresh_var: torch.Tensor | None
+    out_scale: torch.Tensor
+    d_matrix: torch.Tensor = field(repr=False, default=None)  # type: ignore[assignment]
+    s_matrix: torch.Tensor = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def mvm(
+        self,
+        x: torch.Tensor,
+        generator: SeedLike = None,
+        *,
+        x_range: float | torch.Tensor = 1.0,
+        exact_phases: bool = False,
+    ) -> torch.Tensor:
+        """One MVM per row of ``x`` on the core(s), with fresh read noise.
+
+        Args:
+            x: inputs, shape ``(..., B, n)`` (leading core dims broadcast against the core's), finite.
+            generator: seed or generator for the fresh read noise (required when there is read noise).
+            x_range: input value mapped to PWM full scale; larger magnitudes saturate.
+            exact_phases: evaluate each of the four phases' CCO counts separately (four-phase only).
+
+        Returns:
+            ``(..., B, m)`` estimates of ``x @ W.T`` as the LDPU computes them (FP16 values in float32).
+        """
+        core = self.core
+        n = core.shape[1]
+        check_finite_tensor(x, "x")
+        if x.dim() < 2 or x.shape[-1] != n:
+            raise ValidationError(f"x must have shape (..., batch, {n}) for this core; got {tuple(x.shape)}")
+        if isinstance(x_range, int | float):
+            check_number(x_range, "x_range", low=0.0, low_inclusive=False)
+        spec, cfg = core.spec, core.config
+        x = x.to(self.g_pos.dtype)
+        tau = quantize_input(x, x_range, spec) * spec.pwm_ns_per_lsb  # pulse durations (ns), signed
+        v = cfg.read_voltage_V
+        window = spec.integration_time_ns
+        if self.mode == "four-phase" and not exact_phases:
+            y = torch.matmul(tau, self.d_matrix.mT)
+            a = torch.matmul(tau.abs(), self.s_matrix.mT)
+            q_pos, q_neg = (a + y) * (0.5 * v), (a - y) * (0.5 * v)
+            phases = 2
+        elif self.mode == "four-phase":
+            tp, tn = tau.clamp_min(0.0), (-tau).clamp_min(0.0)
+            gp, gn = self.g_pos.mT, self.g_neg.mT
+            q_phase = [torch.matmul(tp, gp), torch.matmul(tn, gn), torch.matmul(tp, gn), torch.matmul(tn, gp)]
+            q_pos, q_neg = None, None
+            phases = 2
+        else:
+            q = torch.matmul(torch.cat([tau.clamp_min(0.0), (-tau).clamp_min(0.0)], dim=-1), self.one_phase_matrix)
+            m = core.shape[0]
+            q_pos, q_neg = q[..., :m] * v, q[..., m:] * v
+            phases = 1
+
+        noise_pos = noise_neg = None
+        if self.fresh_var is not None:
+            gen = make_generator(generator, "generator")
+            var = torch.matmul(tau * tau, self.fresh_var.mT) * (0.5 * v * v)
+            std = var.clamp_min(0.0).sqrt()
+            noise_pos = std * torch.randn(std.shape, generator=gen, dtype=std.dtype).to(std.device)
+            noise_neg = std * torch.randn(std.shape, generator=gen, dtype=std.dtype).to(std.device)
+
+        adc = core.adc
+        g_p, g_n = adc.gain[..., 0:1, :], adc.gain[..., 1:2, :]
+        o_p, o_n = adc.offset[..., 0:1, :], adc.offset[..., 1:2, :]
+        if q_pos is None:  # exact four-phase: each phase through its counter separately
+            q_pp, q_mm, q_pm, q_mp = (qq * v for qq in q_phase)
+            if noise_pos is not None:
+                q_pp, q_pm = q_pp + noise_pos, q_pm + noise_neg
+            # Each counter keeps counting across its two phases (the CCO's phase carries over), so the count is
+            # floored once, after both phases; only the CCO's non-linearity is evaluated per phase.
+            frac = dataclasses.replace(cfg, adc_quantization=False)
+            c_pos = cco_counts(q_pp, window, g_p, o_p, spec, frac) + cco_counts(q_mm, window, g_p, o_p, spec, frac)
+            c_neg = cco_counts(q_pm, window, g_n, o_n, spec, frac) + cco_counts(q_mp, window, g_n, o_n, spec, frac)
+            if cfg.adc_quantization:
+                c_pos, c_neg = torch.floor(c_pos), torch.floor(c_neg)
+        else:
+            if noise_pos is not None:
+                q_pos, q_neg = q_pos + noise_pos, q_neg + noise_neg
+            c_pos = cco_counts(q_pos, window, g_p, o_p, spec, cfg, phases=phases)
+            c_neg = cco_counts(q_neg, window, g_n, o_n, spec, cfg, phases=phases)
+        return core.ldpu_combine(c_pos, c_neg, phases, self.out_scale * x_range)
+
+
+@dataclass
+class ProgrammedCore:
+    """The programmed state of one core or of a stack of cores (leading dims ``...``).
+
+    Attributes:
+        spec, config: the chip and the core's unpublished parameters.
+        device: the PCM device model used to program it.
+        strategy: ``"odp"`` or ``"tdp"``.
+        states: device state, tensors ``(..., U, m, n)`` for U conductance units per weight.
+        polarity: ``(U,)`` +1 / -1, the polarity of each unit.
+        asymmetry: ``(..., U, m, n)`` one-phase negative-voltage conductance factor a (read as G·(1+a)).
+        adc: per-counter CCO parameters and calibration, ``(..., 2, m)``.
+        w_max: ``(...,)`` the weight magnitude mapped to G_max in each core.
+        g_max_uS: largest polarity conductance (one device for ODP, both for TDP).
+        gdc_reference: per read mode, ``(...,)`` the drift-compensation calibration readout right after programming.
+    """
+
+    spec: ChipSpec
+    config: CoreConfig
+    device: DeviceModel
+    strategy: str
+    states: DeviceState
+    polarity: torch.Tensor
+    asymmetry: torch.Tensor
+    adc: AdcState
+    w_max: torch.Tensor
+    g_max_uS: float
+    gdc_reference: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(outputs m, inputs n) of the block each core holds."""
+        m, n = self.states.g_target.shape[-2:]
+        return int(m), int(n)
+
+    @property
+    def cores_shape(self) -> tuple[int, ...]:
+        """Leading core dimensions (``()`` for a single core)."""
+        return tuple(self.states.g_target.shape[:-3])
+
+    def target_weights(self) -> torch.Tensor:
+        """The weights the targets encode, ``(..., m, n)``: (G+ - G-) targets scaled back by w_max / G_max."""
+        pol = self.polarity.to(self.states.g_target.dtype).view(-1, 1, 1)
+        g = (self.states.g_target * pol).sum(-3)
+        return g * (self.w_max / self.g_max_uS)[..., None, None]
+
+    def prepare(
+        self,
+        t_seconds: float = 3600.0,
+        mode: str = "four-phase",
+        generator: SeedLike = None,
+        *,
+        read_noise: bool = True,
+        drift_compensation: bool = True,
+    ) -> CoreReadout:
+        """Precompute the readout of the core at ``t_seconds`` after programming, in ``mode``.
+
+        Draws this run's quasi-static part of the 1/f read noise (:mod:`aimc.core.readnoise`) and, with
+        ``drift_compensation``, reads the calibration input once to set the global drift compensation factor
+        (SPEC §4 "Drift compensation").
+        """
+        t = check_time(t_seconds)
+        check_choice(mode, "mode", READ_MODES)
+        gen = make_generator(generator, "generator") if (read_noise or drift_compensation) else None
+        g = self.device.drift(self.states, t)
+        fresh_var = None
+        if read_noise:
+            sigma = self.device.read_noise_std(self.states, t)
+            if bool((sigma > 0).any()):
+                frac = fresh_noise_fraction(self.device, t, self.config.run_duration_s)
+                z = torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
+                g = (g + math.sqrt(1.0 - frac) * sigma * z).clamp_min(0.0)
+                fresh_var = (frac * sigma * sigma).sum(-3) if frac > 0 else None
+        pol = self.polarity.to(g.dtype).view(-1, 1, 1)
+        g_pos = (g * (pol > 0)).sum(-3)
+        g_neg = (g * (pol < 0)).sum(-3)
+        one_phase = None
+        if mode == "one-phase":
+            g_asym = g * (1.0 + self.asymmetry)
+            gp_neg_read = (g_asym * (pol > 0)).sum(-3)
+            gn_neg_read = (g_asym * (pol < 0)).sum(-3)
+            top = torch.cat([g_pos.mT, g_neg.mT], dim=-1)  # rows of positive inputs: [-> pos counter, -> neg]
+            bottom = torch.cat([gn_neg_read.mT, gp_neg_read.mT], dim=-1)  # negative inputs swap the counters
+            one_phase = torch.cat([top, bottom], dim=-2)
+        base_scale = (
+            self.w_max
+            / (self.g_max_uS * self.config.read_voltage_V * self.spec.pwm_ns_per_lsb * self.spec.input_levels)
+        )[..., None, None]
+        readout = CoreReadout(
+            core=self,
+            mode=mode,
+            g_pos=g_pos,
+            g_neg=g_neg,
+            one_phase_matrix=one_phase,
+            fresh_var=fresh_var,
+            out_scale=base_scale,
+            d_matrix=g_pos - g_neg,
+            s_matrix=g_pos + g_neg,
+        )
+        if drift_compensation:
+            readout.out_scale = base_scale * self._gdc_factor(readout, mode, gen)
+        return readout
+
+    def _gdc_readout(self, readout: CoreReadout, generator: torch.Generator) -> torch.Tensor:
+        """Mean |output| of the calibration input (all inputs at ``gdc_input_fraction`` of full scale), ``(...,)``."""
+        n = self.shape[1]
+        x_cal = torch.full(
+            (*self.cores_shape, 1, n),
+            self.config.gdc_input_fraction,
+            dtype=readout.g_pos.dtype,
+            device=readout.g_pos.device,
+        )
+        y = readout.mvm(x_cal, generator)
+        return y.abs().mean(dim=(-2, -1)).clamp_min(1e-30)
+
+    def _gdc_factor(self, readout: CoreReadout, mode: str, generator: torch.Generator) -> torch.Tensor:
+        """Global drift compensation (Joshi et al. 2020; SPEC §4): reference readout / readout now, per core."""
+        if mode not in self.gdc_reference:
+            raise ValidationError(f"this core has no drift-compensation reference for mode {mode!r}")
+        now = self._gdc_readout(readout, generator)
+        return (self.gdc_reference[mode] / now)[..., None, None]
+
+    def ldpu_combine(
+        self, c_pos: torch.Tensor, c_neg: torch.Tensor, phases: int, out_scale: torch.Tensor
+    ) -> torch.Tensor:
+        """LDPU in FP16 (SPEC §1): counts -> FP16, per-counter affine correction (2 FMAs), subtract, scale.
+
+        Args:
+            c_pos, c_neg: counts ``(..., B, m)``; ``phases``: phases each count was collected over.
+            out_scale: ``(..., 1, 1)`` output units per fC.
+        """
+        inv_a = fp16(self.adc.inv_alpha)
+        bias = fp16(-phases * self.adc.beta * self.adc.inv_alpha)
+        q_pos = fp16_fma(fp16(c_pos), inv_a[..., 0:1, :], bias[..., 0:1, :])
+        q_neg = fp16_fma(fp16(c_neg), inv_a[..., 1:2, :], bias[..., 1:2, :])
+        return fp16(fp16(q_pos - q_neg) * fp16(out_scale))
+
+    def mvm(
+        self,
+        x: torch.Tensor,
+        t_seconds: float = 3600.0,
+        mode: str = "four-phase",
+        generator: SeedLike = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        """Convenience: :meth:`prepare` then :meth:`CoreReadout.mvm` with the same generator. ``x``: (..., B, n)."""
+        gen = make_generator(generator, "generator")
+        return self.prepare(t_seconds, mode, gen).mvm(x, gen, **kwargs)  # type: ignore[arg-type]
+
+    def to(self, device: torch.device | str) -> ProgrammedCore:
+        """A copy with every tensor on ``device`` (e.g. ``"cuda"``)."""
+        return ProgrammedCore(
+            spec=self.spec,
+            config=self.config,
+            device=self.device,
+            strategy=self.strategy,
+            states=self.states.to(device),
+            polarity=self.polarity.to(device),
+            asymmetry=self.asymmetry.to(device),
+            adc=self.adc.to(device),
+            w_max=self.w_max.to(device),
+            g_max_uS=self.g_max_uS,
+            gdc_reference={k: v.to(device) for k, v in self.gdc_reference.items()},
+        )
+
+
+def program_core(
+    weights: torch.Tensor,
+    device: DeviceModel | str = "hermes-2dev",
+    strategy: str = "tdp",
+    seed: SeedLike = 0,
+    *,
+    spec: ChipSpec | None = None,
+    config: CoreConfig | None = None,
+    w_max: torch.Tensor | float | None = None,
+) -> ProgrammedCore:
+    """Program a weight block (or a stack of blocks) into PCM conductances.
+
+    Args:
+        weights: ``(..., m, n)`` with m <= ``spec.tile_cols`` outputs and n <= ``spec.tile_rows`` inputs; finite.
+        device: a :class:`~aimc.devices.DeviceModel` or a preset name (``aimc.devices.available()``).
+        strategy: ``"odp"`` (one device per polarity) or ``"tdp"`` (two), SPEC §1.
+        seed: int or ``torch.Generator``; the only source of programming randomness (device errors, drift
+            exponents, ADC spread, asymmetry, the drift-compensation reference read).
+        spec, config: the chip (default ``ChipSpec.hermes()``) and unpublished core parameters.
+        w_max: weight mapped to G_max per core, ``(...,)`` or scalar; default max |W| of each core.
+
+    Returns:
+        A :class:`ProgrammedCore`.
+    """
+    spec = spec or ChipSpec.hermes()
+    config = config or CoreConfig()
+    model = get_device(device) if isinstance(device, str) else device
+    check_choice(strategy, "strategy", STRATEGIES)
+    check_finite_tensor(weights, "weights")
+    if weights.dim() < 2:
+        raise ValidationError(f"weights must have shape (..., outputs, inputs); got {tuple(weights.shape)}")
+    m, n = weights.shape[-2:]
+    if m > spec.tile_cols or n > spec.tile_rows:
+        raise ValidationError(
+            f"weights block {m}x{n} (outputs x inputs) exceeds the {spec.tile_cols}x{spec.tile_rows} crossbar of a core"
+        )
+    gen = make_generator(seed, "seed")
+    polarity, split = _unit_layout(strategy, model.devices_per_unit)
+    g_max_pol = model.g_max_uS * (2 if split else 1)
+    dtype = weights.dtype
+    if w_max is None:
+        w_max_t = weights.abs().amax(dim=(-2, -1))
+        w_max_t = torch.where(w_max_t > 0, w_max_t, torch.ones_like(w_max_t))
+    else:
+        w_max_t = torch.as_tensor(w_max, dtype=dtype, device=weights.device)
+        if not bool(torch.isfinite(w_max_t).all()) or bool((w_max_t <= 0).any()):
+            raise ValidationError(f"w_max must be finite and > 0, got {w_max}")
+        w_max_t = w_max_t.expand(weights.shape[:-2]).clone()
+    w_norm = (weights / w_max_t[..., None, None]).clamp(-1.0, 1.0)
+    t_pos = w_norm.clamp_min(0.0) * g_max_pol
+    t_neg = (-w_norm).clamp_min(0.0) * g_max_pol
+    if len(polarity) == 2:
+        units = [t_pos, t_neg]
+    elif split:
+        units = [*_split_tdp(t_pos, model.g_max_uS), *_split_tdp(t_neg, model.g_max_uS)]
+    else:
+        zero = torch.zeros_like(t_pos)
+        units = [t_pos, zero, t_neg, zero]
+    targets = torch.stack(units, dim=-3).clamp(0.0, model.g_max_uS)
+    states = model.program(targets.cpu(), gen).to(weights.device)
+    asym = config.polarity_asymmetry_mean + config.polarity_asymmetry_std * torch.randn(
+        targets.shape, generator=gen, dtype=dtype
+    )
+    adc = sample_adc(tuple(weights.shape[:-2]), m, spec, config, gen, dtype)
+    core = ProgrammedCore(
+        spec=spec,
+        config=config,
+        device=model,
+        strategy=strategy,
+        states=states,
+        polarity=torch.tensor(polarity, dtype=torch.int8),
+        asymmetry=asym.to(weights.device),
+        adc=adc.to(weights.device),
+        w_max=w_max_t,
+        g_max_uS=g_max_pol,
+    )
+    for mode in READ_MODES:
+        readout = core.prepare(0.0, mode, gen, drift_compensation=False)
+        core.gdc_reference[mode] = core._gdc_readout(readout, gen)
+    return core

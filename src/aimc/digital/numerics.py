@@ -1,0 +1,34 @@
+"""Number formats of the chip's digital units: FP16 inside the LDPU/GDPU, INT8 on the links (SPEC §1, §2).
+
+FP16 is emulated by computing each operation in float32 and rounding its result to the nearest IEEE half value:
+for a single add or multiply of FP16 operands this equals the correctly rounded FP16 result, and it runs at float32
+speed on CPUs without native half arithmetic. A fused multiply-add is rounded once (as an FMA unit does).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def fp16(x: torch.Tensor) -> torch.Tensor:
+    """Round ``x`` to the nearest FP16 value, returned in ``x``'s dtype. Shape: any."""
+    return x.to(torch.float16).to(x.dtype)
+
+
+def fp16_fma(x: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """FP16 fused multiply-add ``x*a + b`` rounded once to FP16 (an LDPU FMA unit, SPEC §1). Shapes broadcast."""
+    return fp16(
+        torch.addcmul(
+            torch.as_tensor(b, dtype=x.dtype, device=x.device),
+            x,
+            torch.as_tensor(a, dtype=x.dtype, device=x.device),
+        )
+    )
+
+
+def to_int8(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Convert to the INT8 link format: ``round(x / scale)`` saturated to [-128, 127] (SPEC §1, last LDPU step).
+
+    Returns the integer codes as an ``int8`` tensor of ``x``'s shape; the value they stand for is ``code * scale``.
+    """
+    return torch.clamp(torch.round(x / scale), -128, 127).to(torch.int8)
