@@ -63,7 +63,9 @@ class DeviceState:
         shape = tensors["g_target"].shape
         for n in names:
             if tensors[n].shape != shape:
-                raise ValidationError(f"DeviceState tensor {n!r} has shape {tuple(tensors[n].shape)}, expected {tuple(shape)}")
+                raise ValidationError(
+                    f"DeviceState tensor {n!r} has shape {tuple(tensors[n].shape)}, expected {tuple(shape)}"
+                )
         if tensors["stuck"].dtype != torch.bool:
             raise ArgumentTypeError(f"DeviceState tensor 'stuck' must be bool, got {tensors['stuck'].dtype}")
         for n in ("g_target", "g_prog", "nu"):

@@ -1,0 +1,134 @@
+"""The ``aimc`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from aimc.errors import AimcError, ValidationError
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValidationError(f"--{name} must be a comma-separated list of numbers, got {text!r}") from None
+    if not values:
+        raise ValidationError(f"--{name} must list at least one value, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _write_json(path: str, payload: object) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(out)  # atomic: a reader never sees half a file
+
+
+def cmd_mvm_error(args: argparse.Namespace) -> int:
+    """``aimc mvm-error``: the chip paper's MVM characterisation."""
+    from aimc._provenance import provenance
+    from aimc.experiments import mvm_error as exp
+
+    start = time.perf_counter()
+    rows = exp.mvm_error(
+        strategies=_names(args.strategies),
+        modes=_names(args.modes),
+        times=_floats(args.times, "times"),
+        device=args.device,
+        seed=args.seed,
+        cores=args.cores,
+        inputs_per_core=args.inputs,
+    )
+    payload = {
+        "experiment": "mvm-error",
+        "settings": {
+            "strategies": args.strategies,
+            "modes": args.modes,
+            "times": args.times,
+            "device": args.device,
+            "seed": args.seed,
+            "cores": args.cores,
+            "inputs_per_core": args.inputs,
+            "sparsity": exp.TEST_SPARSITY,
+        },
+        "provenance": provenance(),
+        "rows": exp.rows_as_dicts(rows),
+        "elapsed_s": round(time.perf_counter() - start, 3),
+    }
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print("MVM error (chip paper Eqs. 2-4), std relative to the output range")
+        print(exp.format_table(rows))
+        print("HERMES-Core measured: 1.94% MVM error with 8-bit PWM (Khaddam-Aljameh et al., JSSC 2022)")
+    if args.json_out:
+        _write_json(args.json_out, payload)
+        if not args.json:
+            print(f"wrote {args.json_out}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        exp.plot(rows, args.plot)
+        if not args.json:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``aimc`` command."""
+    from aimc import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="aimc", description="Simulate IBM's 64-core PCM analog in-memory compute chip."
+    )
+    parser.add_argument("--version", action="version", version=f"aimc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("mvm-error", help="MVM error characterisation of the chip paper (ε_total, ε_linear, ε_residual)")
+    p.add_argument("--strategies", default="odp,tdp", help="comma-separated: odp, tdp (default: both)")
+    p.add_argument("--modes", default="one-phase,four-phase", help="comma-separated read modes (default: both)")
+    p.add_argument(
+        "--times",
+        default="60,3600,86400,31536000",
+        help="seconds after programming (default: 1 min, 1 h, 1 day, 1 year)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="device preset for all strategies (default: hermes-1dev for ODP, hermes-2dev for TDP)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cores", type=int, default=4, help="cores characterised, 256x256 each (default 4)")
+    p.add_argument("--inputs", type=int, default=2048, help="input vectors per core (default 2048, as the paper)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json-out", default=None, help="also write the JSON result to this file")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="write a figure of the errors vs time")
+    p.set_defaults(func=cmd_mvm_error)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aimc`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AimcError as err:
+        if args.debug:
+            raise
+        print(f"aimc: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

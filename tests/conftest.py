@@ -1,0 +1,24 @@
+"""Shared fixtures: small random problems with fixed seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    """Every test runs with the 2 threads of the CI machine; tests that change it restore it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def paper_mvm_problem(cores: int, m: int = 256, n: int = 256, batch: int = 2048, seed: int = 0):
+    """The chip paper's MVM test problem: uniform W and x in [-1, 1], 30% of inputs zero. Returns (w, x, y_fp)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand((cores, m, n), generator=g) * 2 - 1
+    x = torch.rand((cores, batch, n), generator=g) * 2 - 1
+    x = x * (torch.rand(x.shape, generator=g) >= 0.3)
+    return w, x, (x.double() @ w.double().mT).float()

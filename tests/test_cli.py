@@ -1,0 +1,71 @@
+"""The ``aimc`` command: mvm-error output formats and error reporting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aimc.cli import main
+
+
+def test_mvm_error_prints_json_with_settings_and_versions(capsys, tmp_path):
+    out_json = tmp_path / "r.json"
+    plot = tmp_path / "r.png"
+    code = main(
+        [
+            "mvm-error",
+            "--cores",
+            "1",
+            "--inputs",
+            "512",
+            "--times",
+            "60,86400",
+            "--modes",
+            "four-phase",
+            "--json",
+            "--json-out",
+            str(out_json),
+            "--plot",
+            str(plot),
+        ]
+    )
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload == json.loads(out_json.read_text()) | {"elapsed_s": payload["elapsed_s"]}
+    assert {r["strategy"] for r in payload["rows"]} == {"odp", "tdp"}
+    assert len(payload["rows"]) == 4
+    assert payload["provenance"]["torch"] and payload["settings"]["seed"] == 0
+    for r in payload["rows"]:
+        assert 0 < r["eps_residual"] <= r["eps_total"]  # least squares: ε_total² = ε_linear² + ε_residual²
+    assert plot.stat().st_size > 10_000
+
+
+def test_mvm_error_table_on_screen(capsys):
+    assert main(["mvm-error", "--cores", "1", "--inputs", "256", "--times", "3600", "--strategies", "tdp"]) == 0
+    text = capsys.readouterr().out
+    assert "hermes-2dev" in text and "four-phase" in text and "1.94%" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["mvm-error", "--times", "-5"], "times must be in"),
+        (["mvm-error", "--times", "abc"], "comma-separated list of numbers"),
+        (["mvm-error", "--modes", "two-phase"], "mode must be one of"),
+        (["mvm-error", "--device", "nope"], "nope"),
+        (["mvm-error", "--cores", "65"], "cores must be in"),
+        (["mvm-error", "--strategies", "odp", "--device", "hermes-2dev"], "ODP needs a one-device model"),
+    ],
+)
+def test_bad_arguments_print_a_clear_error_without_traceback(argv, words, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_debug_flag_shows_the_traceback():
+    from aimc.errors import ValidationError
+
+    with pytest.raises(ValidationError):
+        main(["--debug", "mvm-error", "--times", "-5"])
