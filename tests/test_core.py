@@ -130,7 +130,8 @@ def test_fast_four_phase_path_matches_exact_phases():
     w, x, y_fp = paper_mvm_problem(cores=1, batch=1024)
     rng = float(y_fp.max() - y_fp.min())
     for strategy, device in (("odp", "hermes-1dev"), ("tdp", "hermes-2dev")):
-        readout = program_core(w, device, strategy, 0).prepare(3600.0, "four-phase", 1, read_noise=False)
+        core = program_core(w, device, strategy, 0)
+        readout = core.prepare(3600.0, "four-phase", 1, read_noise=False, aux_precision="float32")
         diff = readout.mvm(x) - readout.mvm(x, exact_phases=True)
         # measured: std 0.08% (ODP) of the output range; the CCO non-linearity at the mean vs per-phase current
         assert float(diff.std()) / rng < 0.002
@@ -164,7 +165,10 @@ def test_fresh_read_noise_variance_matches_the_one_matmul_formula():
     x = (torch.rand((1, 128), generator=g) * 2 - 1).expand(800, 128).contiguous()
     y = readout.mvm(x, 2)
     tau = quantize_input(x[:1], 1.0, SPEC)
-    predicted = (tau**2 @ readout.fresh_var.mT) * core.config.read_voltage_V**2 * float(readout.out_scale) ** 2
+    # independent of the readout: the device model's read-noise std and the fresh share of its variance
+    frac = fresh_noise_fraction(core.device, 3600.0, cfg.run_duration_s)
+    var_w = frac * (core.device.read_noise_std(core.states, 3600.0) ** 2).sum(-3)  # (m, n) uS^2
+    predicted = (tau**2 @ var_w.mT) * core.config.read_voltage_V**2 * float(readout.out_scale) ** 2
     ratio = y.var(dim=0) / predicted[0]
     # 800 samples: each variance estimate has ~5% relative std; the mean over 128 outputs ~0.5%
     assert abs(float(ratio.mean()) - 1.0) < 0.03
@@ -274,3 +278,15 @@ def test_bad_programming_input_raises_a_specific_error():
     # every error is one of aimc's own
     with pytest.raises(AimcError):
         program_core(torch.rand(4, 4), "hermes-2dev", "tdp", -3)
+
+
+def test_bfloat16_auxiliary_products_leave_the_error_statistics_unchanged():
+    """pos + neg and the noise variance in bfloat16 (fast path on AMX CPUs) give the float32 path's ε within 2%."""
+    w, x, y_fp = paper_mvm_problem(cores=2, batch=1024)
+    core = program_core(w, "hermes-2dev", "tdp", 0)
+    errs = {}
+    for aux in ("float32", "bfloat16"):
+        y = core.prepare(3600.0, "four-phase", 1, aux_precision=aux).mvm(x, 2)
+        errs[aux] = error_metrics(y, y_fp, x)
+    for e32, e16 in zip(errs["float32"], errs["bfloat16"], strict=True):
+        assert abs(e16 / e32 - 1) < 0.02

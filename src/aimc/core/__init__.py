@@ -1,6 +1,6 @@
 """One analog core: PWM input, PCM crossbar with ODP/TDP device assignment, CCO ADCs, LDPU combination (SPEC §1)."""
 
-from aimc.core.adc import AdcState, calibrate, cco_counts, sample_adc
+from aimc.core.adc import AdcState, calibrate, cco_counts, cco_counts_, sample_adc
 from aimc.core.analog import STRATEGIES, CoreReadout, ProgrammedCore, program_core
 from aimc.core.config import CoreConfig
 from aimc.core.pwm import quantize_input
@@ -14,6 +14,7 @@ __all__ = [
     "ProgrammedCore",
     "calibrate",
     "cco_counts",
+    "cco_counts_",
     "fresh_noise_fraction",
     "program_core",
     "quantize_input",

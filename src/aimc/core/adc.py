@@ -70,16 +70,37 @@ def cco_counts(
     Returns:
         Counts, shape of ``charge_fC`` (float, integer-valued when ``config.adc_quantization``).
     """
+    shape = torch.broadcast_shapes(charge_fC.shape, gain.shape, offset.shape)
+    return cco_counts_(charge_fC.expand(shape).clone(), window_ns, gain, offset, spec, config, phases)
+
+
+def cco_counts_(
+    charge_fC: torch.Tensor,
+    window_ns: float,
+    gain: torch.Tensor,
+    offset: torch.Tensor,
+    spec: ChipSpec,
+    config: CoreConfig,
+    phases: int = 1,
+    work: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In-place :func:`cco_counts`: overwrites and returns ``charge_fC`` (``work``: optional scratch tensor of its
+    shape). With T the total window, the count is T·1e-3·(A·i/(1 + B·i) + C) at i = Q/T, computed as
+    (A·T·1e-3/B)·Q/(T/B + Q) + C·T·1e-3 so that the hot path makes few passes over the data.
+    """
     total_ns = window_ns * phases
-    current = (charge_fC / total_ns).clamp_min(0.0)
-    if config.adc_saturation:
-        current = current.clamp_max(spec.adc_saturation_uA)
+    k = total_ns * 1e-3  # MHz·ns -> counts
+    q = charge_fC.clamp_(0.0, spec.adc_saturation_uA * total_ns if config.adc_saturation else None)
     b = config.cco_nonlinearity_per_uA
-    freq = gain * current / (1.0 + b * current) + offset if b else gain * current + offset
-    counts = freq * (total_ns * 1e-3)
+    if b:
+        den = torch.add(q, total_ns / b, out=work) if work is not None else torch.add(q, total_ns / b)
+        q.mul_(gain * (k / b)).div_(den)
+    else:
+        q.mul_(gain * (k / total_ns))
+    counts = q.add_(offset * k)
     if config.adc_quantization:
-        counts = torch.floor(counts)
-    return counts.clamp(0.0, float(spec.adc_max_count * phases))
+        counts.floor_()
+    return counts.clamp_(0.0, float(spec.adc_max_count * phases))
 
 
 def sample_adc(

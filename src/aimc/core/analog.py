@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 import torch
 
 from aimc._validation import SeedLike, check_choice, check_finite_tensor, check_number, make_generator
-from aimc.core.adc import AdcState, cco_counts, sample_adc
+from aimc.core.adc import AdcState, cco_counts, cco_counts_, sample_adc
 from aimc.core.config import CoreConfig
+from aimc.core.fastmath import _AUX_DTYPES, aux_dtype_for
 from aimc.core.pwm import quantize_input
 from aimc.core.readnoise import fresh_noise_fraction
 from aimc.devices.base import DeviceModel, DeviceState, check_time
 from aimc.devices.registry import get as get_device
-from aimc.digital.numerics import fp16, fp16_fma
 from aimc.errors import ValidationError
 from aimc.spec import READ_MODES, ChipSpec
 
@@ -81,23 +81,44 @@ class CoreReadout:
     Attributes:
         core: the programmed core.
         mode: read mode.
-        g_pos, g_neg: polarity conductances G+ and G- (uS) read with the positive voltage, ``(..., m, n)``,
+        g_pos, g_neg: polarity conductances G+ and G- (uS) as read with the positive voltage, ``(..., m, n)``,
             including this run's quasi-static read noise.
-        one_phase_matrix: for one-phase mode, ``(..., 2n, 2m)`` [[G+, G-], [G-', G+']]^T: rows of negative inputs
-            read with the negative voltage (primed).
-        fresh_var: per-MVM read-noise variance summed over a weight's devices (uS^2), ``(..., m, n)`` or None.
-        out_scale: output units per fC of corrected charge, per core ``(..., 1, 1)``, drift compensation included.
+        y_matrix: ``(..., K, m)`` float32 matrix giving pos - neg charge / V from the PWM input: four-phase
+            D^T = (G+ - G-)^T against the signed input (K = n); one-phase [D; -D']^T against [x+, x-] (K = 2n),
+            primes marking the negative-voltage read G·(1 + a).
+        a_matrix: ``(..., K, m)`` the same for pos + neg (S = G+ + G-), in ``aux_dtype``.
+        fresh_var: ``(..., n, m)`` per-MVM read-noise variance summed over a weight's devices (uS^2), in
+            ``aux_dtype``, or None without read noise.
+        out_scale: ``(..., 1, 1)`` output units per fC of corrected charge, drift compensation included.
+        aux_dtype: dtype of the pos + neg and noise-variance products (see :func:`aux_dtype_for`).
+
+    A readout keeps work buffers between calls of :meth:`mvm` (the hot path then allocates only its result), so
+    one readout must not be used from two threads at once.
     """
 
     core: ProgrammedCore
     mode: str
     g_pos: torch.Tensor
     g_neg: torch.Tensor
-    one_phase_matrix: torch.Tensor | None
+    y_matrix: torch.Tensor
+    a_matrix: torch.Tensor
     fresh_var: torch.Tensor | None
     out_scale: torch.Tensor
-    d_matrix: torch.Tensor = field(repr=False, default=None)  # type: ignore[assignment]
-    s_matrix: torch.Tensor = field(repr=False, default=None)  # type: ignore[assignment]
+    aux_dtype: torch.dtype
+    _work: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def phases(self) -> int:
+        """Phases each counter integrates over: 2 in four-phase mode (e.g. x+·G+ and x-·G-), 1 in one-phase."""
+        return 2 if self.mode == "four-phase" else 1
+
+    def _buffer(self, name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """A work tensor reused across calls (avoids re-faulting fresh memory pages on every MVM)."""
+        buf = self._work.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != self.g_pos.device:
+            buf = torch.empty(shape, dtype=dtype, device=self.g_pos.device)
+            self._work[name] = buf
+        return buf
 
     def mvm(
         self,
@@ -125,56 +146,95 @@ class CoreReadout:
             raise ValidationError(f"x must have shape (..., batch, {n}) for this core; got {tuple(x.shape)}")
         if isinstance(x_range, int | float):
             check_number(x_range, "x_range", low=0.0, low_inclusive=False)
-        spec, cfg = core.spec, core.config
-        x = x.to(self.g_pos.dtype)
-        tau = quantize_input(x, x_range, spec) * spec.pwm_ns_per_lsb  # pulse durations (ns), signed
+        spec = core.spec
+        gen = make_generator(generator, "generator") if self.fresh_var is not None else None
+        tau = quantize_input(x.to(self.g_pos.dtype), x_range, spec)  # PWM levels (LSB), signed
+        if spec.pwm_ns_per_lsb != 1.0:
+            tau.mul_(spec.pwm_ns_per_lsb)  # pulse durations (ns)
+        if exact_phases and self.mode == "four-phase":
+            c_pos, c_neg = self._exact_four_phase_counts(tau, gen)
+        else:
+            c_pos, c_neg = self._fast_counts(tau, gen)
+        return core.ldpu_combine(c_pos, c_neg, self.phases, self.out_scale * x_range)
+
+    def _fresh_noise_(self, out: torch.Tensor, tau: torch.Tensor, gen: torch.Generator | None) -> None:
+        """Add the per-MVM read noise of sum_j G_ij·tau_j (uS·ns) to ``out`` ``(..., B, m)`` in place.
+
+        For y = (G + E)·x with independent E_ij ~ N(0, s_ij^2), y - G·x is exactly N(0, sum_j s_ij^2 x_j^2): one
+        matmul of the squared inputs gives every row its own fresh noise without a per-sample noise tensor
+        (DESIGN.md, "Fast by construction").
+        """
+        if self.fresh_var is None or gen is None:
+            return
+        tau_aux = tau.to(self.aux_dtype, copy=True)
+        var = torch.matmul(tau_aux.mul_(tau_aux), self.fresh_var)
+        std = self._buffer("std", var.shape, torch.float32)
+        std.copy_(var).clamp_min_(0.0).sqrt_()
+        if std.device.type == "cpu":
+            z = self._buffer("z", std.shape, torch.float32).normal_(generator=gen)
+        else:  # draws stay on the CPU generator, so a chip gives the same numbers on any device
+            z = torch.randn(std.shape, generator=gen).to(std.device)
+        out.addcmul_(z, std)
+
+    def _fast_counts(self, tau: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts of the positive and negative counters from two products (module docstring, "Fast path").
+
+        pos - neg comes from the float32 product; pos + neg from the ``aux_dtype`` one. An error of the latter
+        shifts both counters by the same charge and cancels in pos - neg to first order.
+        """
+        core, spec, cfg = self.core, self.core.spec, self.core.config
+        v = cfg.read_voltage_V
+        if self.mode == "four-phase":
+            y_in, a_in = tau, tau.to(self.aux_dtype, copy=True).abs_()
+        else:
+            y_in = torch.cat([tau.clamp_min(0.0), (-tau).clamp_min_(0.0)], dim=-1)
+            a_in = y_in.to(self.aux_dtype, copy=True)
+        out_shape = torch.Size(
+            (
+                *torch.broadcast_shapes(y_in.shape[:-2], self.y_matrix.shape[:-2]),
+                y_in.shape[-2],
+                self.y_matrix.shape[-1],
+            )
+        )
+        y = torch.matmul(y_in, self.y_matrix, out=self._buffer("y", out_shape, torch.float32))
+        self._fresh_noise_(y, tau, gen)
+        a = torch.matmul(a_in, self.a_matrix)
+        q_pos = self._buffer("q_pos", out_shape, torch.float32)
+        q_neg = self._buffer("q_neg", out_shape, torch.float32)
+        q_pos.copy_(a).add_(y).mul_(0.5 * v)  # fC: x+·G+ + x-·G- (four-phase)
+        q_neg.copy_(a).sub_(y).mul_(0.5 * v)  # fC: x+·G- + x-·G+
+        window = spec.integration_time_ns
+        adc = core.adc
+        den = self._buffer("den", out_shape, torch.float32)
+        c_pos = cco_counts_(q_pos, window, adc.gain[..., 0:1, :], adc.offset[..., 0:1, :], spec, cfg, self.phases, den)
+        c_neg = cco_counts_(q_neg, window, adc.gain[..., 1:2, :], adc.offset[..., 1:2, :], spec, cfg, self.phases, den)
+        return c_pos, c_neg
+
+    def _exact_four_phase_counts(
+        self, tau: torch.Tensor, gen: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Four-phase counts with the CCO evaluated at each phase's own mean current (four float32 products)."""
+        core, spec, cfg = self.core, self.core.spec, self.core.config
         v = cfg.read_voltage_V
         window = spec.integration_time_ns
-        if self.mode == "four-phase" and not exact_phases:
-            y = torch.matmul(tau, self.d_matrix.mT)
-            a = torch.matmul(tau.abs(), self.s_matrix.mT)
-            q_pos, q_neg = (a + y) * (0.5 * v), (a - y) * (0.5 * v)
-            phases = 2
-        elif self.mode == "four-phase":
-            tp, tn = tau.clamp_min(0.0), (-tau).clamp_min(0.0)
-            gp, gn = self.g_pos.mT, self.g_neg.mT
-            q_phase = [torch.matmul(tp, gp), torch.matmul(tn, gn), torch.matmul(tp, gn), torch.matmul(tn, gp)]
-            q_pos, q_neg = None, None
-            phases = 2
-        else:
-            q = torch.matmul(torch.cat([tau.clamp_min(0.0), (-tau).clamp_min(0.0)], dim=-1), self.one_phase_matrix)
-            m = core.shape[0]
-            q_pos, q_neg = q[..., :m] * v, q[..., m:] * v
-            phases = 1
-
-        noise_pos = noise_neg = None
-        if self.fresh_var is not None:
-            gen = make_generator(generator, "generator")
-            var = torch.matmul(tau * tau, self.fresh_var.mT) * (0.5 * v * v)
-            std = var.clamp_min(0.0).sqrt()
-            noise_pos = std * torch.randn(std.shape, generator=gen, dtype=std.dtype).to(std.device)
-            noise_neg = std * torch.randn(std.shape, generator=gen, dtype=std.dtype).to(std.device)
-
+        tp, tn = tau.clamp_min(0.0), (-tau).clamp_min(0.0)
+        gp, gn = self.g_pos.mT, self.g_neg.mT
+        q_pp, q_mm = torch.matmul(tp, gp) * v, torch.matmul(tn, gn) * v
+        q_pm, q_mp = torch.matmul(tp, gn) * v, torch.matmul(tn, gp) * v
+        noise = torch.zeros_like(q_pp)
+        self._fresh_noise_(noise, tau, gen)
+        q_pp, q_pm = q_pp + (0.5 * v) * noise, q_pm - (0.5 * v) * noise
+        # Each counter keeps counting across its two phases (the CCO's phase carries over), so the count is
+        # floored once, after both phases; only the CCO's non-linearity is evaluated per phase.
+        frac = dataclasses.replace(cfg, adc_quantization=False)
         adc = core.adc
         g_p, g_n = adc.gain[..., 0:1, :], adc.gain[..., 1:2, :]
         o_p, o_n = adc.offset[..., 0:1, :], adc.offset[..., 1:2, :]
-        if q_pos is None:  # exact four-phase: each phase through its counter separately
-            q_pp, q_mm, q_pm, q_mp = (qq * v for qq in q_phase)
-            if noise_pos is not None:
-                q_pp, q_pm = q_pp + noise_pos, q_pm + noise_neg
-            # Each counter keeps counting across its two phases (the CCO's phase carries over), so the count is
-            # floored once, after both phases; only the CCO's non-linearity is evaluated per phase.
-            frac = dataclasses.replace(cfg, adc_quantization=False)
-            c_pos = cco_counts(q_pp, window, g_p, o_p, spec, frac) + cco_counts(q_mm, window, g_p, o_p, spec, frac)
-            c_neg = cco_counts(q_pm, window, g_n, o_n, spec, frac) + cco_counts(q_mp, window, g_n, o_n, spec, frac)
-            if cfg.adc_quantization:
-                c_pos, c_neg = torch.floor(c_pos), torch.floor(c_neg)
-        else:
-            if noise_pos is not None:
-                q_pos, q_neg = q_pos + noise_pos, q_neg + noise_neg
-            c_pos = cco_counts(q_pos, window, g_p, o_p, spec, cfg, phases=phases)
-            c_neg = cco_counts(q_neg, window, g_n, o_n, spec, cfg, phases=phases)
-        return core.ldpu_combine(c_pos, c_neg, phases, self.out_scale * x_range)
+        c_pos = cco_counts(q_pp, window, g_p, o_p, spec, frac) + cco_counts(q_mm, window, g_p, o_p, spec, frac)
+        c_neg = cco_counts(q_pm, window, g_n, o_n, spec, frac) + cco_counts(q_mp, window, g_n, o_n, spec, frac)
+        if cfg.adc_quantization:
+            c_pos, c_neg = torch.floor(c_pos), torch.floor(c_neg)
+        return c_pos, c_neg
 
 
 @dataclass
@@ -231,15 +291,21 @@ class ProgrammedCore:
         *,
         read_noise: bool = True,
         drift_compensation: bool = True,
+        aux_precision: str = "auto",
     ) -> CoreReadout:
         """Precompute the readout of the core at ``t_seconds`` after programming, in ``mode``.
 
         Draws this run's quasi-static part of the 1/f read noise (:mod:`aimc.core.readnoise`) and, with
         ``drift_compensation``, reads the calibration input once to set the global drift compensation factor
         (SPEC §4 "Drift compensation").
+
+        ``aux_precision`` (``"auto"``, ``"float32"``, ``"bfloat16"``) sets the dtype of the pos + neg and
+        noise-variance products; ``"auto"`` takes bfloat16 where the CPU multiplies it natively (see
+        :func:`aux_dtype_for`), float32 elsewhere.
         """
         t = check_time(t_seconds)
         check_choice(mode, "mode", READ_MODES)
+        check_choice(aux_precision, "aux_precision", ("auto", *_AUX_DTYPES))
         gen = make_generator(generator, "generator") if (read_noise or drift_compensation) else None
         g = self.device.drift(self.states, t)
         fresh_var = None
@@ -253,14 +319,15 @@ class ProgrammedCore:
         pol = self.polarity.to(g.dtype).view(-1, 1, 1)
         g_pos = (g * (pol > 0)).sum(-3)
         g_neg = (g * (pol < 0)).sum(-3)
-        one_phase = None
-        if mode == "one-phase":
-            g_asym = g * (1.0 + self.asymmetry)
-            gp_neg_read = (g_asym * (pol > 0)).sum(-3)
-            gn_neg_read = (g_asym * (pol < 0)).sum(-3)
-            top = torch.cat([g_pos.mT, g_neg.mT], dim=-1)  # rows of positive inputs: [-> pos counter, -> neg]
-            bottom = torch.cat([gn_neg_read.mT, gp_neg_read.mT], dim=-1)  # negative inputs swap the counters
-            one_phase = torch.cat([top, bottom], dim=-2)
+        aux = aux_dtype_for(g.device) if aux_precision == "auto" else _AUX_DTYPES[aux_precision]
+        if mode == "four-phase":
+            y_matrix = (g_pos - g_neg).mT.contiguous()
+            a_matrix = (g_pos + g_neg).mT
+        else:  # rows of negative inputs are read with the negative voltage: G·(1 + a), and swap the counters
+            g_neg_read = g * (1.0 + self.asymmetry)
+            gp_r, gn_r = (g_neg_read * (pol > 0)).sum(-3), (g_neg_read * (pol < 0)).sum(-3)
+            y_matrix = torch.cat([(g_pos - g_neg).mT, (gn_r - gp_r).mT], dim=-2).contiguous()
+            a_matrix = torch.cat([(g_pos + g_neg).mT, (gp_r + gn_r).mT], dim=-2)
         base_scale = (
             self.w_max
             / (self.g_max_uS * self.config.read_voltage_V * self.spec.pwm_ns_per_lsb * self.spec.input_levels)
@@ -270,11 +337,11 @@ class ProgrammedCore:
             mode=mode,
             g_pos=g_pos,
             g_neg=g_neg,
-            one_phase_matrix=one_phase,
-            fresh_var=fresh_var,
+            y_matrix=y_matrix,
+            a_matrix=a_matrix.to(aux).contiguous(),
+            fresh_var=None if fresh_var is None else fresh_var.mT.to(aux).contiguous(),
             out_scale=base_scale,
-            d_matrix=g_pos - g_neg,
-            s_matrix=g_pos + g_neg,
+            aux_dtype=aux,
         )
         if drift_compensation:
             readout.out_scale = base_scale * self._gdc_factor(readout, mode, gen)
@@ -304,15 +371,21 @@ class ProgrammedCore:
     ) -> torch.Tensor:
         """LDPU in FP16 (SPEC §1): counts -> FP16, per-counter affine correction (2 FMAs), subtract, scale.
 
+        Computed in ``torch.float16`` so that every operation rounds as the LDPU's FP16 units do.
+
         Args:
             c_pos, c_neg: counts ``(..., B, m)``; ``phases``: phases each count was collected over.
             out_scale: ``(..., 1, 1)`` output units per fC.
+
+        Returns:
+            ``(..., B, m)`` float32 tensor holding FP16 values.
         """
-        inv_a = fp16(self.adc.inv_alpha)
-        bias = fp16(-phases * self.adc.beta * self.adc.inv_alpha)
-        q_pos = fp16_fma(fp16(c_pos), inv_a[..., 0:1, :], bias[..., 0:1, :])
-        q_neg = fp16_fma(fp16(c_neg), inv_a[..., 1:2, :], bias[..., 1:2, :])
-        return fp16(fp16(q_pos - q_neg) * fp16(out_scale))
+        half = torch.float16
+        inv_a = self.adc.inv_alpha.to(half)
+        bias = (-phases * self.adc.beta * self.adc.inv_alpha).to(half)
+        q_pos = torch.addcmul(bias[..., 0:1, :], c_pos.to(half), inv_a[..., 0:1, :])
+        q_neg = torch.addcmul(bias[..., 1:2, :], c_neg.to(half), inv_a[..., 1:2, :])
+        return q_pos.sub_(q_neg).mul_(out_scale.to(half)).float()
 
     def mvm(
         self,

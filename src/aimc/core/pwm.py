@@ -25,4 +25,4 @@ def quantize_input(x: torch.Tensor, x_range: torch.Tensor | float, spec: ChipSpe
         ``x_range`` saturate at full scale, as the hardware's INT8 inputs do.
     """
     levels = spec.input_levels
-    return torch.clamp(torch.round(x / x_range * levels), -levels, levels)
+    return torch.mul(x, levels / x_range).round_().clamp_(-levels, levels)
