@@ -168,8 +168,7 @@ class CoreReadout:
             return
         tau_aux = tau.to(self.aux_dtype, copy=True)
         var = torch.matmul(tau_aux.mul_(tau_aux), self.fresh_var)
-        std = self._buffer("std", var.shape, torch.float32)
-        std.copy_(var).clamp_min_(0.0).sqrt_()
+        std = torch.sqrt(var.clamp_min_(0.0), out=self._buffer("std", var.shape, torch.float32))
         if std.device.type == "cpu":
             z = self._buffer("z", std.shape, torch.float32).normal_(generator=gen)
         else:  # draws stay on the CPU generator, so a chip gives the same numbers on any device
@@ -201,8 +200,8 @@ class CoreReadout:
         a = torch.matmul(a_in, self.a_matrix)
         q_pos = self._buffer("q_pos", out_shape, torch.float32)
         q_neg = self._buffer("q_neg", out_shape, torch.float32)
-        q_pos.copy_(a).add_(y).mul_(0.5 * v)  # fC: x+·G+ + x-·G- (four-phase)
-        q_neg.copy_(a).sub_(y).mul_(0.5 * v)  # fC: x+·G- + x-·G+
+        torch.add(a, y, out=q_pos).mul_(0.5 * v)  # fC: x+·G+ + x-·G- (four-phase)
+        torch.sub(a, y, out=q_neg).mul_(0.5 * v)  # fC: x+·G- + x-·G+
         window = spec.integration_time_ns
         adc = core.adc
         den = self._buffer("den", out_shape, torch.float32)
