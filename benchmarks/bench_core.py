@@ -50,7 +50,7 @@ def main() -> None:
         table.append(f"| {mode} | {1e3 * t_ref:.3f} | {1e3 * t_mvm:.3f} | {t_mvm / t_ref:.2f}x | {1e3 * t_prep:.2f} |")
     table += [
         "",
-        f"Floor: drawing the 1024 x 256 fresh normals alone (`normal_`, torch's CPU generator) takes {1e3 * t_rng:.3f} ms"
+        f"Floor: drawing the 1024 x 256 fresh normals alone (`normal_`, torch CPU generator) takes {1e3 * t_rng:.3f} ms"
         f" = {t_rng / rows[0][1]:.2f}x the reference matmul.",
     ]
     text = "\n".join(table)
