@@ -7,25 +7,39 @@ Public API (everything else is private and may change):
 - :mod:`aimc.core` — one analog core: ``program_core``, ``ProgrammedCore``, ``CoreReadout``, ``CoreConfig``.
 - :mod:`aimc.digital` — FP16 / INT8 arithmetic of the digital units.
 - :mod:`aimc.errors` — ``AimcError`` and its subclasses.
+- :mod:`aimc.models` — the chip paper's networks: ``resnet9``, ``char_lstm``, ``caption_lstm``.
+- :func:`compile` -> :class:`~aimc.compiler.Mapping`; :func:`program` -> :class:`ProgrammedChip`;
+  ``ProgrammedChip.run`` / ``.save``; :func:`load`.
 """
 
 __version__ = "0.1.0"
 
-from aimc import core, devices, digital, errors
+from aimc import core, devices, digital, errors, models
+from aimc.chip import ProgrammedChip, program
+from aimc.compiler import Mapping, UnsupportedLayerError, compile
 from aimc.core import CoreConfig, ProgrammedCore, program_core
 from aimc.errors import AimcError
 from aimc.spec import READ_MODES, ChipSpec
+from aimc.storage import CorruptFileError, load
 
 __all__ = [
     "READ_MODES",
     "AimcError",
     "ChipSpec",
     "CoreConfig",
+    "CorruptFileError",
+    "Mapping",
+    "ProgrammedChip",
     "ProgrammedCore",
+    "UnsupportedLayerError",
     "__version__",
+    "compile",
     "core",
     "devices",
     "digital",
     "errors",
+    "load",
+    "models",
+    "program",
     "program_core",
 ]

@@ -74,6 +74,12 @@ def _split_tdp(target: torch.Tensor, g_device_max: float) -> tuple[torch.Tensor,
     return d1, target - d1
 
 
+def polarity_g_max(model: DeviceModel, strategy: str) -> float:
+    """Largest conductance of one polarity (uS): one device for ODP, two for TDP (SPEC §1)."""
+    _, split = _unit_layout(strategy, model.devices_per_unit)
+    return model.g_max_uS * (2 if split else 1)
+
+
 @dataclass
 class CoreReadout:
     """Everything about a programmed core that depends only on (chip, t, mode): computed once per run.
@@ -127,6 +133,7 @@ class CoreReadout:
         *,
         x_range: float | torch.Tensor = 1.0,
         exact_phases: bool = False,
+        quantize: bool = True,
     ) -> torch.Tensor:
         """One MVM per row of ``x`` on the core(s), with fresh read noise.
 
@@ -135,6 +142,8 @@ class CoreReadout:
             generator: seed or generator for the fresh read noise (required when there is read noise).
             x_range: input value mapped to PWM full scale; larger magnitudes saturate.
             exact_phases: evaluate each of the four phases' CCO counts separately (four-phase only).
+            quantize: False replaces the converters by ideal ones: no PWM rounding or saturation, the exact
+                bit-line charge instead of CCO counts, float32 instead of FP16 (device noise stays).
 
         Returns:
             ``(..., B, m)`` estimates of ``x @ W.T`` as the LDPU computes them (FP16 values in float32).
@@ -148,6 +157,12 @@ class CoreReadout:
             check_number(x_range, "x_range", low=0.0, low_inclusive=False)
         spec = core.spec
         gen = make_generator(generator, "generator") if self.fresh_var is not None else None
+        if not quantize:
+            tau = x.to(self.g_pos.dtype) * (spec.input_levels * spec.pwm_ns_per_lsb / x_range)
+            d = self.g_pos - self.g_neg
+            y = torch.matmul(tau, d.mT)
+            self._fresh_noise_(y, tau, gen)
+            return y * (core.config.read_voltage_V * self.out_scale * x_range)
         tau = quantize_input(x.to(self.g_pos.dtype), x_range, spec)  # PWM levels (LSB), signed
         if spec.pwm_ns_per_lsb != 1.0:
             tau.mul_(spec.pwm_ns_per_lsb)  # pulse durations (ns)

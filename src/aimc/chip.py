@@ -1,0 +1,371 @@
+"""A programmed chip: every layer's cores in PCM conductances, and the whole network's forward pass on them.
+
+``program(mapping, device, strategy, seed)`` is the only step that draws programming randomness; ``run(x, t, mode,
+seed)`` reads the chip at ``t`` seconds after programming with fresh read noise. Each analog layer's cores form one
+stack of :class:`~aimc.core.ProgrammedCore` (leading dims = row blocks x column blocks), simulated in one batched
+tensor operation. The LDPU work after each MVM follows SPEC §1: per-channel affine, ReLU, an added INT8 input
+(partial sums along a column chain, residuals), a second ReLU, INT8 output; the LSTM cell runs in the GDPUs in FP16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from aimc._validation import SeedLike, check_choice, make_generator
+from aimc.compiler.calibrate import block_view, layer_rows, weight_blocks
+from aimc.compiler.mapping import MappedLayer, Mapping, Op
+from aimc.core.analog import STRATEGIES, CoreReadout, ProgrammedCore, polarity_g_max, program_core
+from aimc.core.config import CoreConfig
+from aimc.devices.base import DeviceModel, check_time
+from aimc.devices.registry import get as get_device
+from aimc.digital.gdpu import lstm_cell
+from aimc.digital.numerics import fp16, to_int8
+from aimc.errors import ArgumentTypeError, ValidationError
+from aimc.spec import READ_MODES
+
+#: Assumption: the per-core G_max limit keeps the largest calibration bit-line current at this fraction of the ADC
+#: saturation current (SPEC §1 says G_max is limited per core so that every bit-line current stays below it).
+CURRENT_HEADROOM = 0.9
+
+#: Largest number of matrix rows (images x output positions) simulated at once per layer, to bound memory.
+MAX_ROWS_PER_STEP = 32768
+
+
+def core_w_max(layer: MappedLayer, device: DeviceModel, strategy: str, config: CoreConfig, spec: Any) -> torch.Tensor:
+    """Weight mapped to G_max on each core ``(r, c)``: the block's max |W|, raised where the calibration bit-line
+    current would exceed ``CURRENT_HEADROOM`` x saturation (which lowers that core's G_max)."""
+    blocks = weight_blocks(layer)
+    w_max = blocks.abs().amax(dim=(-2, -1))
+    w_max = torch.where(w_max > 0, w_max, torch.ones_like(w_max))
+    if layer.load is None:
+        return w_max
+    full_scale = spec.input_levels * spec.pwm_ns_per_lsb / spec.integration_time_ns
+    current = config.read_voltage_V * polarity_g_max(device, strategy) * layer.load * full_scale
+    limit = CURRENT_HEADROOM * spec.adc_saturation_uA
+    return w_max * torch.clamp(current / limit, min=1.0)
+
+
+@dataclass
+class ProgrammedChip:
+    """A mapping programmed into PCM devices.
+
+    Attributes:
+        mapping: the compiled network.
+        device: the device model.
+        strategy: ``"odp"`` or ``"tdp"``.
+        seed: the programming seed (recorded, not reused).
+        config: unpublished core parameters.
+        cores: one stacked :class:`ProgrammedCore` per analog layer, by layer name.
+    """
+
+    mapping: Mapping
+    device: DeviceModel
+    strategy: str
+    seed: int | None
+    config: CoreConfig
+    cores: dict[str, ProgrammedCore] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> ProgrammedChip:
+        """A copy with every core on ``device`` (``chip.to("cuda")``); inputs must then be on it too."""
+        return ProgrammedChip(
+            mapping=self.mapping,
+            device=self.device,
+            strategy=self.strategy,
+            seed=self.seed,
+            config=self.config,
+            cores={k: c.to(device) for k, c in self.cores.items()},
+        )
+
+    @property
+    def tensor_device(self) -> torch.device:
+        """The torch device the chip's tensors are on."""
+        return next(iter(self.cores.values())).states.g_prog.device
+
+    def run(
+        self,
+        x: torch.Tensor | tuple[torch.Tensor, ...],
+        t: float = 3600.0,
+        mode: str = "four-phase",
+        seed: SeedLike = 0,
+        *,
+        quantize: bool = True,
+        drift_compensation: bool = True,
+        read_noise: bool = True,
+    ) -> torch.Tensor:
+        """The network's forward pass on the chip, ``t`` seconds after programming.
+
+        Args:
+            x: the network's input batch (as for the PyTorch model), or a tuple for several inputs.
+            t: seconds after programming (>= 0).
+            mode: ``"four-phase"`` or ``"one-phase"`` (SPEC §1).
+            seed: seeds this run's read noise (frozen part and per-MVM part).
+            quantize: False makes the converters ideal (no PWM/ADC/INT8 rounding, float32 digital units).
+            drift_compensation: global drift compensation per core (SPEC §4).
+            read_noise: False switches 1/f read noise off.
+
+        Returns:
+            The network's output.
+        """
+        t = check_time(t, "t")
+        check_choice(mode, "mode", READ_MODES)
+        gen = make_generator(seed, "seed")
+        inputs = x if isinstance(x, tuple) else (x,)
+        input_ops = [op for op in self.mapping.ops if op.kind == "input"]
+        if len(inputs) != len(input_ops):
+            raise ValidationError(f"the network takes {len(input_ops)} input(s); got {len(inputs)}")
+        for name, v in zip((op.name for op in input_ops), inputs, strict=True):
+            _check_input(v, name)
+        readouts = {
+            name: core.prepare(t, mode, gen, read_noise=read_noise, drift_compensation=drift_compensation)
+            for name, core in self.cores.items()
+        }
+        env: dict[str, torch.Tensor] = {}
+        it = iter(inputs)
+        with torch.no_grad():
+            for op in self.mapping.ops:
+                if op.kind == "input":
+                    env[op.name] = next(it).to(self.tensor_device)
+                elif op.kind == "output":
+                    return env[op.inputs[0]]
+                else:
+                    env[op.name] = self._run_op(op, env, readouts, gen, quantize)
+        raise ValidationError("the mapping has no output op")
+
+    def _run_op(
+        self,
+        op: Op,
+        env: dict[str, torch.Tensor],
+        readouts: dict[str, CoreReadout],
+        gen: torch.Generator,
+        quantize: bool,
+    ) -> torch.Tensor:
+        args = [env[i] for i in op.inputs]
+        a = op.attrs
+        extra = self.mapping.extra_tensors
+        if op.kind == "analog":
+            layer = self.mapping.layers[a["layer"]]
+            addend = env[layer.add] if layer.add is not None else None
+            return _run_analog(layer, readouts[layer.name], args[0], addend, gen, quantize)
+        if op.kind == "lstm":
+            layer = self.mapping.layers[a["layer"]]
+            return _run_lstm(layer, readouts[layer.name], args[0], gen, quantize)
+        if op.kind == "embedding":
+            return F.embedding(args[0].long(), extra[f"{op.name}.weight"].to(args[0].device))
+        if op.kind == "host_linear":
+            b = extra.get(f"{op.name}.bias")
+            return F.linear(
+                args[0].float(),
+                extra[f"{op.name}.weight"].to(args[0].device),
+                None if b is None else b.to(args[0].device),
+            )
+        if op.kind == "affine":
+            shape = [1, -1] + [1] * (args[0].dim() - 2)
+            s, sh = extra[f"{op.name}.scale"], extra[f"{op.name}.shift"]
+            return args[0] * s.view(shape).to(args[0].device) + sh.view(shape).to(args[0].device)
+        if op.kind == "maxpool2d":
+            return F.max_pool2d(args[0], a["kernel"], a["stride"], a["padding"])
+        if op.kind == "avgpool2d":
+            if "adaptive" in a:
+                return F.adaptive_avg_pool2d(args[0], a["adaptive"])
+            return F.avg_pool2d(args[0], a["kernel"], a["stride"], a["padding"])
+        if op.kind == "flatten":
+            return torch.flatten(args[0], a["start_dim"])
+        if op.kind == "relu":
+            return F.relu(args[0])
+        if op.kind == "add":
+            return args[0] + args[1]
+        if op.kind == "cat":
+            return torch.cat(args, dim=a["dim"])
+        if op.kind == "unsqueeze":
+            return args[0].unsqueeze(a["dim"])
+        if op.kind == "softmax":
+            return torch.softmax(args[0], a["dim"])
+        if op.kind == "log_softmax":
+            return torch.log_softmax(args[0], a["dim"])
+        if op.kind == "sigmoid":
+            return torch.sigmoid(args[0])
+        raise ValidationError(f"unknown op kind {op.kind!r} in the mapping")
+
+    def save(self, path: str) -> None:
+        """Save the programmed chip (safetensors + JSON metadata; see :mod:`aimc.storage`)."""
+        from aimc.storage import save_chip
+
+        save_chip(self, path)
+
+
+def _check_input(v: object, name: str) -> None:
+    if not isinstance(v, torch.Tensor):
+        raise ArgumentTypeError(f"input {name!r} must be a torch.Tensor, got {type(v).__name__}")
+    if v.numel() == 0:
+        raise ValidationError(f"input {name!r} must not be empty, got shape {tuple(v.shape)}")
+    if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+        raise ValidationError(f"input {name!r} must be finite; it holds NaN/Inf values")
+
+
+def _columns(layer: MappedLayer, rows: torch.Tensor) -> torch.Tensor:
+    """``(R, N)`` -> ``(c, R, m)`` column blocks, zero-padded."""
+    t = layer.tiling
+    rows = F.pad(rows, (0, t.col_blocks * t.block_outputs - t.outputs))
+    return rows.reshape(rows.shape[0], t.col_blocks, t.block_outputs).permute(1, 0, 2)
+
+
+def _uncolumns(layer: MappedLayer, cols: torch.Tensor) -> torch.Tensor:
+    """``(c, R, m)`` -> ``(R, N)``."""
+    t = layer.tiling
+    return cols.permute(1, 0, 2).reshape(cols.shape[1], -1)[:, : t.outputs]
+
+
+def _ldpu_chain(layer: MappedLayer, y: torch.Tensor, addend: torch.Tensor | None, quantize: bool) -> torch.Tensor:
+    """The LDPUs of a layer: partial sums along each column chain, affine, ReLU, add, ReLU, INT8 (SPEC §1).
+
+    Args:
+        y: ``(r, c, R, m)`` MVM outputs of every core.
+        addend: ``(c, R, m)`` value added in the LDPU (residual), or None.
+
+    Returns:
+        ``(c, R, m)`` layer output (INT8 values when ``quantize``).
+    """
+    t = layer.tiling
+    pad = t.col_blocks * t.block_outputs - t.outputs
+    s = F.pad(layer.scale, (0, pad)).reshape(t.col_blocks, 1, -1).to(y.device)
+    b = F.pad(layer.bias, (0, pad)).reshape(t.col_blocks, 1, -1).to(y.device)
+    relu_last = layer.relu or layer.relu2
+    if not quantize:
+        out = (y * s).sum(0) + b
+        if t.row_blocks > 1 or layer.add_at_chain_head:
+            out = out + (addend if addend is not None else 0.0)
+            return F.relu(out) if relu_last else out
+        out = F.relu(out) if layer.relu else out
+        out = out + addend if addend is not None else out
+        return F.relu(out) if layer.relu2 else out
+    q_out = layer.out_range / 127.0
+    s16, b16 = fp16(s), fp16(b)
+    if t.row_blocks == 1:
+        out = fp16(torch.addcmul(b16, fp16(y[0]), s16))
+        out = out.clamp_min(0.0) if layer.relu else out
+        out = fp16(out + addend) if addend is not None else out
+        out = out.clamp_min(0.0) if layer.relu2 else out
+        return to_int8(out, q_out).to(y.dtype) * q_out
+    q_ps = layer.psum_range / 127.0
+    running = None
+    for i in range(t.row_blocks - 1):  # each core adds what it receives and sends INT8 on (r <= 8 steps)
+        v = fp16(fp16(y[i]) * s16)
+        if i == 0 and addend is not None:
+            v = fp16(v + addend)
+        if running is not None:
+            v = fp16(v + running)
+        running = to_int8(v, q_ps).to(y.dtype) * q_ps
+    out = fp16(torch.addcmul(b16, fp16(y[-1]), s16))
+    out = fp16(out + running)
+    out = out.clamp_min(0.0) if relu_last else out
+    return to_int8(out, q_out).to(y.dtype) * q_out
+
+
+def _mvm_rows(
+    layer: MappedLayer, readout: CoreReadout, rows: torch.Tensor, gen: torch.Generator, quantize: bool
+) -> torch.Tensor:
+    """All cores of a layer on matrix rows ``(R, K)`` -> ``(r, c, R, m)`` MVM outputs."""
+    xb = block_view(layer, rows).unsqueeze(1)  # (r, 1, R, n)
+    return readout.mvm(xb, gen, x_range=layer.x_range, quantize=quantize)
+
+
+def _run_analog(
+    layer: MappedLayer,
+    readout: CoreReadout,
+    x: torch.Tensor,
+    addend: torch.Tensor | None,
+    gen: torch.Generator,
+    quantize: bool,
+) -> torch.Tensor:
+    """One analog layer (conv via im2col or linear) with its LDPU pipeline, in chunks of rows."""
+    x = x.float()
+    rows = layer_rows(layer, x)
+    add_rows = None
+    if addend is not None:
+        add_rows = (
+            addend.permute(0, 2, 3, 1).reshape(-1, layer.tiling.outputs)
+            if layer.kind == "conv2d"
+            else (addend.reshape(-1, layer.tiling.outputs))
+        )
+    outs = []
+    for start in range(0, rows.shape[0], MAX_ROWS_PER_STEP):
+        chunk = rows[start : start + MAX_ROWS_PER_STEP]
+        y = _mvm_rows(layer, readout, chunk, gen, quantize)
+        add_c = None if add_rows is None else _columns(layer, add_rows[start : start + MAX_ROWS_PER_STEP].float())
+        outs.append(_uncolumns(layer, _ldpu_chain(layer, y, add_c, quantize)))
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    if layer.kind == "conv2d":
+        g = layer.geometry
+        h_out = (x.shape[2] + 2 * g["padding"][0] - g["dilation"][0] * (g["kernel"][0] - 1) - 1) // g["stride"][0] + 1
+        w_out = (x.shape[3] + 2 * g["padding"][1] - g["dilation"][1] * (g["kernel"][1] - 1) - 1) // g["stride"][1] + 1
+        return out.reshape(x.shape[0], h_out, w_out, -1).permute(0, 3, 1, 2).contiguous()
+    return out.reshape(*x.shape[:-1], -1)
+
+
+def _run_lstm(
+    layer: MappedLayer, readout: CoreReadout, x: torch.Tensor, gen: torch.Generator, quantize: bool
+) -> torch.Tensor:
+    """An LSTM layer step by step: gate MVMs on the cores (partial sums down the column chains), the cell in the
+    GDPUs (FP16, tanh table), h back as INT8 (scale 1/127, |h| < 1)."""
+    batch, steps, _ = x.shape
+    hidden = layer.geometry["hidden_size"]
+    inverse = torch.argsort(torch.tensor(layer.geometry["gate_order"], device=x.device))
+    h = torch.zeros(batch, hidden, device=x.device)
+    c = torch.zeros(batch, hidden, device=x.device)
+    outs = []
+    x = x.float()
+    for step in range(steps):
+        rows = torch.cat([x[:, step], h], dim=-1)
+        y = _mvm_rows(layer, readout, rows, gen, quantize)
+        gates = _uncolumns(layer, _ldpu_chain(layer, y, None, quantize))[:, inverse]
+        h, c = lstm_cell(gates, c, fp16=quantize)
+        if quantize:
+            h = to_int8(h, 1.0 / 127.0).float() / 127.0
+        outs.append(h)
+    return torch.stack(outs, dim=1)
+
+
+def program(
+    mapping: Mapping,
+    device: DeviceModel | str = "hermes-2dev",
+    strategy: str = "tdp",
+    seed: SeedLike = 0,
+    *,
+    config: CoreConfig | None = None,
+) -> ProgrammedChip:
+    """Program a compiled network into the chip's PCM devices (the only step drawing programming randomness).
+
+    Args:
+        mapping: from :func:`aimc.compile`.
+        device: device model or preset name (``aimc.devices.available()``; ``"ideal"`` for no device noise).
+        strategy: ``"odp"`` or ``"tdp"`` (SPEC §1).
+        seed: int or ``torch.Generator``.
+        config: unpublished core parameters (default :class:`CoreConfig`).
+
+    Returns:
+        A :class:`ProgrammedChip`.
+    """
+    if not isinstance(mapping, Mapping):
+        raise ArgumentTypeError(f"mapping must be an aimc Mapping (from aimc.compile), got {type(mapping).__name__}")
+    model = get_device(device) if isinstance(device, str) else device
+    if not isinstance(model, DeviceModel):
+        raise ArgumentTypeError(f"device must be a preset name or an aimc.devices.DeviceModel, got {type(device)}")
+    check_choice(strategy, "strategy", STRATEGIES)
+    config = config or CoreConfig()
+    gen = make_generator(seed, "seed")
+    chip = ProgrammedChip(
+        mapping=mapping, device=model, strategy=strategy, seed=seed if isinstance(seed, int) else None, config=config
+    )
+    for layer in mapping.layers.values():
+        w_max = core_w_max(layer, model, strategy, config, mapping.spec)
+        chip.cores[layer.name] = program_core(
+            weight_blocks(layer), model, strategy, gen, spec=mapping.spec, config=config, w_max=w_max
+        )
+    return chip
+
+
+__all__ = ["CURRENT_HEADROOM", "ProgrammedChip", "core_w_max", "program"]

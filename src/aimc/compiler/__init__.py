@@ -1,0 +1,90 @@
+"""Compile a PyTorch network for the chip: capture, lower, fuse LDPU work, calibrate ranges, tile and place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from aimc.compiler.calibrate import calibrate
+from aimc.compiler.capture import SUPPORTED_MODULES, UnsupportedLayerError, check_fits, fuse, lower, trace
+from aimc.compiler.mapping import MappedLayer, Mapping, Op
+from aimc.compiler.placement import place
+from aimc.compiler.tiling import Tiling
+from aimc.compiler.topology import Topology
+from aimc.errors import ArgumentTypeError, ValidationError
+from aimc.spec import ChipSpec
+
+__all__ = [
+    "SUPPORTED_MODULES",
+    "MappedLayer",
+    "Mapping",
+    "Op",
+    "Tiling",
+    "Topology",
+    "UnsupportedLayerError",
+    "compile",
+]
+
+
+def compile(
+    model: nn.Module,
+    spec: ChipSpec | None = None,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    *,
+    chips: int = 1,
+    avoid_cores: Iterable[int] = (),
+    name: str | None = None,
+) -> Mapping:
+    """Compile ``model`` for the chip.
+
+    Args:
+        model: an ``nn.Sequential`` or any torch.fx-traceable module of supported layers (``SUPPORTED_MODULES``).
+            It is evaluated in eval mode (batch norm running statistics, no dropout).
+        spec: the chip (default ``ChipSpec.hermes()``).
+        example_input: a representative input batch; it calibrates the PWM input ranges, the INT8 output and
+            partial-sum ranges and the per-core G_max limits. Image models: float ``(B, C, H, W)``; LSTM models:
+            token ids ``(B, T)``.
+        chips: number of chips to spread the network over (inter-chip transfers are marked as such).
+        avoid_cores: global core ids not to use (dead cores).
+        name: name of the network in reports (default: the model's class name).
+
+    Returns:
+        The :class:`Mapping`.
+    """
+    spec = spec or ChipSpec.hermes()
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise ArgumentTypeError(
+            "example_input must be a tensor batch of representative inputs, or a tuple of them for a model with "
+            f"several inputs (it calibrates the chip's number conversions); got {type(example_input).__name__}"
+        )
+    if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
+        raise ValidationError(f"chips must be an int >= 1, got {chips!r}")
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in inputs):
+        raise ValidationError("example_input must be finite; it holds NaN/Inf values")
+    was_training = model.training
+    model.eval()
+    try:
+        gm = trace(model)
+        gm.offchip_modules = tuple(getattr(model, "offchip_modules", ()))
+        captured = lower(gm, spec)
+        if not captured.layers:
+            raise UnsupportedLayerError("the model has no Conv2d, Linear or LSTM layer to put on the chip")
+        fuse(captured)
+        check_fits(captured.layers, spec, chips)
+        calibrate(gm, captured, example_input)
+    finally:
+        model.train(was_training)
+    place(list(captured.layers.values()), spec, chips, avoid_cores)
+    return Mapping(
+        spec=spec,
+        layers=captured.layers,
+        ops=captured.ops,
+        chips=chips,
+        model_name=name or type(model).__name__,
+        extra_tensors=captured.extra_tensors,
+    )

@@ -1,0 +1,145 @@
+"""Ranges of the chip's number conversions, measured on example inputs (the compile step's calibration).
+
+For each analog layer: the input value that maps to PWM full scale (``x_range``: the largest |input| seen), the
+INT8 full scale of its output after the LDPU pipeline (``out_range``) and of the partial sums passed along its
+column chains (``psum_range``), and the largest normalised bit-line load of each core (``load``), from which
+``program`` limits each core's G_max below ADC saturation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+
+from aimc.compiler.capture import Captured
+from aimc.compiler.mapping import MappedLayer, Op
+
+#: Floor of every range, so that an all-zero calibration value never gives a zero scale.
+MIN_RANGE = 1e-6
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs the traced float model and keeps every node's value."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        out = super().run_node(n)
+        self.values[n.name] = out
+        return out
+
+
+def record(gm: torch.fx.GraphModule, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    """Every node's value for ``example_input`` (float forward, no gradients)."""
+    rec = _Recorder(gm)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    with torch.no_grad():
+        rec.run(*args)
+    return rec.values
+
+
+def _value(values: dict[str, Any], ops_by_name: dict[str, Op], name: str) -> torch.Tensor:
+    op = ops_by_name.get(name)
+    node = op.attrs.get("value_node", name) if op is not None else name
+    v = values[node]
+    return v[0] if isinstance(v, tuple) else v
+
+
+def layer_rows(layer: MappedLayer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as matrix rows ``(rows, K)``: im2col patches for conv, flattened rows otherwise."""
+    if layer.kind == "conv2d":
+        g = layer.geometry
+        cols = F.unfold(x, g["kernel"], dilation=g["dilation"], padding=g["padding"], stride=g["stride"])
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def block_view(layer: MappedLayer, rows: torch.Tensor) -> torch.Tensor:
+    """``(R, K)`` rows -> ``(r, R, n)`` row blocks, zero-padded to the equal block size."""
+    t = layer.tiling
+    pad = t.row_blocks * t.block_inputs - rows.shape[-1]
+    if pad:
+        rows = F.pad(rows, (0, pad))
+    return rows.reshape(rows.shape[0], t.row_blocks, t.block_inputs).permute(1, 0, 2)
+
+
+def weight_blocks(layer: MappedLayer) -> torch.Tensor:
+    """``(N, K)`` weight -> ``(r, c, m, n)`` blocks, zero-padded (core (i, j) holds block [i][j])."""
+    t = layer.tiling
+    w = F.pad(
+        layer.weight, (0, t.row_blocks * t.block_inputs - t.inputs, 0, t.col_blocks * t.block_outputs - t.outputs)
+    )
+    return w.reshape(t.col_blocks, t.block_outputs, t.row_blocks, t.block_inputs).permute(2, 0, 1, 3).contiguous()
+
+
+def calibrate(
+    gm: torch.fx.GraphModule, captured: Captured, example_input: torch.Tensor | tuple[torch.Tensor, ...]
+) -> None:
+    """Set ``x_range``, ``out_range``, ``psum_range`` and ``load`` of every analog layer; in place."""
+    values = record(gm, example_input)
+    ops_by_name = {op.name: op for op in captured.ops}
+    for op in captured.ops:
+        if op.kind not in ("analog", "lstm"):
+            continue
+        layer = captured.layers[op.attrs["layer"]]
+        x = _value(values, ops_by_name, op.inputs[0]).float()
+        if layer.kind == "lstm":
+            h = values[op.name][0].float()  # (B, T, H): h_t for every step
+            h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+            rows = torch.cat([x, h_prev], dim=-1).reshape(-1, x.shape[-1] + h.shape[-1])
+            out = rows @ layer.weight.T + layer.bias
+            layer.out_range = max(float(out.abs().max()), MIN_RANGE)
+        else:
+            rows = layer_rows(layer, x)
+            out = _value(values, ops_by_name, op.attrs.get("value_node", op.name))
+            layer.out_range = max(float(out.abs().max()), MIN_RANGE)
+        layer.x_range = max(float(rows.abs().max()), MIN_RANGE)
+        xb = block_view(layer, rows)  # (r, R, n)
+        wb = weight_blocks(layer)  # (r, c, m, n)
+        layer.load = _bit_line_load(xb / layer.x_range, wb)
+        layer.psum_range = _psum_range(layer, xb, wb, captured, values, ops_by_name)
+
+
+def _bit_line_load(xn: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """Max over rows and outputs of each one-phase counter's sum_j (|w|/w_max)(|x|/x_range), per core (r, c)."""
+    w_max = wb.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+    wn = wb / w_max
+    wp, wm = wn.clamp_min(0), (-wn).clamp_min(0)
+    xp, xm = xn.clamp_min(0).unsqueeze(1), (-xn).clamp_min(0).unsqueeze(1)  # (r, 1, R, n)
+    pos = xp @ wp.mT + xm @ wm.mT
+    neg = xp @ wm.mT + xm @ wp.mT
+    return torch.maximum(pos.amax(dim=(-2, -1)), neg.amax(dim=(-2, -1)))
+
+
+def _psum_range(
+    layer: MappedLayer,
+    xb: torch.Tensor,
+    wb: torch.Tensor,
+    captured: Captured,
+    values: dict[str, Any],
+    ops_by_name: dict[str, Op],
+) -> float:
+    """Largest |running partial sum| sent along a column chain (affine scale applied, bias not yet)."""
+    t = layer.tiling
+    if t.row_blocks == 1:
+        return 1.0
+    y = xb.unsqueeze(1) @ wb.mT  # (r, c, R, m)
+    scale = F.pad(layer.scale, (0, t.col_blocks * t.block_outputs - t.outputs)).reshape(t.col_blocks, 1, -1)
+    running = torch.cumsum(y * scale, dim=0)[:-1]
+    if layer.add is not None and layer.add_at_chain_head:
+        addend = _value(values, ops_by_name, layer.add).float()
+        running = running + _columns(layer, addend)
+    return max(float(running.abs().max()), MIN_RANGE)
+
+
+def _columns(layer: MappedLayer, value: torch.Tensor) -> torch.Tensor:
+    """A layer-output-shaped value -> ``(c, R, m)`` column blocks (conv: channels last per position)."""
+    t = layer.tiling
+    rows = value.permute(0, 2, 3, 1).reshape(-1, t.outputs) if layer.kind == "conv2d" else value.reshape(-1, t.outputs)
+    rows = F.pad(rows, (0, t.col_blocks * t.block_outputs - t.outputs))
+    return rows.reshape(rows.shape[0], t.col_blocks, t.block_outputs).permute(1, 0, 2)

@@ -1,0 +1,64 @@
+"""The global digital processing unit (GDPU): the LSTM cell in FP16 with a tanh look-up table (SPEC §2).
+
+A GDPU slice takes the i, f, g, o gate pre-activations (INT8) of up to 64 hidden units, keeps their cell states in
+FP16 registers and returns h as INT8. tanh is a look-up table of 17 comparators (18 bins) with linear interpolation
+by one FMA; sigmoid(x) = 1/2 + tanh(x/2)/2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Assumption: the 17 comparator thresholds of the tanh table are evenly spaced over [-4, 4] (not published); the
+#: 16 inner bins interpolate tanh linearly between them, the 2 outer bins hold tanh(±4). Maximum error 0.024.
+TANH_LUT_RANGE = 4.0
+TANH_LUT_COMPARATORS = 17
+
+
+def _lut(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = torch.linspace(-TANH_LUT_RANGE, TANH_LUT_RANGE, TANH_LUT_COMPARATORS, dtype=torch.float64)
+    y = torch.tanh(x)
+    slope = (y[1:] - y[:-1]) / (x[1:] - x[:-1])
+    intercept = y[:-1] - slope * x[:-1]
+    # outer bins: constant tanh(±range)
+    slope = torch.cat([torch.zeros(1, dtype=torch.float64), slope, torch.zeros(1, dtype=torch.float64)])
+    intercept = torch.cat([y[:1], intercept, y[-1:]])
+    return (
+        x.to(dtype=dtype, device=device),
+        slope.to(dtype=dtype, device=device),
+        intercept.to(dtype=dtype, device=device),
+    )
+
+
+def tanh_lut(x: torch.Tensor) -> torch.Tensor:
+    """tanh by the GDPU's 18-bin look-up table with linear interpolation, in ``x``'s dtype. Shape: any."""
+    thresholds, slope, intercept = _lut(x.dtype, x.device)
+    idx = torch.bucketize(x.contiguous(), thresholds)  # 0 .. 17: number of thresholds below x
+    return torch.addcmul(intercept[idx], x, slope[idx])
+
+
+def sigmoid_lut(x: torch.Tensor) -> torch.Tensor:
+    """sigmoid(x) = 1/2 + tanh(x/2)/2 with the table tanh (SPEC §2)."""
+    return 0.5 + 0.5 * tanh_lut(0.5 * x)
+
+
+def lstm_cell(gates: torch.Tensor, c: torch.Tensor, *, fp16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM step from gate pre-activations, as a GDPU computes it.
+
+    Args:
+        gates: ``(B, 4H)`` pre-activations in PyTorch's order i, f, g, o.
+        c: ``(B, H)`` cell state.
+        fp16: compute in FP16 with the tanh table (the chip); False gives the exact float32 cell.
+
+    Returns:
+        ``(h, c)``, each ``(B, H)`` (float32 tensors; FP16 values when ``fp16``).
+    """
+    if not fp16:
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c_new), c_new
+    gh = gates.to(torch.float16)
+    i, f, g, o = gh.chunk(4, dim=-1)
+    c_new = sigmoid_lut(f) * c.to(torch.float16) + sigmoid_lut(i) * tanh_lut(g)
+    h = sigmoid_lut(o) * tanh_lut(c_new)
+    return h.float(), c_new.float()
