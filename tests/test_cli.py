@@ -69,3 +69,31 @@ def test_debug_flag_shows_the_traceback():
 
     with pytest.raises(ValidationError):
         main(["--debug", "mvm-error", "--times", "-5"])
+
+
+def test_map_prints_the_placement_and_draws_the_core_map(capsys, tmp_path):
+    png = tmp_path / "map.png"
+    assert main(["map", "resnet9", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "40 cores" in out and "conv7" in out and "2016x224" in out
+    assert png.stat().st_size > 20_000
+    assert main(["map", "char-lstm", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["cores_used"] == 26
+    assert {layer["name"]: len(sum(layer["cores"], [])) for layer in payload["layers"]} == {"lstm": 24, "fc": 2}
+
+
+def test_map_reads_a_safetensors_state_dict(capsys, tmp_path):
+    from safetensors.torch import save_file
+
+    from aimc.models import resnet9
+
+    path = tmp_path / "weights.safetensors"
+    save_file(resnet9(seed=1).state_dict(), str(path), metadata={"aimc_model": "resnet9"})
+    assert main(["map", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cores_used"] == 40
+    pickled = tmp_path / "weights.pt"
+    pickled.write_bytes(b"not read")
+    assert main(["map", str(pickled)]) == 2
+    assert "never pickle" in capsys.readouterr().err
+    assert main(["map", "vgg16"]) == 2

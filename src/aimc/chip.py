@@ -23,7 +23,6 @@ from aimc.core.config import CoreConfig
 from aimc.devices.base import DeviceModel, check_time
 from aimc.devices.registry import get as get_device
 from aimc.digital.gdpu import lstm_cell
-from aimc.digital.numerics import fp16, to_int8
 from aimc.errors import ArgumentTypeError, ValidationError
 from aimc.spec import READ_MODES
 
@@ -31,8 +30,9 @@ from aimc.spec import READ_MODES
 #: saturation current (SPEC §1 says G_max is limited per core so that every bit-line current stays below it).
 CURRENT_HEADROOM = 0.9
 
-#: Largest number of matrix rows (images x output positions) simulated at once per layer, to bound memory.
-MAX_ROWS_PER_STEP = 32768
+#: Matrix elements (rows x cores x block size) simulated at once per layer: small enough for the work tensors to
+#: stay in cache and memory bounded, large enough that per-call overhead is negligible (measured best at ~2^20).
+ELEMENTS_PER_STEP = 2**20
 
 
 def core_w_max(layer: MappedLayer, device: DeviceModel, strategy: str, config: CoreConfig, spec: Any) -> torch.Tensor:
@@ -242,27 +242,34 @@ def _ldpu_chain(layer: MappedLayer, y: torch.Tensor, addend: torch.Tensor | None
         out = F.relu(out) if layer.relu else out
         out = out + addend if addend is not None else out
         return F.relu(out) if layer.relu2 else out
-    q_out = layer.out_range / 127.0
-    s16, b16 = fp16(s), fp16(b)
+    # FP16 arithmetic as the LDPUs do it: every operation below runs in torch.float16 and rounds like the hardware
+    half = torch.float16
+    y = y.to(half)
+    s16, b16 = s.to(half), b.to(half)
+    add16 = addend.to(half) if addend is not None else None
     if t.row_blocks == 1:
-        out = fp16(torch.addcmul(b16, fp16(y[0]), s16))
-        out = out.clamp_min(0.0) if layer.relu else out
-        out = fp16(out + addend) if addend is not None else out
-        out = out.clamp_min(0.0) if layer.relu2 else out
-        return to_int8(out, q_out).to(y.dtype) * q_out
-    q_ps = layer.psum_range / 127.0
+        out = torch.addcmul(b16, y[0], s16)
+        out = out.clamp_min_(0.0) if layer.relu else out
+        out = out.add_(add16) if add16 is not None else out
+        out = out.clamp_min_(0.0) if layer.relu2 else out
+        return _int8_values(out, layer.out_range)
     running = None
     for i in range(t.row_blocks - 1):  # each core adds what it receives and sends INT8 on (r <= 8 steps)
-        v = fp16(fp16(y[i]) * s16)
-        if i == 0 and addend is not None:
-            v = fp16(v + addend)
+        v = y[i] * s16
+        if i == 0 and add16 is not None:
+            v.add_(add16)
         if running is not None:
-            v = fp16(v + running)
-        running = to_int8(v, q_ps).to(y.dtype) * q_ps
-    out = fp16(torch.addcmul(b16, fp16(y[-1]), s16))
-    out = fp16(out + running)
-    out = out.clamp_min(0.0) if relu_last else out
-    return to_int8(out, q_out).to(y.dtype) * q_out
+            v.add_(running)
+        running = _int8_values(v, layer.psum_range).to(half)
+    out = torch.addcmul(b16, y[-1], s16).add_(running)
+    out = out.clamp_min_(0.0) if relu_last else out
+    return _int8_values(out, layer.out_range)
+
+
+def _int8_values(v: torch.Tensor, full_scale: float) -> torch.Tensor:
+    """INT8 conversion for the link (round, saturate at ±127/-128 codes), returned as float32 values."""
+    q = full_scale / 127.0
+    return v.float().div_(q).round_().clamp_(-128.0, 127.0).mul_(q)
 
 
 def _mvm_rows(
@@ -270,7 +277,9 @@ def _mvm_rows(
 ) -> torch.Tensor:
     """All cores of a layer on matrix rows ``(R, K)`` -> ``(r, c, R, m)`` MVM outputs."""
     xb = block_view(layer, rows).unsqueeze(1)  # (r, 1, R, n)
-    return readout.mvm(xb, gen, x_range=layer.x_range, quantize=quantize)
+    return readout.mvm(
+        xb, gen, x_range=layer.x_range, quantize=quantize, output_dtype=torch.float16 if quantize else torch.float32
+    )
 
 
 def _run_analog(
@@ -292,10 +301,12 @@ def _run_analog(
             else (addend.reshape(-1, layer.tiling.outputs))
         )
     outs = []
-    for start in range(0, rows.shape[0], MAX_ROWS_PER_STEP):
-        chunk = rows[start : start + MAX_ROWS_PER_STEP]
+    t = layer.tiling
+    step = max(256, ELEMENTS_PER_STEP // (t.cores * max(t.block_inputs, t.block_outputs)))
+    for start in range(0, rows.shape[0], step):
+        chunk = rows[start : start + step]
         y = _mvm_rows(layer, readout, chunk, gen, quantize)
-        add_c = None if add_rows is None else _columns(layer, add_rows[start : start + MAX_ROWS_PER_STEP].float())
+        add_c = None if add_rows is None else _columns(layer, add_rows[start : start + step].float())
         outs.append(_uncolumns(layer, _ldpu_chain(layer, y, add_c, quantize)))
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
     if layer.kind == "conv2d":
@@ -324,7 +335,7 @@ def _run_lstm(
         gates = _uncolumns(layer, _ldpu_chain(layer, y, None, quantize))[:, inverse]
         h, c = lstm_cell(gates, c, fp16=quantize)
         if quantize:
-            h = to_int8(h, 1.0 / 127.0).float() / 127.0
+            h = _int8_values(h, 1.0)
         outs.append(h)
     return torch.stack(outs, dim=1)
 

@@ -83,6 +83,68 @@ def cmd_mvm_error(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_network(spec_name: str, arch: str | None):
+    """A model and an example input for ``aimc map``: a reference name, or a safetensors state dict + arch."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from aimc.models import available_models, example_input, get_model
+
+    path = Path(spec_name)
+    if spec_name in available_models():
+        model = get_model(spec_name)
+        return model, example_input(spec_name), spec_name
+    if not path.is_file():
+        raise ValidationError(
+            f"MODEL must be one of {', '.join(available_models())} or a path to a .safetensors state dict; got "
+            f"{spec_name!r}"
+        )
+    if path.suffix != ".safetensors":
+        raise ValidationError(
+            f"{spec_name!r}: only .safetensors state dicts are read (never pickle; TorchScript modules cannot be "
+            "traced by torch.fx); save model.state_dict() with safetensors and pass --arch"
+        )
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValidationError(f"{spec_name!r} is not a readable safetensors file: {err}") from None
+    name = arch or meta.get("aimc_model")
+    if name not in available_models():
+        raise ValidationError(
+            f"say which architecture {spec_name!r} holds with --arch ({', '.join(available_models())})"
+        )
+    model = get_model(name)
+    try:
+        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    except RuntimeError as err:
+        raise ValidationError(f"{spec_name!r} does not hold {name} weights: {str(err).splitlines()[0]}") from None
+    return model, example_input(name), path.stem
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    """``aimc map``: the placement of a network on the chip."""
+    import aimc
+    from aimc.compiler.draw import draw_core_map
+
+    model, example, name = _load_network(args.model, args.arch)
+    mapping = aimc.compile(model, example_input=example, chips=args.chips, name=name)
+    if args.json:
+        print(json.dumps(mapping.describe(), indent=2))
+    else:
+        print(mapping.summary())
+    if args.png:
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        draw_core_map(mapping, args.png)
+        if not args.json:
+            print(f"wrote {args.png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``aimc`` command."""
     from aimc import __version__
@@ -114,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-out", default=None, help="also write the JSON result to this file")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="write a figure of the errors vs time")
     p.set_defaults(func=cmd_mvm_error)
+
+    p = sub.add_parser("map", help="place a network on the chip's cores and show the placement")
+    p.add_argument("model", help="resnet9, char-lstm, caption-lstm, or a .safetensors state dict (with --arch)")
+    p.add_argument("--arch", default=None, help="architecture of a state-dict file (resnet9, char-lstm, caption-lstm)")
+    p.add_argument("--chips", type=int, default=1, help="number of chips to map onto (default 1)")
+    p.add_argument("--json", action="store_true", help="print JSON (cores_used, per-layer core lists, links)")
+    p.add_argument("--png", default=None, metavar="FILE.png", help="draw the core map")
+    p.set_defaults(func=cmd_map)
     return parser
 
 

@@ -69,7 +69,8 @@ def compile(
     was_training = model.training
     model.eval()
     try:
-        gm = trace(model)
+        # a bare layer is traced through its functional form; as the only child of a Sequential it stays a module
+        gm = trace(nn.Sequential(model) if isinstance(model, nn.Conv2d | nn.Linear | nn.LSTM) else model)
         gm.offchip_modules = tuple(getattr(model, "offchip_modules", ()))
         captured = lower(gm, spec)
         if not captured.layers:

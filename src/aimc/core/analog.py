@@ -134,6 +134,7 @@ class CoreReadout:
         x_range: float | torch.Tensor = 1.0,
         exact_phases: bool = False,
         quantize: bool = True,
+        output_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """One MVM per row of ``x`` on the core(s), with fresh read noise.
 
@@ -144,6 +145,7 @@ class CoreReadout:
             exact_phases: evaluate each of the four phases' CCO counts separately (four-phase only).
             quantize: False replaces the converters by ideal ones: no PWM rounding or saturation, the exact
                 bit-line charge instead of CCO counts, float32 instead of FP16 (device noise stays).
+            output_dtype: dtype of the result (``torch.float16`` hands the LDPU's values on without conversion).
 
         Returns:
             ``(..., B, m)`` estimates of ``x @ W.T`` as the LDPU computes them (FP16 values in float32).
@@ -170,7 +172,7 @@ class CoreReadout:
             c_pos, c_neg = self._exact_four_phase_counts(tau, gen)
         else:
             c_pos, c_neg = self._fast_counts(tau, gen)
-        return core.ldpu_combine(c_pos, c_neg, self.phases, self.out_scale * x_range)
+        return core.ldpu_combine(c_pos, c_neg, self.phases, self.out_scale * x_range, output_dtype)
 
     def _fresh_noise_(self, out: torch.Tensor, tau: torch.Tensor, gen: torch.Generator | None) -> None:
         """Add the per-MVM read noise of sum_j G_ij·tau_j (uS·ns) to ``out`` ``(..., B, m)`` in place.
@@ -381,7 +383,12 @@ class ProgrammedCore:
         return (self.gdc_reference[mode] / now)[..., None, None]
 
     def ldpu_combine(
-        self, c_pos: torch.Tensor, c_neg: torch.Tensor, phases: int, out_scale: torch.Tensor
+        self,
+        c_pos: torch.Tensor,
+        c_neg: torch.Tensor,
+        phases: int,
+        out_scale: torch.Tensor,
+        output_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """LDPU in FP16 (SPEC §1): counts -> FP16, per-counter affine correction (2 FMAs), subtract, scale.
 
@@ -392,14 +399,14 @@ class ProgrammedCore:
             out_scale: ``(..., 1, 1)`` output units per fC.
 
         Returns:
-            ``(..., B, m)`` float32 tensor holding FP16 values.
+            ``(..., B, m)`` FP16 values, as ``output_dtype``.
         """
         half = torch.float16
         inv_a = self.adc.inv_alpha.to(half)
         bias = (-phases * self.adc.beta * self.adc.inv_alpha).to(half)
         q_pos = torch.addcmul(bias[..., 0:1, :], c_pos.to(half), inv_a[..., 0:1, :])
         q_neg = torch.addcmul(bias[..., 1:2, :], c_neg.to(half), inv_a[..., 1:2, :])
-        return q_pos.sub_(q_neg).mul_(out_scale.to(half)).float()
+        return q_pos.sub_(q_neg).mul_(out_scale.to(half)).to(output_dtype)
 
     def mvm(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from aimc.errors import ArgumentTypeError, UnknownNameError
@@ -58,6 +59,18 @@ def get_model(name: str, **kwargs: object) -> nn.Module:
     return _MODELS[name](**kwargs)
 
 
+def example_input(name: str, batch: int = 8, seed: int = 0) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A random input batch of the right shape and type for a reference network (for mapping, not accuracy)."""
+    g = torch.Generator().manual_seed(seed)
+    if name == "resnet9":
+        return torch.randn(batch, 3, 32, 32, generator=g)
+    if name == "char-lstm":
+        return torch.randint(0, 50, (batch, 32), generator=g)
+    if name == "caption-lstm":
+        return torch.randn(batch, 2048, generator=g), torch.randint(0, 4064, (batch, 12), generator=g)
+    raise UnknownNameError(f"unknown model name {name!r}; available: {', '.join(map(repr, _MODELS))}")
+
+
 __all__ = [
     "RESNET9_FILTERS",
     "CaptionLSTM",
@@ -66,6 +79,7 @@ __all__ = [
     "available_models",
     "caption_lstm",
     "char_lstm",
+    "example_input",
     "get_model",
     "onchip_bias_count",
     "onchip_weight_count",

@@ -1,0 +1,165 @@
+"""program() and ProgrammedChip.run(): agreement with PyTorch, determinism, save/load, user networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import aimc
+from aimc.data import cifar10_tensors
+from aimc.errors import ValidationError
+from aimc.models import char_lstm, resnet9
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    return cifar10_tensors("test", 1000)
+
+
+@pytest.fixture(scope="module")
+def resnet(cifar):
+    """ResNet-9 with batch-norm statistics measured on CIFAR-10 images (realistic activation scales)."""
+    model = resnet9(seed=0)
+    x, _ = cifar
+    model.train()
+    with torch.no_grad():
+        for i in range(0, 1000, 250):
+            model(x[i : i + 250])
+    model.eval()
+    return model, aimc.compile(model, example_input=x[:128])
+
+
+def test_noise_free_chip_agrees_with_pytorch_on_1000_cifar_images(resnet, cifar):
+    model, mapping = resnet
+    x, _ = cifar
+    chip = aimc.program(mapping, device="ideal", strategy="tdp", seed=0)
+    with torch.no_grad():
+        ref = model(x)
+    out = chip.run(x, quantize=False)
+    agree = float((out.argmax(1) == ref.argmax(1)).float().mean())
+    assert agree >= 0.995
+    assert float((out - ref).abs().max()) < 1e-4 * float(ref.abs().max()) + 1e-5
+
+
+def test_char_lstm_noise_free_logits_match_pytorch():
+    model = char_lstm(seed=0).eval()
+    tokens = torch.randint(0, 50, (4, 40), generator=torch.Generator().manual_seed(1))
+    mapping = aimc.compile(model, example_input=tokens)
+    chip = aimc.program(mapping, device="ideal", strategy="tdp", seed=0)
+    with torch.no_grad():
+        ref = model(tokens)
+    assert float((chip.run(tokens, quantize=False) - ref).abs().max()) < 1e-5
+    # with the chip's converters (8-bit PWM, CCO ADC, INT8 links, FP16 GDPU with the tanh table)
+    assert float((chip.run(tokens) - ref).abs().max()) < 0.05 * float(ref.abs().max()) + 0.01
+
+
+def test_quantised_noise_free_resnet9_stays_close_to_pytorch(resnet, cifar):
+    model, mapping = resnet
+    x, _ = cifar
+    chip = aimc.program(mapping, device="ideal", strategy="tdp", seed=0)
+    with torch.no_grad():
+        ref = model(x[:250])
+    out = chip.run(x[:250])
+    rel = float((out - ref).norm() / ref.norm())
+    assert rel < 0.15  # 8-bit PWM inputs, INT8 activations and partial sums, FP16 LDPUs
+
+
+def test_noisy_runs_differ_by_seed_and_repeat_with_the_same_seed(resnet, cifar):
+    _, mapping = resnet
+    x, _ = cifar
+    chip = aimc.program(mapping, device="hermes-2dev", strategy="tdp", seed=0)
+    a = chip.run(x[:16], t=3600.0, seed=1)
+    b = chip.run(x[:16], t=3600.0, seed=2)
+    c = chip.run(x[:16], t=3600.0, seed=1)
+    assert not torch.equal(a, b)
+    assert torch.equal(a, c)
+
+
+def test_save_and_load_give_identical_outputs(resnet, cifar, tmp_path):
+    _, mapping = resnet
+    x, _ = cifar
+    chip = aimc.program(mapping, device="hermes-1dev", strategy="odp", seed=3)
+    path = tmp_path / "chip.safetensors"
+    chip.save(str(path))
+    loaded = aimc.load(str(path))
+    assert loaded.strategy == "odp" and loaded.device.name == "hermes-1dev" and loaded.seed == 3
+    for mode in ("four-phase", "one-phase"):
+        assert torch.equal(chip.run(x[:8], 86400.0, mode, seed=5), loaded.run(x[:8], 86400.0, mode, seed=5))
+
+
+def test_corrupted_and_foreign_files_are_rejected(resnet, tmp_path):
+    _, mapping = resnet
+    chip = aimc.program(mapping, device="hermes-2dev", strategy="tdp", seed=0)
+    path = tmp_path / "chip.safetensors"
+    chip.save(str(path))
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(aimc.CorruptFileError, match="not a readable safetensors"):
+        aimc.load(str(truncated))
+    altered = bytearray(data)
+    altered[-100] ^= 0xFF
+    bad = tmp_path / "altered.safetensors"
+    bad.write_bytes(bytes(altered))
+    with pytest.raises(aimc.CorruptFileError, match="checksum"):
+        aimc.load(str(bad))
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(foreign))
+    with pytest.raises(aimc.CorruptFileError, match="not a saved aimc chip"):
+        aimc.load(str(foreign))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    with pytest.raises(aimc.CorruptFileError):
+        aimc.load(str(garbage))
+
+
+def test_networks_as_people_write_them_match_pytorch_noise_free():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding="same", bias=False),
+        nn.ReLU(),
+        nn.BatchNorm2d(16),  # BN after the activation
+        nn.Conv2d(16, 32, 3, stride=2, padding="valid"),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 64),
+        nn.ReLU(),
+        nn.BatchNorm1d(64),
+        nn.Linear(64, 10),
+        nn.Softmax(dim=1),
+    )
+    x = torch.randn(32, 3, 16, 16)
+    net.train()
+    with torch.no_grad():
+        net(x)
+    net.eval()
+    mapping = aimc.compile(net, example_input=x)
+    chip = aimc.program(mapping, device="ideal", strategy="tdp", seed=0)
+    with torch.no_grad():
+        ref = net(x)
+    assert float((chip.run(x, quantize=False) - ref).abs().max()) < 1e-5
+    kinds = [op.kind for op in mapping.ops]
+    assert kinds.count("affine") == 1  # the BN before a padded conv stays a pass; the one before Linear folds
+
+
+def test_run_rejects_bad_inputs(resnet):
+    _, mapping = resnet
+    chip = aimc.program(mapping, device="ideal", strategy="tdp", seed=0)
+    with pytest.raises(ValidationError, match="finite"):
+        chip.run(torch.full((1, 3, 32, 32), float("inf")))
+    with pytest.raises(ValidationError, match="t must be"):
+        chip.run(torch.zeros(1, 3, 32, 32), t=-1.0)
+    with pytest.raises(aimc.errors.UnknownNameError, match="mode"):
+        chip.run(torch.zeros(1, 3, 32, 32), mode="eight-phase")
+    with pytest.raises(ValidationError, match="1 input"):
+        chip.run((torch.zeros(1, 3, 32, 32), torch.zeros(1)))
+    with pytest.raises(ValidationError, match="empty"):
+        chip.run(torch.zeros(0, 3, 32, 32))
+    with pytest.raises(aimc.errors.ArgumentTypeError, match="mapping"):
+        aimc.program("resnet9", "ideal")  # type: ignore[arg-type]
