@@ -80,7 +80,10 @@ def test_map_prints_the_placement_and_draws_the_core_map(capsys, tmp_path):
     assert main(["map", "char-lstm", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["cores_used"] == 26
-    assert {layer["name"]: len(sum(layer["cores"], [])) for layer in payload["layers"]} == {"lstm": 24, "fc": 2}
+    assert {layer["name"]: sum(len(row) for row in layer["cores"]) for layer in payload["layers"]} == {
+        "lstm": 24,
+        "fc": 2,
+    }
 
 
 def test_map_reads_a_safetensors_state_dict(capsys, tmp_path):
