@@ -162,3 +162,10 @@ def test_avoided_cores_are_not_used():
     mapping = aimc.compile(get_model("resnet9"), example_input=example_input("resnet9"), avoid_cores=[0, 17])
     used = {c for layer in mapping.layers.values() for c in layer.core_list()}
     assert mapping.cores_used == 40 and not used & {0, 17}
+
+
+def test_pooling_can_be_placed_in_the_ldpu():
+    mapping = aimc.compile(get_model("resnet9"), example_input=example_input("resnet9"), pooling="ldpu")
+    assert {op.attrs["where"] for op in mapping.ops if op.kind == "maxpool2d"} == {"ldpu"}
+    with pytest.raises(aimc.errors.UnknownNameError, match="pooling"):
+        aimc.compile(get_model("resnet9"), example_input=example_input("resnet9"), pooling="gpu")

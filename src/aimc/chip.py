@@ -252,7 +252,7 @@ def _ldpu_chain(layer: MappedLayer, y: torch.Tensor, addend: torch.Tensor | None
         out = out.clamp_min_(0.0) if layer.relu else out
         out = out.add_(add16) if add16 is not None else out
         out = out.clamp_min_(0.0) if layer.relu2 else out
-        return _int8_values(out, layer.out_range)
+        return _int8_values(out.float(), layer.out_range)
     running = None
     for i in range(t.row_blocks - 1):  # each core adds what it receives and sends INT8 on (r <= 8 steps)
         v = y[i] * s16
@@ -260,16 +260,17 @@ def _ldpu_chain(layer: MappedLayer, y: torch.Tensor, addend: torch.Tensor | None
             v.add_(add16)
         if running is not None:
             v.add_(running)
-        running = _int8_values(v, layer.psum_range).to(half)
+        running = _int8_values(v, layer.psum_range)
     out = torch.addcmul(b16, y[-1], s16).add_(running)
     out = out.clamp_min_(0.0) if relu_last else out
-    return _int8_values(out, layer.out_range)
+    return _int8_values(out.float(), layer.out_range)
 
 
 def _int8_values(v: torch.Tensor, full_scale: float) -> torch.Tensor:
-    """INT8 conversion for the link (round, saturate at ±127/-128 codes), returned as float32 values."""
+    """INT8 conversion for the link (round, saturate at codes -128..127), in place; returns the values the
+    receiving LDPU gets back in its own format (``v``'s dtype: FP16 in the LDPUs)."""
     q = full_scale / 127.0
-    return v.float().div_(q).round_().clamp_(-128.0, 127.0).mul_(q)
+    return v.div_(q).round_().clamp_(-128.0, 127.0).mul_(q)
 
 
 def _mvm_rows(
@@ -282,6 +283,14 @@ def _mvm_rows(
     )
 
 
+def _conv_output_size(layer: MappedLayer, h: int, w: int) -> tuple[int, int]:
+    g = layer.geometry
+    sizes = []
+    for i, n in enumerate((h, w)):
+        sizes.append((n + 2 * g["padding"][i] - g["dilation"][i] * (g["kernel"][i] - 1) - 1) // g["stride"][i] + 1)
+    return sizes[0], sizes[1]
+
+
 def _run_analog(
     layer: MappedLayer,
     readout: CoreReadout,
@@ -290,31 +299,39 @@ def _run_analog(
     gen: torch.Generator,
     quantize: bool,
 ) -> torch.Tensor:
-    """One analog layer (conv via im2col or linear) with its LDPU pipeline, in chunks of rows."""
+    """One analog layer (conv via im2col or linear) with its LDPU pipeline.
+
+    The batch is processed in slices of about ``ELEMENTS_PER_STEP`` matrix elements, so that the im2col patches
+    and the work tensors of one slice stay small (memory) and cache-resident (speed).
+    """
     x = x.float()
-    rows = layer_rows(layer, x)
-    add_rows = None
-    if addend is not None:
-        add_rows = (
-            addend.permute(0, 2, 3, 1).reshape(-1, layer.tiling.outputs)
-            if layer.kind == "conv2d"
-            else (addend.reshape(-1, layer.tiling.outputs))
-        )
-    outs = []
     t = layer.tiling
-    step = max(256, ELEMENTS_PER_STEP // (t.cores * max(t.block_inputs, t.block_outputs)))
-    for start in range(0, rows.shape[0], step):
-        chunk = rows[start : start + step]
-        y = _mvm_rows(layer, readout, chunk, gen, quantize)
-        add_c = None if add_rows is None else _columns(layer, add_rows[start : start + step].float())
-        outs.append(_uncolumns(layer, _ldpu_chain(layer, y, add_c, quantize)))
-    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    step_rows = max(256, ELEMENTS_PER_STEP // (t.cores * max(t.block_inputs, t.block_outputs)))
     if layer.kind == "conv2d":
-        g = layer.geometry
-        h_out = (x.shape[2] + 2 * g["padding"][0] - g["dilation"][0] * (g["kernel"][0] - 1) - 1) // g["stride"][0] + 1
-        w_out = (x.shape[3] + 2 * g["padding"][1] - g["dilation"][1] * (g["kernel"][1] - 1) - 1) // g["stride"][1] + 1
-        return out.reshape(x.shape[0], h_out, w_out, -1).permute(0, 3, 1, 2).contiguous()
-    return out.reshape(*x.shape[:-1], -1)
+        h_out, w_out = _conv_output_size(layer, x.shape[2], x.shape[3])
+        per_item = h_out * w_out
+        out = torch.empty(x.shape[0], t.outputs, h_out, w_out, device=x.device)
+    else:
+        per_item = 1
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        out = torch.empty(x.shape[0], t.outputs, device=x.device)
+    items = max(1, step_rows // per_item)
+    for start in range(0, x.shape[0], items):
+        sl = slice(start, start + items)
+        rows = layer_rows(layer, x[sl])
+        y = _mvm_rows(layer, readout, rows, gen, quantize)
+        add_c = None
+        if addend is not None:
+            a = addend[sl].float()
+            a = a.permute(0, 2, 3, 1).reshape(-1, t.outputs) if layer.kind == "conv2d" else a.reshape(-1, t.outputs)
+            add_c = _columns(layer, a)
+        res = _uncolumns(layer, _ldpu_chain(layer, y, add_c, quantize))
+        if layer.kind == "conv2d":
+            out[sl] = res.reshape(-1, h_out, w_out, t.outputs).permute(0, 3, 1, 2)
+        else:
+            out[sl] = res
+    return out if layer.kind == "conv2d" else out.reshape(*lead, t.outputs)
 
 
 def _run_lstm(

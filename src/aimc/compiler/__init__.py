@@ -13,6 +13,7 @@ from aimc.compiler.mapping import MappedLayer, Mapping, Op
 from aimc.compiler.placement import place
 from aimc.compiler.tiling import Tiling
 from aimc.compiler.topology import Topology
+from aimc._validation import check_choice
 from aimc.errors import ArgumentTypeError, ValidationError
 from aimc.spec import ChipSpec
 
@@ -35,6 +36,7 @@ def compile(
     *,
     chips: int = 1,
     avoid_cores: Iterable[int] = (),
+    pooling: str = "off-chip",
     name: str | None = None,
 ) -> Mapping:
     """Compile ``model`` for the chip.
@@ -48,6 +50,9 @@ def compile(
             token ids ``(B, T)``.
         chips: number of chips to spread the network over (inter-chip transfers are marked as such).
         avoid_cores: global core ids not to use (dead cores).
+        pooling: where pooling runs: ``"off-chip"`` (as in the chip paper, through the host) or ``"ldpu"`` (in the
+            LDPU of the layer before it). The result is the same (max-pooling INT8 values is exact); the place
+            matters to the latency and energy model.
         name: name of the network in reports (default: the model's class name).
 
     Returns:
@@ -80,6 +85,10 @@ def compile(
         calibrate(gm, captured, example_input)
     finally:
         model.train(was_training)
+    check_choice(pooling, "pooling", ("off-chip", "ldpu"))
+    for op in captured.ops:
+        if op.kind in ("maxpool2d", "avgpool2d"):
+            op.attrs["where"] = pooling
     place(list(captured.layers.values()), spec, chips, avoid_cores)
     return Mapping(
         spec=spec,

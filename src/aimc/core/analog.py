@@ -179,12 +179,12 @@ class CoreReadout:
 
         For y = (G + E)·x with independent E_ij ~ N(0, s_ij^2), y - G·x is exactly N(0, sum_j s_ij^2 x_j^2): one
         matmul of the squared inputs gives every row its own fresh noise without a per-sample noise tensor
-        (DESIGN.md, "Fast by construction").
+        (DESIGN.md, "Fast by construction"). ``tau`` may already be in ``aux_dtype``.
         """
         if self.fresh_var is None or gen is None:
             return
-        tau_aux = tau.to(self.aux_dtype, copy=True)
-        var = torch.matmul(tau_aux.mul_(tau_aux), self.fresh_var)
+        tau_aux = tau.to(self.aux_dtype)
+        var = torch.matmul(tau_aux * tau_aux, self.fresh_var)
         std = torch.sqrt(var.clamp_min_(0.0), out=self._buffer("std", var.shape, torch.float32))
         if std.device.type == "cpu":
             z = self._buffer("z", std.shape, torch.float32).normal_(generator=gen)
@@ -200,11 +200,12 @@ class CoreReadout:
         """
         core, spec, cfg = self.core, self.core.spec, self.core.config
         v = cfg.read_voltage_V
+        tau_aux = tau.to(self.aux_dtype)
         if self.mode == "four-phase":
-            y_in, a_in = tau, tau.to(self.aux_dtype, copy=True).abs_()
+            y_in, a_in = tau, tau_aux.abs()
         else:
             y_in = torch.cat([tau.clamp_min(0.0), (-tau).clamp_min_(0.0)], dim=-1)
-            a_in = y_in.to(self.aux_dtype, copy=True)
+            a_in = y_in.to(self.aux_dtype)
         out_shape = torch.Size(
             (
                 *torch.broadcast_shapes(y_in.shape[:-2], self.y_matrix.shape[:-2]),
@@ -213,7 +214,7 @@ class CoreReadout:
             )
         )
         y = torch.matmul(y_in, self.y_matrix, out=self._buffer("y", out_shape, torch.float32))
-        self._fresh_noise_(y, tau, gen)
+        self._fresh_noise_(y, tau_aux, gen)
         a = torch.matmul(a_in, self.a_matrix)
         q_pos = self._buffer("q_pos", out_shape, torch.float32)
         q_neg = self._buffer("q_neg", out_shape, torch.float32)

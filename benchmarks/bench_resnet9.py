@@ -1,0 +1,111 @@
+"""Whole-network speed and memory: ResNet-9 on 1,000 CIFAR-10 test images on the simulated chip (issue #3).
+
+Batch 250, four-phase, read noise on, 2 threads; the reference is the plain PyTorch fp32 forward pass of the same
+network in the same run. Each side runs in its own subprocess so that its peak memory is measured alone: the growth
+of the peak resident set (VmHWM, reset through /proc/self/clear_refs after a warm-up pass) over the resident set
+before the timed passes. Also times ``aimc.program`` of the whole ResNet-9 chip.
+Targets: chip time <= 3x PyTorch (aim 1.5x), peak memory <= 2x, program() < 5 s.
+
+Usage: ``python benchmarks/bench_resnet9.py [--write] [--data-dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from _common import machine, today, write_section
+
+
+def _status_mb(key: str) -> float:
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1]) / 1024.0
+    raise KeyError(key)
+
+
+def _reset_peak() -> float:
+    """Reset the kernel's peak-RSS mark (Linux: write 5 to clear_refs) and return the current RSS (MB)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mb("VmRSS")
+
+
+def worker(side: str, repeats: int, data_dir: str | None) -> dict[str, float]:
+    import aimc
+    from aimc.data import cifar10_tensors
+
+    torch.set_num_threads(2)
+    x, _ = cifar10_tensors("test", 1000, data_dir)
+    model = aimc.models.resnet9(seed=0).eval()
+    out: dict[str, float] = {}
+    if side == "chip":
+        mapping = aimc.compile(model, example_input=x[:128])
+        start = time.perf_counter()
+        chip = aimc.program(mapping, "hermes-2dev", "tdp", seed=0)
+        out["program_s"] = time.perf_counter() - start
+
+        def run() -> None:
+            for i in range(0, 1000, 250):
+                chip.run(x[i : i + 250], t=3600.0, mode="four-phase", seed=i)
+    else:
+
+        def run() -> None:
+            with torch.no_grad():
+                for i in range(0, 1000, 250):
+                    model(x[i : i + 250])
+
+    run()  # warm-up
+    base = _reset_peak()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    out["time_s"] = statistics.median(times)
+    out["peak_mb"] = _status_mb("VmHWM") - base
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--worker", choices=["torch", "chip"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.repeats, args.data_dir)))
+        return
+    res = {}
+    for side in ("torch", "chip"):
+        cmd = [sys.executable, __file__, "--worker", side, "--repeats", str(args.repeats)]
+        if args.data_dir:
+            cmd += ["--data-dir", args.data_dir]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
+        res[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+    torch.set_num_threads(2)
+    t, c = res["torch"], res["chip"]
+    text = "\n".join([
+        f"Machine: {machine()}. Date: {today()}. Median of {args.repeats} passes over 1,000 images each.",
+        "",
+        "| | PyTorch fp32 forward | simulated chip (hermes-2dev, TDP, four-phase, read noise) | ratio |",
+        "|---|---|---|---|",
+        f"| time, 1,000 images (s) | {t['time_s']:.2f} | {c['time_s']:.2f} | {c['time_s'] / t['time_s']:.2f}x |",
+        f"| peak memory growth (MB) | {t['peak_mb']:.0f} | {c['peak_mb']:.0f} | "
+        f"{c['peak_mb'] / max(t['peak_mb'], 1):.2f}x |",
+        f"| `aimc.program` of the 40-core chip (s) | | {c['program_s']:.2f} | |",
+    ])
+    print(text)
+    if args.write:
+        write_section("bench_resnet9", text)
+
+
+if __name__ == "__main__":
+    main()
