@@ -20,11 +20,14 @@ import sys
 import time
 
 import torch
+
 from _common import machine, today, write_section
 
 
 def _status_mb(key: str) -> float:
-    for line in open("/proc/self/status").read().splitlines():
+    with open("/proc/self/status") as f:
+        lines = f.read().splitlines()
+    for line in lines:
         if line.startswith(key + ":"):
             return float(line.split()[1]) / 1024.0
     raise KeyError(key)
@@ -92,16 +95,18 @@ def main() -> None:
         res[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     torch.set_num_threads(2)
     t, c = res["torch"], res["chip"]
-    text = "\n".join([
-        f"Machine: {machine()}. Date: {today()}. Median of {args.repeats} passes over 1,000 images each.",
-        "",
-        "| | PyTorch fp32 forward | simulated chip (hermes-2dev, TDP, four-phase, read noise) | ratio |",
-        "|---|---|---|---|",
-        f"| time, 1,000 images (s) | {t['time_s']:.2f} | {c['time_s']:.2f} | {c['time_s'] / t['time_s']:.2f}x |",
-        f"| peak memory growth (MB) | {t['peak_mb']:.0f} | {c['peak_mb']:.0f} | "
-        f"{c['peak_mb'] / max(t['peak_mb'], 1):.2f}x |",
-        f"| `aimc.program` of the 40-core chip (s) | | {c['program_s']:.2f} | |",
-    ])
+    text = "\n".join(
+        [
+            f"Machine: {machine()}. Date: {today()}. Median of {args.repeats} passes over 1,000 images each.",
+            "",
+            "| | PyTorch fp32 forward | simulated chip (hermes-2dev, TDP, four-phase, read noise) | ratio |",
+            "|---|---|---|---|",
+            f"| time, 1,000 images (s) | {t['time_s']:.2f} | {c['time_s']:.2f} | {c['time_s'] / t['time_s']:.2f}x |",
+            f"| peak memory growth (MB) | {t['peak_mb']:.0f} | {c['peak_mb']:.0f} | "
+            f"{c['peak_mb'] / max(t['peak_mb'], 1):.2f}x |",
+            f"| `aimc.program` of the 40-core chip (s) | | {c['program_s']:.2f} | |",
+        ]
+    )
     print(text)
     if args.write:
         write_section("bench_resnet9", text)

@@ -7,13 +7,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from aimc._validation import check_choice
 from aimc.compiler.calibrate import calibrate
 from aimc.compiler.capture import SUPPORTED_MODULES, UnsupportedLayerError, check_fits, fuse, lower, trace
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
 from aimc.compiler.placement import place
 from aimc.compiler.tiling import Tiling
 from aimc.compiler.topology import Topology
-from aimc._validation import check_choice
 from aimc.errors import ArgumentTypeError, ValidationError
 from aimc.spec import ChipSpec
 
