@@ -145,6 +145,95 @@ def cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_perf(args: argparse.Namespace) -> int:
+    """``aimc perf``: Table I, a network's latency/energy/throughput, or the scaling study."""
+    from aimc.perf import compare_table1, estimate, format_comparison, leave_lstm_out
+
+    if args.model == "table1":
+        rows = compare_table1()
+        loo = compare_table1(leave_lstm_out())
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "rows": [
+                            {
+                                **r.ours,
+                                "use_case": r.published.use_case,
+                                "published": r.published.__dict__,
+                                "deviation": {
+                                    k: r.deviation(k)
+                                    for k in ("tops", "tops_per_w", "tops_per_mm2", "energy_uj", "latency_ns")
+                                },
+                            }
+                            for r in rows
+                        ],
+                        "leave_lstm_out": [{**r.ours, "use_case": r.published.use_case} for r in loo],
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            print("Table I of the chip paper, from aimc's mappings and model (constants fitted to all six rows)")
+            print(format_comparison(rows))
+            print("\nLeave-one-out: constants fitted without the two LSTM rows")
+            print(format_comparison(loo))
+        return 0
+    if args.model == "scaling":
+        from aimc.perf.scaling import clock_rate_answer, format_rows, plot_scaling, scaling_study
+
+        rows = scaling_study()
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(str(out / "scaling.json"), rows)
+        plot_scaling(rows, str(out / "scaling.png"))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(format_rows(rows))
+            print(clock_rate_answer(rows))
+            print(f"wrote {out / 'scaling.json'} and {out / 'scaling.png'}")
+        return 0
+    import aimc
+
+    model, example, name = _load_network(args.model, args.arch)
+    mapping = aimc.compile(model, example_input=example, name=name)
+    modes = ["one-phase", "four-phase"] if args.mode == "both" else [args.mode]
+    reports = [estimate(mapping, mode, transport=args.transport) for mode in modes]
+    if args.json:
+        print(json.dumps([_perf_row(r) for r in reports], indent=2))
+    else:
+        print("\n\n".join(r.summary() for r in reports))
+    if args.plot:
+        from aimc.perf.plots import plot_breakdown
+
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_breakdown(reports, args.plot)
+        if not args.json:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def _perf_row(report: object) -> dict[str, object]:
+    d = report.as_dict()  # type: ignore[attr-defined]
+    return {
+        "model": d["model"],
+        "cores": d["cores"],
+        "utilization": d["utilization"],
+        "mode": d["mode"],
+        "tops": d["tops"],
+        "tops_per_w": d["tops_per_w"],
+        "tops_per_mm2": d["tops_per_mm2"],
+        "energy_uj": d["energy_per_inference_uj"],
+        "latency_ns": d["latency_ns"],
+        "throughput_per_s": d["throughput_per_s"],
+        "bottleneck": d["bottleneck"],
+        "energy_breakdown_uj": d["energy_uj"],
+        "transport": d["transport"],
+        "layers": d["layers"],
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``aimc`` command."""
     from aimc import __version__
@@ -184,6 +273,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (cores_used, per-layer core lists, links)")
     p.add_argument("--png", default=None, metavar="FILE.png", help="draw the core map")
     p.set_defaults(func=cmd_map)
+
+    p = sub.add_parser("perf", help="latency, energy and throughput: 'table1', 'scaling', or a network")
+    p.add_argument(
+        "model",
+        help="table1 (the chip paper's Table I), scaling (the scaling study), or a network: "
+        "resnet9, char-lstm, caption-lstm, or a .safetensors state dict (with --arch)",
+    )
+    p.add_argument("--mode", default="both", choices=["one-phase", "four-phase", "both"])
+    p.add_argument(
+        "--transport",
+        default="host",
+        choices=["host", "on-chip"],
+        help="inter-layer activations through the host FPGA (as in the paper) or over on-chip links",
+    )
+    p.add_argument("--arch", default=None, help="architecture of a state-dict file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="latency/energy breakdown chart")
+    p.add_argument("--out", default="results/scaling", help="output folder of 'scaling' (default results/scaling)")
+    p.set_defaults(func=cmd_perf)
     return parser
 
 
@@ -193,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # output piped into e.g. `head`
+        sys.stderr.close()
+        return 0
     except AimcError as err:
         if args.debug:
             raise

@@ -95,6 +95,8 @@ def calibrate(
             out = rows @ layer.weight.T + layer.bias
             layer.out_range = max(float(out.abs().max()), MIN_RANGE)
         else:
+            if layer.kind == "conv2d":
+                layer.geometry["input_hw"] = [int(x.shape[-2]), int(x.shape[-1])]
             rows = layer_rows(layer, x)
             out = _value(values, ops_by_name, op.attrs.get("value_node", op.name))
             layer.out_range = max(float(out.abs().max()), MIN_RANGE)
