@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from aimc._validation import SeedLike, check_choice, make_generator
-from aimc.compiler.calibrate import block_view, layer_rows, weight_blocks
+from aimc.compiler.layout import (
+    block_view,
+    column_blocks,
+    conv_output_size,
+    from_column_blocks,
+    layer_rows,
+    output_rows,
+    weight_blocks,
+)
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
 from aimc.core.analog import STRATEGIES, CoreReadout, ProgrammedCore, polarity_g_max, program_core
 from aimc.core.config import CoreConfig
@@ -206,19 +214,6 @@ def _check_input(v: object, name: str) -> None:
         raise ValidationError(f"input {name!r} must be finite; it holds NaN/Inf values")
 
 
-def _columns(layer: MappedLayer, rows: torch.Tensor) -> torch.Tensor:
-    """``(R, N)`` -> ``(c, R, m)`` column blocks, zero-padded."""
-    t = layer.tiling
-    rows = F.pad(rows, (0, t.col_blocks * t.block_outputs - t.outputs))
-    return rows.reshape(rows.shape[0], t.col_blocks, t.block_outputs).permute(1, 0, 2)
-
-
-def _uncolumns(layer: MappedLayer, cols: torch.Tensor) -> torch.Tensor:
-    """``(c, R, m)`` -> ``(R, N)``."""
-    t = layer.tiling
-    return cols.permute(1, 0, 2).reshape(cols.shape[1], -1)[:, : t.outputs]
-
-
 def _ldpu_chain(layer: MappedLayer, y: torch.Tensor, addend: torch.Tensor | None, quantize: bool) -> torch.Tensor:
     """The LDPUs of a layer: partial sums along each column chain, affine, ReLU, add, ReLU, INT8 (SPEC §1).
 
@@ -283,14 +278,6 @@ def _mvm_rows(
     )
 
 
-def _conv_output_size(layer: MappedLayer, h: int, w: int) -> tuple[int, int]:
-    g = layer.geometry
-    sizes = []
-    for i, n in enumerate((h, w)):
-        sizes.append((n + 2 * g["padding"][i] - g["dilation"][i] * (g["kernel"][i] - 1) - 1) // g["stride"][i] + 1)
-    return sizes[0], sizes[1]
-
-
 def _run_analog(
     layer: MappedLayer,
     readout: CoreReadout,
@@ -308,7 +295,7 @@ def _run_analog(
     t = layer.tiling
     step_rows = max(256, ELEMENTS_PER_STEP // (t.cores * max(t.block_inputs, t.block_outputs)))
     if layer.kind == "conv2d":
-        h_out, w_out = _conv_output_size(layer, x.shape[2], x.shape[3])
+        h_out, w_out = conv_output_size(layer, x.shape[2], x.shape[3])
         per_item = h_out * w_out
         out = torch.empty(x.shape[0], t.outputs, h_out, w_out, device=x.device)
     else:
@@ -323,10 +310,8 @@ def _run_analog(
         y = _mvm_rows(layer, readout, rows, gen, quantize)
         add_c = None
         if addend is not None:
-            a = addend[sl].float()
-            a = a.permute(0, 2, 3, 1).reshape(-1, t.outputs) if layer.kind == "conv2d" else a.reshape(-1, t.outputs)
-            add_c = _columns(layer, a)
-        res = _uncolumns(layer, _ldpu_chain(layer, y, add_c, quantize))
+            add_c = column_blocks(layer, output_rows(layer, addend[sl].float()))
+        res = from_column_blocks(layer, _ldpu_chain(layer, y, add_c, quantize))
         if layer.kind == "conv2d":
             out[sl] = res.reshape(-1, h_out, w_out, t.outputs).permute(0, 3, 1, 2)
         else:
@@ -349,7 +334,7 @@ def _run_lstm(
     for step in range(steps):
         rows = torch.cat([x[:, step], h], dim=-1)
         y = _mvm_rows(layer, readout, rows, gen, quantize)
-        gates = _uncolumns(layer, _ldpu_chain(layer, y, None, quantize))[:, inverse]
+        gates = from_column_blocks(layer, _ldpu_chain(layer, y, None, quantize))[:, inverse]
         h, c = lstm_cell(gates, c, fp16=quantize)
         if quantize:
             h = _int8_values(h, 1.0)

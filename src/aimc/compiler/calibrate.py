@@ -15,6 +15,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from aimc.compiler.capture import Captured
+from aimc.compiler.layout import block_view, column_blocks, layer_rows, output_rows, weight_blocks
 from aimc.compiler.mapping import MappedLayer, Op
 
 #: Floor of every range, so that an all-zero calibration value never gives a zero scale.
@@ -48,33 +49,6 @@ def _value(values: dict[str, Any], ops_by_name: dict[str, Op], name: str) -> tor
     node = op.attrs.get("value_node", name) if op is not None else name
     v = values[node]
     return v[0] if isinstance(v, tuple) else v
-
-
-def layer_rows(layer: MappedLayer, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as matrix rows ``(rows, K)``: im2col patches for conv, flattened rows otherwise."""
-    if layer.kind == "conv2d":
-        g = layer.geometry
-        cols = F.unfold(x, g["kernel"], dilation=g["dilation"], padding=g["padding"], stride=g["stride"])
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return x.reshape(-1, x.shape[-1])
-
-
-def block_view(layer: MappedLayer, rows: torch.Tensor) -> torch.Tensor:
-    """``(R, K)`` rows -> ``(r, R, n)`` row blocks, zero-padded to the equal block size."""
-    t = layer.tiling
-    pad = t.row_blocks * t.block_inputs - rows.shape[-1]
-    if pad:
-        rows = F.pad(rows, (0, pad))
-    return rows.reshape(rows.shape[0], t.row_blocks, t.block_inputs).permute(1, 0, 2)
-
-
-def weight_blocks(layer: MappedLayer) -> torch.Tensor:
-    """``(N, K)`` weight -> ``(r, c, m, n)`` blocks, zero-padded (core (i, j) holds block [i][j])."""
-    t = layer.tiling
-    w = F.pad(
-        layer.weight, (0, t.row_blocks * t.block_inputs - t.inputs, 0, t.col_blocks * t.block_outputs - t.outputs)
-    )
-    return w.reshape(t.col_blocks, t.block_outputs, t.row_blocks, t.block_inputs).permute(2, 0, 1, 3).contiguous()
 
 
 def calibrate(
@@ -135,13 +109,5 @@ def _psum_range(
     running = torch.cumsum(y * scale, dim=0)[:-1]
     if layer.add is not None and layer.add_at_chain_head:
         addend = _value(values, ops_by_name, layer.add).float()
-        running = running + _columns(layer, addend)
+        running = running + column_blocks(layer, output_rows(layer, addend))
     return max(float(running.abs().max()), MIN_RANGE)
-
-
-def _columns(layer: MappedLayer, value: torch.Tensor) -> torch.Tensor:
-    """A layer-output-shaped value -> ``(c, R, m)`` column blocks (conv: channels last per position)."""
-    t = layer.tiling
-    rows = value.permute(0, 2, 3, 1).reshape(-1, t.outputs) if layer.kind == "conv2d" else value.reshape(-1, t.outputs)
-    rows = F.pad(rows, (0, t.col_blocks * t.block_outputs - t.outputs))
-    return rows.reshape(rows.shape[0], t.col_blocks, t.block_outputs).permute(1, 0, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aimc.compiler.layout import conv_output_size
 from aimc.compiler.mapping import MappedLayer, Mapping
 from aimc.errors import ArgumentTypeError, ValidationError
 
@@ -43,10 +44,7 @@ def _mvms(layer: MappedLayer, input_shape: tuple[int, ...] | None) -> int:
         return 1
     if input_shape is None:
         raise ValidationError(f"conv layer {layer.name!r} needs its input size to count its MVMs")
-    g = layer.geometry
-    h, w = input_shape[-2], input_shape[-1]
-    ho = (h + 2 * g["padding"][0] - g["dilation"][0] * (g["kernel"][0] - 1) - 1) // g["stride"][0] + 1
-    wo = (w + 2 * g["padding"][1] - g["dilation"][1] * (g["kernel"][1] - 1) - 1) // g["stride"][1] + 1
+    ho, wo = conv_output_size(layer, input_shape[-2], input_shape[-1])
     return ho * wo
 
 

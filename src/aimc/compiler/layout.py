@@ -1,0 +1,63 @@
+"""Data layout of analog layers: im2col rows, row blocks, weight blocks and column blocks (pure reshaping)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from aimc.compiler.mapping import MappedLayer
+
+
+def conv_output_size(layer: MappedLayer, h: int, w: int) -> tuple[int, int]:
+    """Output height and width of a conv layer for an ``h x w`` input."""
+    g = layer.geometry
+    sizes = []
+    for i, n in enumerate((h, w)):
+        sizes.append((n + 2 * g["padding"][i] - g["dilation"][i] * (g["kernel"][i] - 1) - 1) // g["stride"][i] + 1)
+    return sizes[0], sizes[1]
+
+
+def layer_rows(layer: MappedLayer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as matrix rows ``(rows, K)``: im2col patches for conv, flattened rows otherwise."""
+    if layer.kind == "conv2d":
+        g = layer.geometry
+        cols = F.unfold(x, g["kernel"], dilation=g["dilation"], padding=g["padding"], stride=g["stride"])
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def block_view(layer: MappedLayer, rows: torch.Tensor) -> torch.Tensor:
+    """``(R, K)`` rows -> ``(r, R, n)`` row blocks, zero-padded to the equal block size."""
+    t = layer.tiling
+    pad = t.row_blocks * t.block_inputs - rows.shape[-1]
+    if pad:
+        rows = F.pad(rows, (0, pad))
+    return rows.reshape(rows.shape[0], t.row_blocks, t.block_inputs).permute(1, 0, 2)
+
+
+def weight_blocks(layer: MappedLayer) -> torch.Tensor:
+    """``(N, K)`` weight -> ``(r, c, m, n)`` blocks, zero-padded (core (i, j) holds block [i][j])."""
+    t = layer.tiling
+    w = F.pad(
+        layer.weight, (0, t.row_blocks * t.block_inputs - t.inputs, 0, t.col_blocks * t.block_outputs - t.outputs)
+    )
+    return w.reshape(t.col_blocks, t.block_outputs, t.row_blocks, t.block_inputs).permute(2, 0, 1, 3).contiguous()
+
+
+def output_rows(layer: MappedLayer, value: torch.Tensor) -> torch.Tensor:
+    """A layer-output-shaped value -> ``(R, N)`` rows (conv: one row per output position, channels last)."""
+    if layer.kind == "conv2d":
+        return value.permute(0, 2, 3, 1).reshape(-1, layer.tiling.outputs)
+    return value.reshape(-1, layer.tiling.outputs)
+
+
+def column_blocks(layer: MappedLayer, rows: torch.Tensor) -> torch.Tensor:
+    """``(R, N)`` rows -> ``(c, R, m)`` column blocks, zero-padded."""
+    t = layer.tiling
+    rows = F.pad(rows, (0, t.col_blocks * t.block_outputs - t.outputs))
+    return rows.reshape(rows.shape[0], t.col_blocks, t.block_outputs).permute(1, 0, 2)
+
+
+def from_column_blocks(layer: MappedLayer, cols: torch.Tensor) -> torch.Tensor:
+    """``(c, R, m)`` -> ``(R, N)``."""
+    return cols.permute(1, 0, 2).reshape(cols.shape[1], -1)[:, : layer.tiling.outputs]
