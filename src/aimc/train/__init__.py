@@ -1,0 +1,1 @@
+"""Training: floating-point and hardware-aware (noise-injection) training of the reference networks."""
