@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from aimc.core.fastmath import aux_dtype_for
 from aimc.data import cifar10_tensors
 from aimc.models import resnet9
 from aimc.train.checkpoint import load_checkpoint, save_checkpoint
+from aimc.train.hwa import clip_weights, noisy_weights
 
 #: Recipe constants (our choice for a short CPU schedule; SPEC §3 gives the paper's longer one).
 PEAK_LR = 0.2
@@ -58,12 +60,12 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out.masked_fill(hole[:, None], 0.0)
 
 
-def lr_at(step: int, total: int) -> float:
+def lr_at(step: int, total: int, peak: float = PEAK_LR) -> float:
     """One-cycle learning rate at ``step`` of ``total``."""
     warm = max(1, int(WARMUP_FRACTION * total))
     if step < warm:
-        return PEAK_LR * (step + 1) / warm
-    return 0.5 * PEAK_LR * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return peak * (step + 1) / warm
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 def _autocast(device: torch.device) -> Any:
@@ -95,11 +97,22 @@ def train_resnet9(
     data_dir: str | None = None,
     resume: bool = False,
     log: Callable[[str], None] = print,
-    loss_hook: Callable[[torch.nn.Module], None] | None = None,
     init: str | None = None,
+    hwa: bool = False,
+    peak_lr: float = PEAK_LR,
     tag: str = "float",
 ) -> dict[str, Any]:
-    """Train ResNet-9 on CIFAR-10; returns the final log record. Files go to ``out_dir``."""
+    """Train ResNet-9 on CIFAR-10; returns the final log record. Files go to ``out_dir``.
+
+    Args:
+        epochs, batch_size, seed: the schedule and its randomness.
+        resume: continue from ``out_dir/last.safetensors`` if it exists.
+        init: start from these weights (a checkpoint or weights file of ResNet-9), e.g. the float model for HWA.
+        hwa: hardware-aware training: programming-noise injection (2x the HERMES model) and weight clipping
+            (:mod:`aimc.train.hwa`).
+        peak_lr: peak of the one-cycle schedule (SPEC §3 fine-tunes HWA at 0.05).
+        tag: name of the final weights file ``resnet9_{tag}.safetensors``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,7 +136,7 @@ def train_resnet9(
         start_epoch = int(meta["epoch"]) + 1
         log(f"resumed from {ckpt} after epoch {meta['epoch']}")
     elif init is not None:
-        load_checkpoint(init, model)
+        load_weights(init, model)
     steps_per_epoch = len(x_train) // batch_size
     total = epochs * steps_per_epoch
     settings = {
@@ -145,18 +158,18 @@ def train_resnet9(
         for b in range(steps_per_epoch):
             step = epoch * steps_per_epoch + b
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, total)
+                group["lr"] = lr_at(step, total, peak_lr)
             idx = perm[b * batch_size : (b + 1) * batch_size]
             xb = augment(x_train[idx], gen).to(device).contiguous(memory_format=torch.channels_last)
             yb = y_train[idx].to(device)
-            with _autocast(device):
+            opt.zero_grad(set_to_none=True)
+            with noisy_weights(model, gen) if hwa else nullcontext(), _autocast(device):
                 logits = model(xb)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=LABEL_SMOOTHING)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+                loss.backward()  # gradient at the noisy weights, applied to the clean ones
             opt.step()
-            if loss_hook is not None:
-                loss_hook(model)
+            if hwa:
+                clip_weights(model)
             loss_sum += float(loss.detach())
             correct += int((logits.argmax(1) == yb).sum())
             if b % 50 == 0:
@@ -189,3 +202,21 @@ def train_resnet9(
         metadata={"aimc_model": "resnet9", "training": json.dumps(final)},
     )
     return final
+
+
+def load_weights(path: str, model: torch.nn.Module) -> None:
+    """Load ResNet-9 weights from a training checkpoint or a final weights file (safetensors, no pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from aimc.errors import ValidationError
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValidationError(f"{str(path)!r} is not a readable safetensors file: {err}") from None
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValidationError(f"{str(path)!r} does not hold ResNet-9 weights: {str(err).splitlines()[0]}") from None
