@@ -330,7 +330,8 @@ def estimate(
             "gdpu": w.mvms * energy.gdpu * 1e-3,
             "links": w.mvms * energy.links * 1e-3,
         }
-        out_bytes = w.mvms * (w.weights // w.input_values)  # INT8 activations leaving the layer
+        # INT8 activations leaving the layer: its outputs, or an LSTM's hidden state (not its 4 gate values)
+        out_bytes = w.mvms * (w.gdpu_outputs or w.weights // w.input_values)
         if i < len(works) - 1:
             if transport == "host":
                 t_tr = out_bytes / constants.host_link_GBps
@@ -359,7 +360,7 @@ def estimate(
         )
     bottleneck = max(layers, key=lambda lp: lp.busy_ns)
     period_ns = bottleneck.busy_ns
-    p_static = static_power_W(spec, constants)
+    p_static = static_power_W(spec, constants) * mapping.chips  # every chip the network spans leaks
     totals["static"] = p_static * period_ns * 1e-3
     cores = sum(w.cores for w in works)
     core_eq = sum(w.core_equivalents for w in works)
