@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import machine, median_time, today, write_section
 
 import aimc
 from aimc.models import example_input, get_model
 from aimc.perf import estimate
+
+from _common import machine, median_time, today, write_section
 
 
 def main() -> None:
@@ -24,16 +25,18 @@ def main() -> None:
     mapping = aimc.compile(model, example_input=x)
     t_est = median_time(lambda: estimate(mapping, "four-phase"), repeats=21)
     t_compile = median_time(lambda: aimc.compile(model, example_input=x), repeats=5, warmup=1)
-    text = "\n".join([
-        f"Machine: {machine()}. Date: {today()}. Median of 21 (estimate) and 5 (compile) runs.",
-        "",
-        "| step | time (ms) |",
-        "|---|---|",
-        f"| `aimc.perf.estimate(resnet9 mapping, 'four-phase')` | {1e3 * t_est:.2f} |",
-        f"| reference: `aimc.compile(resnet9)` of the same network | {1e3 * t_compile:.1f} |",
-        "",
-        f"Target < 100 ms: {'met' if t_est < 0.1 else 'missed'} ({t_est / t_compile:.4f}x of compiling).",
-    ])
+    text = "\n".join(
+        [
+            f"Machine: {machine()}. Date: {today()}. Median of 21 (estimate) and 5 (compile) runs.",
+            "",
+            "| step | time (ms) |",
+            "|---|---|",
+            f"| `aimc.perf.estimate(resnet9 mapping, 'four-phase')` | {1e3 * t_est:.2f} |",
+            f"| reference: `aimc.compile(resnet9)` of the same network | {1e3 * t_compile:.1f} |",
+            "",
+            f"Target < 100 ms: {'met' if t_est < 0.1 else 'missed'} ({t_est / t_compile:.4f}x of compiling).",
+        ]
+    )
     print(text)
     if args.write:
         write_section("bench_perf", text)
