@@ -100,3 +100,40 @@ def test_map_reads_a_safetensors_state_dict(capsys, tmp_path):
     assert main(["map", str(pickled)]) == 2
     assert "never pickle" in capsys.readouterr().err
     assert main(["map", "vgg16"]) == 2
+
+
+def test_eval_reports_chip_accuracy_per_time_with_software_baseline(capsys, tmp_path):
+    from safetensors.torch import save_file
+
+    from aimc.models import resnet9
+
+    weights = tmp_path / "r9.safetensors"
+    save_file({k: v.contiguous() for k, v in resnet9(seed=0).state_dict().items()}, str(weights))
+    out = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "eval",
+                "resnet9",
+                "--weights",
+                str(weights),
+                "--images",
+                "40",
+                "--seeds",
+                "2",
+                "--times",
+                "60,3600",
+                "--json",
+                "--json-out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    payload = json.loads(capsys.readouterr().out)
+    assert 0.0 <= payload["software"] <= 1.0
+    points = payload["runs"][0]["points"]
+    assert [p["t_seconds"] for p in points] == [60.0, 3600.0]
+    assert all(len(p["per_seed"]) == 2 and 0.0 <= p["mean"] <= 1.0 for p in points)
+    assert main(["eval", "resnet9"]) == 2
+    assert "--weights" in capsys.readouterr().err

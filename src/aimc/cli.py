@@ -234,6 +234,56 @@ def _perf_row(report: object) -> dict[str, object]:
     }
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``aimc eval``: accuracy of a CIFAR-10 network on the simulated chip over time after programming."""
+    import aimc
+    from aimc._provenance import provenance
+    from aimc.data import cifar10_tensors
+    from aimc.experiments.accuracy import classification_accuracy, points_as_dicts
+
+    if args.model != "resnet9" and not args.model.endswith(".safetensors"):
+        raise ValidationError(f"aimc eval takes resnet9 weights (a .safetensors file or --weights); got {args.model!r}")
+    weights = args.weights or (args.model if args.model.endswith(".safetensors") else None)
+    if weights is None:
+        raise ValidationError("aimc eval needs trained weights: --weights FILE.safetensors")
+    from aimc.train.cifar import load_weights
+
+    model = aimc.models.resnet9()
+    load_weights(weights, model)
+    model.eval()
+    x_test, y_test = cifar10_tensors("test", args.images, args.data_dir)
+    x_cal, _ = cifar10_tensors("train", 256, args.data_dir)
+    mapping = aimc.compile(model, example_input=x_cal, name="resnet9")
+    import torch
+
+    with torch.no_grad():
+        software = float((model(x_test).argmax(1) == y_test).float().mean())
+    seeds = list(range(args.seeds))
+    times = _floats(args.times, "times")
+    result = {"software": software, "settings": vars(args) | {"func": None}, "provenance": provenance(), "runs": []}
+    for strategy in _names(args.strategy):
+        device = args.device or ("hermes-1dev" if strategy == "odp" else "hermes-2dev")
+        pts = classification_accuracy(
+            mapping, x_test, y_test, device=device, strategy=strategy, mode=args.mode, times=times, seeds=seeds
+        )
+        result["runs"].append(
+            {"strategy": strategy, "device": device, "mode": args.mode, "points": points_as_dicts(pts)}
+        )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"software accuracy: {100 * software:.2f}% on {len(x_test)} CIFAR-10 test images")
+        for run in result["runs"]:
+            for p in run["points"]:
+                print(
+                    f"{run['strategy']:<4} {run['device']:<12} {run['mode']:<10} t={p['t_seconds']:>10.4g} s  "
+                    f"{100 * p['mean']:.2f} ± {100 * p['std']:.2f}%  (seeds {len(p['per_seed'])})"
+                )
+    if args.json_out:
+        _write_json(args.json_out, result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``aimc`` command."""
     from aimc import __version__
@@ -292,6 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="FILE.png", help="latency/energy breakdown chart")
     p.add_argument("--out", default="results/scaling", help="output folder of 'scaling' (default results/scaling)")
     p.set_defaults(func=cmd_perf)
+
+    p = sub.add_parser("eval", help="accuracy of trained ResNet-9 weights on the simulated chip over time")
+    p.add_argument("model", help="resnet9 (with --weights) or a .safetensors weights file")
+    p.add_argument("--weights", default=None, help="trained weights (.safetensors)")
+    p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")
+    p.add_argument("--device", default=None, help="device preset (default hermes-1dev for ODP, hermes-2dev for TDP)")
+    p.add_argument("--strategy", default="tdp", help="odp, tdp or odp,tdp")
+    p.add_argument("--mode", default="four-phase", choices=["one-phase", "four-phase"])
+    p.add_argument("--times", default="3600", help="seconds after programming, comma-separated")
+    p.add_argument("--seeds", type=int, default=3, help="programmed chips (seeds 0..N-1)")
+    p.add_argument("--images", type=int, default=10000, help="test images (default all 10,000)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--json-out", default=None)
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
