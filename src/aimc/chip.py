@@ -10,7 +10,6 @@ tensor operation. The LDPU work after each MVM follows SPEC §1: per-channel aff
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from aimc.devices.base import DeviceModel, check_time
 from aimc.devices.registry import get as get_device
 from aimc.digital.gdpu import lstm_cell
 from aimc.errors import ArgumentTypeError, ValidationError
-from aimc.spec import READ_MODES
+from aimc.spec import READ_MODES, ChipSpec
 
 #: Assumption: the per-core G_max limit keeps the largest calibration bit-line current at this fraction of the ADC
 #: saturation current (SPEC §1 says G_max is limited per core so that every bit-line current stays below it).
@@ -43,7 +42,9 @@ CURRENT_HEADROOM = 0.9
 ELEMENTS_PER_STEP = 2**20
 
 
-def core_w_max(layer: MappedLayer, device: DeviceModel, strategy: str, config: CoreConfig, spec: Any) -> torch.Tensor:
+def core_w_max(
+    layer: MappedLayer, device: DeviceModel, strategy: str, config: CoreConfig, spec: ChipSpec
+) -> torch.Tensor:
     """Weight mapped to G_max on each core ``(r, c)``: the block's max |W|, raised where the calibration bit-line
     current would exceed ``CURRENT_HEADROOM`` x saturation (which lowers that core's G_max)."""
     blocks = weight_blocks(layer)
