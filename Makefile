@@ -23,6 +23,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_resnet9.py
+	$(BIN)/python benchmarks/bench_perf.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
