@@ -10,11 +10,12 @@ Public API (everything else is private and may change):
 - :mod:`aimc.models` — the chip paper's networks: ``resnet9``, ``char_lstm``, ``caption_lstm``.
 - :func:`compile` -> :class:`~aimc.compiler.Mapping`; :func:`program` -> :class:`ProgrammedChip`;
   ``ProgrammedChip.run`` / ``.save``; :func:`load`.
+- :mod:`aimc.perf` — latency, energy and throughput of a mapping (``estimate``), Table I, the scaling study.
 """
 
 __version__ = "0.1.0"
 
-from aimc import core, devices, digital, errors, models
+from aimc import core, devices, digital, errors, models, perf
 from aimc.chip import ProgrammedChip, program
 from aimc.compiler import Mapping, UnsupportedLayerError, compile
 from aimc.core import CoreConfig, ProgrammedCore, program_core
@@ -40,6 +41,7 @@ __all__ = [
     "errors",
     "load",
     "models",
+    "perf",
     "program",
     "program_core",
 ]
