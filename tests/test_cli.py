@@ -135,5 +135,5 @@ def test_eval_reports_chip_accuracy_per_time_with_software_baseline(capsys, tmp_
     points = payload["runs"][0]["points"]
     assert [p["t_seconds"] for p in points] == [60.0, 3600.0]
     assert all(len(p["per_seed"]) == 2 and 0.0 <= p["mean"] <= 1.0 for p in points)
-    assert main(["eval", "resnet9"]) == 2
-    assert "--weights" in capsys.readouterr().err
+    assert main(["eval", "resnet9", "--weights", "resnet9_huge"]) == 2
+    assert "shipped name" in capsys.readouterr().err

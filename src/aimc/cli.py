@@ -243,11 +243,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.model != "resnet9" and not args.model.endswith(".safetensors"):
         raise ValidationError(f"aimc eval takes resnet9 weights (a .safetensors file or --weights); got {args.model!r}")
-    weights = args.weights or (args.model if args.model.endswith(".safetensors") else None)
-    if weights is None:
-        raise ValidationError("aimc eval needs trained weights: --weights FILE.safetensors")
     from aimc.train.cifar import load_weights
+    from aimc.weights import available_weights, weights_path
 
+    weights = args.weights or (args.model if args.model.endswith(".safetensors") else "resnet9_hwa")
+    if not weights.endswith(".safetensors"):
+        if weights not in available_weights():
+            raise ValidationError(
+                f"--weights must be a .safetensors file or a shipped name ({', '.join(available_weights())}); "
+                f"got {weights!r}"
+            )
+        weights = str(weights_path(weights))
     model = aimc.models.resnet9()
     load_weights(weights, model)
     model.eval()
@@ -345,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="accuracy of trained ResNet-9 weights on the simulated chip over time")
     p.add_argument("model", help="resnet9 (with --weights) or a .safetensors weights file")
-    p.add_argument("--weights", default=None, help="trained weights (.safetensors)")
+    p.add_argument(
+        "--weights", default=None, help="a .safetensors file or a shipped name: resnet9_hwa (default), resnet9_float"
+    )
     p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")
     p.add_argument("--device", default=None, help="device preset (default hermes-1dev for ODP, hermes-2dev for TDP)")
     p.add_argument("--strategy", default="tdp", help="odp, tdp or odp,tdp")
