@@ -1,0 +1,39 @@
+"""The shipped weights are real trained networks, readable without pickle, with their training record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from aimc.data import cifar10_tensors
+from aimc.errors import UnknownNameError
+from aimc.models import resnet9
+from aimc.train.cifar import load_weights
+from aimc.weights import available_weights, weights_path
+
+
+@pytest.mark.parametrize(("name", "recorded"), [("resnet9_float", 0.9266), ("resnet9_hwa", 0.9239)])
+def test_shipped_resnet9_weights_classify_cifar10(name, recorded):
+    path = weights_path(name)
+    assert path.stat().st_size < 10 * 1024**2
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    record = json.loads(meta["training"])
+    assert meta["aimc_model"] == "resnet9" and record["test_acc"] == pytest.approx(recorded)
+    model = resnet9()
+    load_weights(str(path), model)
+    model.eval()
+    x, y = cifar10_tensors("test", 1000)
+    with torch.no_grad():
+        acc = float((model(x).argmax(1) == y).float().mean())
+    # the first 1,000 test images; the whole test set gave the recorded accuracy (bf16 autocast in training)
+    assert acc > recorded - 0.03
+
+
+def test_unknown_weights_name_lists_the_shipped_ones():
+    assert {"resnet9_float", "resnet9_hwa"} <= set(available_weights())
+    with pytest.raises(UnknownNameError, match="resnet9_hwa"):
+        weights_path("resnet9_tiny")
