@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aimc.errors import AimcError, ValidationError
@@ -32,6 +32,16 @@ def _write_json(path: str, payload: object) -> None:
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(out)  # atomic: a reader never sees half a file
+
+
+def _save_figure(path: str | None, draw: Callable[[str], None], quiet: bool) -> None:
+    """Draw a figure to ``path`` (creating its folder) if one was asked for, and say so unless ``quiet``."""
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    draw(path)
+    if not quiet:
+        print(f"wrote {path}")
 
 
 def cmd_mvm_error(args: argparse.Namespace) -> int:
@@ -75,11 +85,7 @@ def cmd_mvm_error(args: argparse.Namespace) -> int:
         _write_json(args.json_out, payload)
         if not args.json:
             print(f"wrote {args.json_out}")
-    if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        exp.plot(rows, args.plot)
-        if not args.json:
-            print(f"wrote {args.plot}")
+    _save_figure(args.plot, lambda path: exp.plot(rows, path), args.json)
     return 0
 
 
@@ -137,11 +143,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         print(json.dumps(mapping.describe(), indent=2))
     else:
         print(mapping.summary())
-    if args.png:
-        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-        draw_core_map(mapping, args.png)
-        if not args.json:
-            print(f"wrote {args.png}")
+    _save_figure(args.png, lambda path: draw_core_map(mapping, path), args.json)
     return 0
 
 
@@ -204,13 +206,9 @@ def cmd_perf(args: argparse.Namespace) -> int:
         print(json.dumps([_perf_row(r) for r in reports], indent=2))
     else:
         print("\n\n".join(r.summary() for r in reports))
-    if args.plot:
-        from aimc.perf.plots import plot_breakdown
+    from aimc.perf.plots import plot_breakdown
 
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot_breakdown(reports, args.plot)
-        if not args.json:
-            print(f"wrote {args.plot}")
+    _save_figure(args.plot, lambda path: plot_breakdown(reports, path), args.json)
     return 0
 
 
