@@ -32,8 +32,12 @@ def _lut(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.
 
 def tanh_lut(x: torch.Tensor) -> torch.Tensor:
     """tanh by the GDPU's 18-bin look-up table with linear interpolation, in ``x``'s dtype. Shape: any."""
-    thresholds, slope, intercept = _lut(x.dtype, x.device)
-    idx = torch.bucketize(x.contiguous(), thresholds)  # 0 .. 17: number of thresholds below x
+    _, slope, intercept = _lut(x.dtype, x.device)
+    # the bin is the number of thresholds below x; with evenly spaced thresholds that is
+    # ceil((x + range) / step) clipped to 0 .. 17 (the table is continuous, so a value on a threshold may take
+    # either neighbouring bin)
+    step = 2 * TANH_LUT_RANGE / (TANH_LUT_COMPARATORS - 1)
+    idx = ((x.float() + TANH_LUT_RANGE) / step).ceil_().clamp_(0, TANH_LUT_COMPARATORS).long()
     return torch.addcmul(intercept[idx], x, slope[idx])
 
 

@@ -25,11 +25,52 @@ from aimc.devices.registry import get as get_device
 RESNET9_NOISE_SCALE = 2.0
 #: Assumption: per-layer clipping of the weights at this many standard deviations after each step.
 CLIP_SIGMA = 2.5
+#: SPEC §3 (PTB LSTM HWA): Gaussian weight noise of std 0.075·(W_max − W_min) per matrix ...
+LSTM_NOISE_FRACTION = 0.075
+#: ... and the weights clipped at 2 standard deviations.
+LSTM_CLIP_SIGMA = 2.0
 
 
 def analog_layers(model: nn.Module) -> list[nn.Module]:
     """The Conv2d and Linear layers that go onto the chip."""
     return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def analog_matrices(model: nn.Module) -> list[torch.nn.Parameter]:
+    """The weight matrices that go onto the chip: Conv2d/Linear weights and LSTM input/hidden gate matrices."""
+    out: list[torch.nn.Parameter] = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            out.append(m.weight)
+        elif isinstance(m, nn.LSTM):
+            out += [p for name, p in m.named_parameters() if name.startswith("weight_")]
+    return out
+
+
+@contextmanager
+def range_noise(model: nn.Module, generator: torch.Generator, fraction: float = LSTM_NOISE_FRACTION) -> Iterator[None]:
+    """Within the block every on-chip matrix W carries Gaussian noise of std fraction·(max W − min W) (SPEC §3)."""
+    saved = []
+    with torch.no_grad():
+        for w in analog_matrices(model):
+            std = fraction * float(w.max() - w.min())
+            noise = torch.randn(w.shape, generator=generator).to(w.device, w.dtype) * std
+            saved.append((w, w.detach().clone()))
+            w.add_(noise)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for w, clean in saved:
+                w.copy_(clean)
+
+
+def clip_matrices(model: nn.Module, clip_sigma: float) -> None:
+    """Clip every on-chip matrix to ±clip_sigma x its std, in place."""
+    with torch.no_grad():
+        for w in analog_matrices(model):
+            bound = float(w.std()) * clip_sigma
+            w.clamp_(-bound, bound)
 
 
 def weight_noise_std(w: torch.Tensor, device: DeviceModel, strategy: str, noise_scale: float) -> torch.Tensor:
