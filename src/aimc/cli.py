@@ -288,6 +288,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``aimc sweep SPEC.yaml``: a resumable Monte Carlo sweep, in this process or on a Ray cluster."""
+    from aimc import sweep
+    from aimc.sweep.errors import SweepInterruptedError
+
+    spec = sweep.load_spec(args.spec)
+    try:
+        result = sweep.run(
+            spec,
+            out=args.out,
+            backend=args.backend,
+            address=args.address,
+            workers=args.workers,
+            threads=args.threads,
+            progress=not args.quiet,
+        )
+    except SweepInterruptedError as err:
+        print(f"aimc: {err}", file=sys.stderr)
+        return 130
+    summary = {
+        "out": str(result.out),
+        "store": str(result.store),
+        "total": result.total,
+        "done_before": result.done_before,
+        "computed": result.computed,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "executor": result.executor,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"sweep {spec.name}: {result.done_before + result.computed}/{result.total} points stored in "
+            f"{result.store} ({result.computed} run now, {result.done_before} from before, {result.elapsed_s:.1f} s)"
+        )
+    if args.report:
+        for path in sweep.write_report(result.out, html_report=args.html):
+            if not args.json:
+                print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``aimc report OUTDIR``: markdown/HTML tables and figures of a sweep's stored points."""
+    from aimc.sweep import write_report
+
+    for path in write_report(args.outdir, html_report=args.html, figures=not args.no_figures):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``aimc`` command."""
     from aimc import __version__
@@ -362,6 +413,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--json-out", default=None)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sweep", help="Monte Carlo sweep from a YAML file (resumable; local or on a Ray cluster)")
+    p.add_argument("spec", help="the sweep file (see docs/sweeps.md and examples/sweep_resnet9.yaml)")
+    p.add_argument("--out", default=None, help="output folder (default: the file's 'output', else results/sweeps/NAME)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where points run (default local)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster: HOST:PORT (from `ray start --head`), ray://HOST:PORT or auto"
+    )
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs / threads)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (Ray default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--report", action="store_true", help="write the report when the sweep is done")
+    p.add_argument("--html", action="store_true", help="with --report: also report.html")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="tables and figures of a sweep's output folder")
+    p.add_argument("outdir", help="the sweep's output folder (holding results.sqlite)")
+    p.add_argument("--html", action="store_true", help="also write report.html")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,0 +1,277 @@
+"""Executors: where the points of a sweep run.
+
+- :class:`LocalExecutor` (default): one :class:`~aimc.sweep.worker.PointRunner` in this process; no dependency.
+- :class:`RayExecutor`: one Ray actor per worker on a local or remote Ray cluster. ``ray`` is imported only here
+  and only when asked for; :meth:`RayExecutor.connect` checks that Ray is installed and the cluster reachable before
+  any work starts. The payload (task, mapping, data) is put into Ray's object store once and every actor is built
+  from that one reference, so it reaches each worker once; each actor is given a whole unit of work (all points of
+  one programmed chip, :func:`~aimc.sweep.points.work_units`) and gets the next unit when it has finished, so a chip
+  is programmed once per unit. Actors are restarted by Ray when their process dies and the points they held are
+  retried, up to :data:`MAX_RESTARTS` / :data:`MAX_TASK_RETRIES` times; every result comes back to the driver,
+  which alone writes the store.
+
+Ray moves Python objects between its own processes with (cloud)pickle; that is a channel between processes of one
+cluster the user runs, never a file a user receives: nothing aimc stores or reads back is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import socket
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aimc.errors import AimcError, ValidationError
+from aimc.sweep.errors import BackendError, WorkerFailedError
+from aimc.sweep.points import Point
+from aimc.sweep.store import PointResult
+from aimc.sweep.worker import Payload, PointRunner
+
+#: Backends ``aimc sweep --backend`` accepts.
+BACKENDS = ("local", "ray")
+#: Times Ray restarts a worker actor whose process died (our choice: enough for an occasional kill or OOM, few
+#: enough that a point that crashes every worker ends the sweep with an error instead of looping).
+MAX_RESTARTS = 3
+#: Times Ray retries a point whose worker died while holding it (same reasoning).
+MAX_TASK_RETRIES = 3
+#: Seconds to wait for a TCP connection to a cluster address before calling it unreachable.
+CONNECT_TIMEOUT_S = 5.0
+
+Unit = list[tuple[str, Point]]
+OnResult = Callable[[PointResult], None]
+_ADDRESS_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
+
+
+class Executor(ABC):
+    """Runs units of points and hands each result to a callback as soon as it exists."""
+
+    #: Number of workers (units run at once).
+    workers: int = 1
+    #: One-line description for the progress header.
+    description: str = ""
+
+    @abstractmethod
+    def start(self, payload: Payload) -> None:
+        """Ship the payload to the workers."""
+
+    @abstractmethod
+    def run(self, units: list[Unit], on_result: OnResult) -> None:
+        """Run every point of ``units``; call ``on_result`` in this process for each finished point."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the workers."""
+
+
+class LocalExecutor(Executor):
+    """Runs the points one after the other in this process.
+
+    Args:
+        threads: torch threads (None: leave the process's setting).
+    """
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+        self.workers = 1
+        self.description = "in-process"
+        self._runner: PointRunner | None = None
+
+    def start(self, payload: Payload) -> None:
+        self._runner = PointRunner(payload, self.threads)
+
+    def run(self, units: list[Unit], on_result: OnResult) -> None:
+        if self._runner is None:
+            raise ValidationError("LocalExecutor.run called before start")
+        for unit in units:
+            for key, point in unit:
+                on_result(self._runner.run(key, point))
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise BackendError(
+            "the ray backend needs Ray, which is not installed: pip install 'aimc[ray]' (or pip install ray)"
+        ) from None
+    return ray
+
+
+def check_address(address: str) -> None:
+    """Check the form of a Ray cluster address and that something listens there (raises BackendError).
+
+    Accepted: ``HOST:PORT`` (the GCS address ``ray start --head`` prints, port 6379 by default),
+    ``ray://HOST:PORT`` (Ray Client, needs ``ray[client]``), or ``auto`` (the cluster this machine belongs to).
+    """
+    if not isinstance(address, str) or not address:
+        raise BackendError(f"--address must be HOST:PORT, ray://HOST:PORT or auto; got {address!r}")
+    if address == "auto":
+        return
+    hostport = address[len("ray://") :] if address.startswith("ray://") else address
+    m = _ADDRESS_RE.match(hostport)
+    if m is None or not 1 <= int(m.group("port")) <= 65535:
+        raise BackendError(f"--address must be HOST:PORT, ray://HOST:PORT or auto; got {address!r}")
+    host, port = m.group("host").strip("[]"), int(m.group("port"))
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise BackendError(
+            f"cannot reach a Ray cluster at {address!r} ({err}); start one there with "
+            f"`ray start --head --port={port}` or check the address"
+        ) from None
+
+
+class _RemoteRunner:
+    """The Ray actor around a :class:`PointRunner`: it takes the payload's object reference inside a list (so Ray
+    does not resolve it as a constructor argument) and fetches the payload itself, again after a restart, while
+    the driver holds the reference."""
+
+    def __init__(self, payload_box: list[Any], threads: int) -> None:
+        import ray
+
+        self._runner = PointRunner(ray.get(payload_box[0]), threads)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, key: str, point: Point) -> PointResult:
+        return self._runner.run(key, point)
+
+
+class RayExecutor(Executor):
+    """Runs points on Ray actors, one per worker.
+
+    Args:
+        address: a cluster address (see :func:`check_address`), or None for a new local cluster (or the cluster
+            this process is already connected to, if ``ray.init`` was called before).
+        workers: number of actors; None: as many as the cluster has CPUs divided by ``threads``.
+        threads: CPUs (and torch threads) per actor.
+    """
+
+    def __init__(self, address: str | None = None, workers: int | None = None, threads: int | None = None) -> None:
+        self.address = address
+        self.requested_workers = workers
+        self.threads = threads or 1
+        self._ray: Any = None
+        self._started_ray = False
+        self._actors: list[Any] = []
+        self._payload_ref: Any = None
+
+    def connect(self) -> None:
+        """Import Ray and connect to (or start) the cluster; every failure is a BackendError, before any work."""
+        ray = _import_ray()
+        self._ray = ray
+        if self.address is not None:
+            check_address(self.address)
+        if ray.is_initialized():
+            pass  # the caller's cluster (e.g. a test or a notebook that called ray.init)
+        elif self.address is None:
+            cpus = (self.requested_workers or os.cpu_count() or 1) * self.threads
+            try:
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            except Exception as err:  # Ray raises many kinds; the user needs the reason, not the type
+                raise BackendError(f"could not start a local Ray cluster: {err}") from None
+            self._started_ray = True
+        else:
+            try:
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+            except Exception as err:
+                raise BackendError(f"{self.address!r} answers but Ray could not connect to it: {err}") from None
+            self._started_ray = True  # our connection: disconnect at the end (the cluster keeps running)
+        cpus = float(ray.cluster_resources().get("CPU", 0))
+        if cpus < self.threads:
+            self.close()
+            raise BackendError(f"the Ray cluster has {cpus:g} CPUs, fewer than the {self.threads} threads per worker")
+        self.workers = self.requested_workers or max(1, int(cpus // self.threads))
+        where = self.address or "a local Ray cluster"
+        self.description = f"Ray ({where}, {self.workers} worker(s) x {self.threads} thread(s))"
+
+    def start(self, payload: Payload) -> None:
+        ray = self._ray
+        if ray is None:
+            raise ValidationError("RayExecutor.start called before connect")
+        self._payload_ref = ray.put(payload)  # once: every actor is built from this one object
+        actor = ray.remote(_RemoteRunner).options(
+            num_cpus=self.threads, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES
+        )
+        self._actors = [actor.remote([self._payload_ref], self.threads) for _ in range(self.workers)]
+
+    def actor_pids(self) -> list[int]:
+        """Process ids of the worker actors (waits until they are up)."""
+        return self._ray.get([a.pid.remote() for a in self._actors])
+
+    def run(self, units: list[Unit], on_result: OnResult) -> None:
+        ray = self._ray
+        queue = deque(units)
+        inflight: dict[Any, tuple[int, str]] = {}
+        pending = [0] * len(self._actors)
+
+        def give(i: int) -> None:
+            while queue and pending[i] == 0:
+                for key, point in queue.popleft():
+                    inflight[self._actors[i].run.remote(key, point)] = (i, key)
+                    pending[i] += 1
+
+        for i in range(len(self._actors)):
+            give(i)
+        finished = 0
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                i, key = inflight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except AimcError:
+                    raise
+                except ray.exceptions.RayError as err:
+                    raise WorkerFailedError(
+                        f"Ray worker {i} failed for good on point {key[:12]} after {MAX_TASK_RETRIES} retries: "
+                        f"{str(err).splitlines()[0]}; the {finished} point(s) finished in this run are stored: "
+                        "run the sweep again to resume"
+                    ) from None
+                finished += 1
+                pending[i] -= 1
+                on_result(result)
+                give(i)
+
+    def close(self) -> None:
+        ray = self._ray
+        if ray is None:
+            return
+        for a in self._actors:
+            with contextlib.suppress(Exception):  # an actor already gone is what we want
+                ray.kill(a)
+        self._actors = []
+        self._payload_ref = None
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+        self._started_ray = False
+
+
+def make_executor(
+    backend: str, address: str | None = None, workers: int | None = None, threads: int | None = None
+) -> Executor:
+    """The executor of ``backend``, connected and checked (Ray installed, cluster reachable) before any work.
+
+    Args:
+        backend: ``"local"`` or ``"ray"``.
+        address: Ray cluster address (``ray`` only).
+        workers: Ray workers (``ray`` only; None: all CPUs).
+        threads: torch threads per worker.
+    """
+    if backend not in BACKENDS:
+        raise ValidationError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    if backend == "local":
+        if address is not None:
+            raise ValidationError(f"address {address!r} is only used with backend 'ray'")
+        if workers not in (None, 1):
+            raise ValidationError(f"the local backend runs one worker; got workers={workers} (use backend 'ray')")
+        return LocalExecutor(threads)
+    ex = RayExecutor(address, workers, threads)
+    ex.connect()
+    return ex

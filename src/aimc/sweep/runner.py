@@ -1,0 +1,190 @@
+"""``aimc.sweep.run``: validate, check the backend, open the store, skip finished points, run the rest.
+
+Order of work, so that every bad input fails before anything expensive happens: (1) the sweep spec is validated
+(unknown keys, types, empty grids, names, the weights file); (2) the data set is found; (3) the backend is checked
+(Ray installed, cluster reachable); (4) the store is opened (and refused if it holds another sweep); only then
+(5) the network is loaded and compiled (or its cached mapping read) and (6) the pending points run, each stored
+the moment it is finished.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from aimc.errors import ArgumentTypeError
+from aimc.sweep.cache import load_mapping, save_mapping
+from aimc.sweep.errors import SweepInterruptedError
+from aimc.sweep.executors import Executor, make_executor
+from aimc.sweep.points import work_units
+from aimc.sweep.progress import Progress
+from aimc.sweep.spec import SweepSpec, load_spec, parse_spec
+from aimc.sweep.store import PointResult, ResultStore
+from aimc.sweep.tasks import NetworkTask, get_task, task_info
+from aimc.sweep.worker import Payload
+
+#: Output folder of a sweep whose file names none and which is run without ``out``: results/sweeps/<name>.
+DEFAULT_OUTPUT_ROOT = Path("results") / "sweeps"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep run did.
+
+    Attributes:
+        out: the output folder; store: the SQLite store in it.
+        total: points of the sweep; done_before: already stored when the run started; computed: stored by this run.
+        elapsed_s: wall time of the run.
+        executor: the executor's description.
+    """
+
+    out: Path
+    store: Path
+    total: int
+    done_before: int
+    computed: int
+    elapsed_s: float
+    executor: str
+
+    @property
+    def complete(self) -> bool:
+        """Whether every point of the sweep is stored."""
+        return self.done_before + self.computed == self.total
+
+
+def _as_spec(spec: SweepSpec | str | Path | Mapping[str, Any]) -> SweepSpec:
+    if isinstance(spec, SweepSpec):
+        return spec
+    if isinstance(spec, str | Path):
+        return load_spec(spec)
+    if isinstance(spec, Mapping):
+        return parse_spec(dict(spec))
+    raise ArgumentTypeError(f"spec must be a SweepSpec, a path to a sweep file or a dict; got {type(spec).__name__}")
+
+
+def _check_count(value: int | None, name: str) -> None:
+    from aimc._validation import check_number
+
+    if value is not None:
+        check_number(value, name, low=1, integer=True)
+
+
+def output_folder(spec: SweepSpec, out: str | Path | None = None) -> Path:
+    """Where a sweep writes: ``out``, else the file's ``output``, else ``results/sweeps/<name>``."""
+    if out is not None:
+        return Path(out)
+    return spec.output if spec.output is not None else DEFAULT_OUTPUT_ROOT / spec.name
+
+
+def prepare(spec: SweepSpec, task: NetworkTask, store: ResultStore) -> Payload:
+    """Load the network and data, record the software reference, and compile the mapping (or read it from the
+    store's folder, where it is cached for resumed runs)."""
+    import aimc
+
+    model = task.load_model(spec.weights_path)
+    data = task.load_data(spec.data)
+    if store.get_meta("reference") is None:
+        store.set_meta("reference", task.software(model, data, spec.data.batch_size))
+    context = spec.context()
+    mapping = load_mapping(store.folder, context)
+    if mapping is None:
+        mapping = aimc.compile(model, example_input=task.calibration_input(spec.data), name=spec.network)
+        save_mapping(mapping, store.folder, context)
+    return Payload(task=task, mapping=mapping, data=data, batch_size=spec.data.batch_size)
+
+
+def run(
+    spec: SweepSpec | str | Path | Mapping[str, Any],
+    *,
+    out: str | Path | None = None,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    progress: bool | TextIO = True,
+    on_result: Callable[[PointResult], None] | None = None,
+) -> SweepResult:
+    """Run a sweep: every grid point not yet in the output folder's store, each stored as soon as it finishes.
+
+    Args:
+        spec: a :class:`SweepSpec`, a path to a YAML sweep file, or the same structure as a dict.
+        out: output folder (default: the file's ``output``, else ``results/sweeps/<name>``).
+        backend: ``"local"`` (in this process) or ``"ray"``.
+        address: Ray cluster address (``HOST:PORT``, ``ray://HOST:PORT`` or ``auto``); None starts a local cluster.
+        workers: Ray workers (default: the cluster's CPUs / ``threads``).
+        threads: torch threads per worker (local default: the process's setting; Ray default: 1).
+        progress: print a live count to stderr (True), to a given stream, or not (False).
+        on_result: called in this process with every finished point, after it is stored.
+
+    Returns:
+        A :class:`SweepResult`.
+
+    Raises:
+        SweepSpecError, BackendError, StoreError: bad input, found before any work.
+        SweepInterruptedError: Ctrl-C; what finished is stored and a re-run resumes.
+        WorkerFailedError: a Ray worker died more often than its retries allow.
+    """
+    spec = _as_spec(spec)
+    _check_count(workers, "workers")
+    _check_count(threads, "threads")
+    if not isinstance(progress, bool) and not hasattr(progress, "write"):
+        raise ArgumentTypeError(f"progress must be a bool or a text stream, got {type(progress).__name__}")
+    task = get_task(spec.network)
+    task.check_data(spec.data)
+    folder = output_folder(spec, out)
+    start = time.perf_counter()
+    executor: Executor = make_executor(backend, address, workers, threads)
+    store: ResultStore | None = None
+    prog: Progress | None = None
+    try:
+        store = ResultStore(folder, spec.context())
+        store.set_meta("spec", spec.to_dict())
+        store.set_meta("task", task_info(task))
+        points = spec.points()
+        store.set_meta("total", len(points))
+        keyed = {p: spec.key(p) for p in points}
+        finished = store.finished_keys()
+        pending = [p for p in points if keyed[p] not in finished]
+        stream = sys.stderr if progress is True else (progress or None)
+        prog = Progress(spec.name, len(points), len(points) - len(pending), stream)
+        if pending:
+            prog.header(executor.description or "this process")
+            payload = prepare(spec, task, store)
+            executor.start(payload)
+            units = [[(keyed[p], p) for p in unit] for unit in work_units(pending, executor.workers)]
+
+            def store_result(result: PointResult) -> None:
+                added = store.add(result)  # type: ignore[union-attr]
+                prog.update(result, added)  # type: ignore[union-attr]
+                if on_result is not None:
+                    on_result(result)
+
+            prog.begin()
+            executor.run(units, store_result)
+        return SweepResult(
+            out=folder,
+            store=store.path,
+            total=len(points),
+            done_before=len(points) - len(pending),
+            computed=prog.computed,
+            elapsed_s=time.perf_counter() - start,
+            executor=executor.description,
+        )
+    except KeyboardInterrupt:
+        done = store.count() if store is not None else 0
+        total = prog.total if prog is not None else 0
+        raise SweepInterruptedError(
+            f"interrupted: {done} of {total} points are stored in {str(folder)!r}; run the same sweep again to resume",
+            done,
+            total,
+        ) from None
+    finally:
+        if prog is not None:
+            prog.finish()
+        executor.close()
+        if store is not None:
+            store.close()

@@ -1,0 +1,110 @@
+"""What runs points: a :class:`PointRunner` holds the mapping and the data once, keeps the chip it programmed last,
+and turns a point into a :class:`~aimc.sweep.store.PointResult` with its timings and the versions of the process.
+
+The in-process executor uses one PointRunner; the Ray executor makes one Ray actor of it per worker, so the mapping
+and the data reach each worker once and a chip is programmed once per unit of work (see
+:func:`~aimc.sweep.points.work_units`), however many times and modes it is read at.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import torch
+
+from aimc.compiler.mapping import Mapping
+from aimc.core.config import CoreConfig
+from aimc.sweep.points import Point, read_seed
+from aimc.sweep.store import PointResult
+from aimc.sweep.tasks import NetworkTask, TaskData
+
+
+@dataclass(frozen=True)
+class Payload:
+    """Everything a worker needs besides the points: shipped once per worker.
+
+    Attributes:
+        task: the network task.
+        mapping: the compiled network.
+        data: the evaluation data.
+        batch_size: samples per ``chip.run`` call.
+        config: core parameters of ``aimc.program`` (None: the default).
+    """
+
+    task: NetworkTask
+    mapping: Mapping
+    data: TaskData
+    batch_size: int
+    config: CoreConfig | None = None
+
+
+class PointRunner:
+    """Runs points on a cached programmed chip.
+
+    Args:
+        payload: :class:`Payload`.
+        threads: torch intra-op threads of this worker, or None to leave the process's setting.
+    """
+
+    def __init__(self, payload: Payload, threads: int | None = None) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.payload = payload
+        self._chip_id: tuple[int, str, str] | None = None
+        self._chip = None
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def pid(self) -> int:
+        """This worker's process id (the Ray tests kill it)."""
+        return os.getpid()
+
+    def run(self, key: str, point: Point) -> PointResult:
+        """Evaluate ``point`` (whose store key is ``key``), programming its chip unless the last one matches."""
+        from aimc._provenance import provenance
+        from aimc.chip import program
+
+        p = self.payload
+        start = time.perf_counter()
+        reused = self._chip_id == point.chip
+        if not reused:
+            self._chip = None  # free the previous chip before programming the next
+            self._chip = program(p.mapping, point.device, point.strategy, seed=point.seed, config=p.config)
+            self._chip_id = point.chip
+        programmed = time.perf_counter()
+        seed = read_seed(key)
+        scores = p.task.evaluate(
+            self._chip,
+            p.data,
+            t_seconds=point.t_seconds,
+            mode=point.mode,
+            drift_compensation=point.drift_compensation,
+            read_seed=seed,
+            batch_size=p.batch_size,
+        )
+        done = time.perf_counter()
+        value = float(scores[p.task.metric])
+        details = {k: v for k, v in scores.items() if k != p.task.metric}
+        return PointResult(
+            key=key,
+            seed=point.seed,
+            device=point.device,
+            strategy=point.strategy,
+            t_seconds=float(point.t_seconds),
+            mode=point.mode,
+            drift_compensation=point.drift_compensation,
+            read=point.read,
+            metric=p.task.metric,
+            value=value,
+            details=details,
+            read_seed=seed,
+            program_s=programmed - start,
+            run_s=done - programmed,
+            chip_reused=reused,
+            worker=self.worker,
+            provenance=provenance(),
+            finished_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
