@@ -9,6 +9,7 @@ tensor operation. The LDPU work after each MVM follows SPEC §1: per-channel aff
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,7 @@ from aimc.devices.base import DeviceModel, check_time
 from aimc.devices.registry import get as get_device
 from aimc.digital.gdpu import lstm_cell
 from aimc.errors import ArgumentTypeError, ValidationError
+from aimc.faults import Faults, check_mapping_faults, fault_generator
 from aimc.spec import READ_MODES, ChipSpec
 
 #: Assumption: the per-core G_max limit keeps the largest calibration bit-line current at this fraction of the ADC
@@ -58,6 +60,12 @@ def core_w_max(
     return w_max * torch.clamp(current / limit, min=1.0)
 
 
+#: A callback that sees each analog layer's core outputs ``(r, c, R, m)`` during a run.
+Observer = Callable[[MappedLayer, torch.Tensor], None]
+#: ``recalibrate(layer, measure) -> layer``: see :meth:`ProgrammedChip.run`.
+Recalibrator = Callable[[MappedLayer, Callable[[Observer], None]], MappedLayer]
+
+
 @dataclass
 class ProgrammedChip:
     """A mapping programmed into PCM devices.
@@ -69,6 +77,7 @@ class ProgrammedChip:
         seed: the programming seed (recorded, not reused).
         config: unpublished core parameters.
         cores: one stacked :class:`ProgrammedCore` per analog layer, by layer name.
+        faults: the chip's hardware defects (:class:`aimc.faults.Faults`), or None for a perfect chip.
     """
 
     mapping: Mapping
@@ -77,6 +86,7 @@ class ProgrammedChip:
     seed: int | None
     config: CoreConfig
     cores: dict[str, ProgrammedCore] = field(default_factory=dict)
+    faults: Faults | None = None
 
     def to(self, device: torch.device | str) -> ProgrammedChip:
         """A copy with every core on ``device`` (``chip.to("cuda")``); inputs must then be on it too."""
@@ -87,6 +97,7 @@ class ProgrammedChip:
             seed=self.seed,
             config=self.config,
             cores={k: c.to(device) for k, c in self.cores.items()},
+            faults=self.faults,
         )
 
     @property
@@ -104,6 +115,7 @@ class ProgrammedChip:
         quantize: bool = True,
         drift_compensation: bool = True,
         read_noise: bool = True,
+        recalibrate: Recalibrator | None = None,
     ) -> torch.Tensor:
         """The network's forward pass on the chip, ``t`` seconds after programming.
 
@@ -115,6 +127,10 @@ class ProgrammedChip:
             quantize: False makes the converters ideal (no PWM/ADC/INT8 rounding, float32 digital units).
             drift_compensation: global drift compensation per core (SPEC §4).
             read_noise: False switches 1/f read noise off.
+            recalibrate: called as ``recalibrate(layer, measure)`` before every conv/linear layer runs; it may
+                call ``measure(observer)`` to run the layer's cores on this layer's actual inputs, the observer
+                seeing the core outputs ``(r, c, R, m)``, and returns the layer to run (e.g. with new LDPU
+                registers, :mod:`aimc.adabs`).
 
         Returns:
             The network's output.
@@ -122,6 +138,11 @@ class ProgrammedChip:
         t = check_time(t, "t")
         check_choice(mode, "mode", READ_MODES)
         gen = make_generator(seed, "seed")
+        _check_bool(quantize, "quantize")
+        _check_bool(drift_compensation, "drift_compensation")
+        _check_bool(read_noise, "read_noise")
+        if self.faults is not None:
+            check_mapping_faults(self.mapping, self.faults)
         inputs = x if isinstance(x, tuple) else (x,)
         input_ops = [op for op in self.mapping.ops if op.kind == "input"]
         if len(inputs) != len(input_ops):
@@ -141,7 +162,7 @@ class ProgrammedChip:
                 elif op.kind == "output":
                     return env[op.inputs[0]]
                 else:
-                    env[op.name] = self._run_op(op, env, readouts, gen, quantize)
+                    env[op.name] = self._run_op(op, env, readouts, gen, quantize, recalibrate)
         raise ValidationError("the mapping has no output op")
 
     def _run_op(
@@ -151,6 +172,7 @@ class ProgrammedChip:
         readouts: dict[str, CoreReadout],
         gen: torch.Generator,
         quantize: bool,
+        recalibrate: Recalibrator | None = None,
     ) -> torch.Tensor:
         args = [env[i] for i in op.inputs]
         a = op.attrs
@@ -158,7 +180,15 @@ class ProgrammedChip:
         if op.kind == "analog":
             layer = self.mapping.layers[a["layer"]]
             addend = env[layer.add] if layer.add is not None else None
-            return _run_analog(layer, readouts[layer.name], args[0], addend, gen, quantize)
+            readout = readouts[layer.name]
+            if recalibrate is not None:
+                current = layer
+
+                def measure(obs: Observer) -> None:
+                    _run_analog(current, readout, args[0], addend, gen, quantize, obs)
+
+                layer = recalibrate(layer, measure)
+            return _run_analog(layer, readout, args[0], addend, gen, quantize)
         if op.kind == "lstm":
             layer = self.mapping.layers[a["layer"]]
             return _run_lstm(layer, readouts[layer.name], args[0], gen, quantize)
@@ -204,6 +234,11 @@ class ProgrammedChip:
         from aimc.storage import save_chip
 
         save_chip(self, path)
+
+
+def _check_bool(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
 def _check_input(v: object, name: str) -> None:
@@ -286,6 +321,7 @@ def _run_analog(
     addend: torch.Tensor | None,
     gen: torch.Generator,
     quantize: bool,
+    observe: Observer | None = None,
 ) -> torch.Tensor:
     """One analog layer (conv via im2col or linear) with its LDPU pipeline.
 
@@ -309,6 +345,8 @@ def _run_analog(
         sl = slice(start, start + items)
         rows = layer_rows(layer, x[sl])
         y = _mvm_rows(layer, readout, rows, gen, quantize)
+        if observe is not None:
+            observe(layer, y)
         add_c = None
         if addend is not None:
             add_c = column_blocks(layer, output_rows(layer, addend[sl].float()))
@@ -350,6 +388,7 @@ def program(
     seed: SeedLike = 0,
     *,
     config: CoreConfig | None = None,
+    faults: Faults | None = None,
 ) -> ProgrammedChip:
     """Program a compiled network into the chip's PCM devices (the only step drawing programming randomness).
 
@@ -359,6 +398,9 @@ def program(
         strategy: ``"odp"`` or ``"tdp"`` (SPEC §1).
         seed: int or ``torch.Generator``.
         config: unpublished core parameters (default :class:`CoreConfig`).
+        faults: hardware defects (:class:`aimc.faults.Faults`): stuck devices and dead ADCs take effect here; a
+            mapping that puts a block on a dead core, or whose partial sums cannot be routed around dead links, is
+            refused (compile with ``**faults.compile_kwargs()``).
 
     Returns:
         A :class:`ProgrammedChip`.
@@ -369,15 +411,37 @@ def program(
     if not isinstance(model, DeviceModel):
         raise ArgumentTypeError(f"device must be a preset name or an aimc.devices.DeviceModel, got {type(device)}")
     check_choice(strategy, "strategy", STRATEGIES)
-    config = config or CoreConfig()
+    config = CoreConfig() if config is None else config
+    if not isinstance(config, CoreConfig):
+        raise ArgumentTypeError(f"config must be an aimc CoreConfig, got {type(config).__name__}")
     gen = make_generator(seed, "seed")
+    fault_gen = None
+    if faults is not None:
+        if not isinstance(faults, Faults):
+            raise ArgumentTypeError(f"faults must be an aimc.faults.Faults (or None), got {type(faults).__name__}")
+        faults.check_spec(mapping.spec, mapping.chips)
+        check_mapping_faults(mapping, faults)
+        fault_gen = fault_generator(faults, gen if isinstance(seed, torch.Generator) else seed)
     chip = ProgrammedChip(
-        mapping=mapping, device=model, strategy=strategy, seed=seed if isinstance(seed, int) else None, config=config
+        mapping=mapping,
+        device=model,
+        strategy=strategy,
+        seed=seed if isinstance(seed, int) else None,
+        config=config,
+        faults=faults,
     )
     for layer in mapping.layers.values():
         w_max = core_w_max(layer, model, strategy, config, mapping.spec)
+        layer_faults = faults.for_layer(layer, fault_gen) if faults is not None and fault_gen is not None else None
         chip.cores[layer.name] = program_core(
-            weight_blocks(layer), model, strategy, gen, spec=mapping.spec, config=config, w_max=w_max
+            weight_blocks(layer),
+            model,
+            strategy,
+            gen,
+            spec=mapping.spec,
+            config=config,
+            w_max=w_max,
+            faults=layer_faults,
         )
     return chip
 

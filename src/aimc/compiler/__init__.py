@@ -36,6 +36,7 @@ def compile(
     *,
     chips: int = 1,
     avoid_cores: Iterable[int] = (),
+    avoid_links: Iterable[tuple[int, int]] = (),
     pooling: str = "off-chip",
     name: str | None = None,
 ) -> Mapping:
@@ -49,7 +50,10 @@ def compile(
             partial-sum ranges and the per-core G_max limits. Image models: float ``(B, C, H, W)``; LSTM models:
             token ids ``(B, T)``.
         chips: number of chips to spread the network over (inter-chip transfers are marked as such).
-        avoid_cores: global core ids not to use (dead cores).
+        avoid_cores: global core ids not to use (dead cores); spare cores take their blocks.
+        avoid_links: pairs of linked global core ids whose link is dead: no column chain sends its partial sums
+            over them (it is placed elsewhere, or routed around them if no placement avoids them). See
+            :mod:`aimc.faults` (``**faults.compile_kwargs()`` passes both).
         pooling: where pooling runs: ``"off-chip"`` (as in the chip paper, through the host) or ``"ldpu"`` (in the
             LDPU of the layer before it). The result is the same (max-pooling INT8 values is exact); the place
             matters to the latency and energy model.
@@ -58,7 +62,11 @@ def compile(
     Returns:
         The :class:`Mapping`.
     """
-    spec = spec or ChipSpec.hermes()
+    spec = ChipSpec.hermes() if spec is None else spec
+    if not isinstance(spec, ChipSpec):
+        raise ArgumentTypeError(f"spec must be an aimc ChipSpec (e.g. ChipSpec.hermes()), got {type(spec).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise ArgumentTypeError(f"name must be a str or None, got {type(name).__name__} {name!r}")
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -89,7 +97,8 @@ def compile(
     for op in captured.ops:
         if op.kind in ("maxpool2d", "avgpool2d"):
             op.attrs["where"] = pooling
-    place(list(captured.layers.values()), spec, chips, avoid_cores)
+    avoid_cores, avoid_links = _listed(avoid_cores, "avoid_cores"), _listed(avoid_links, "avoid_links")
+    place(list(captured.layers.values()), spec, chips, avoid_cores, avoid_links)
     return Mapping(
         spec=spec,
         layers=captured.layers,
@@ -97,4 +106,13 @@ def compile(
         chips=chips,
         model_name=name or type(model).__name__,
         extra_tensors=captured.extra_tensors,
+        avoid_cores=tuple(sorted(set(avoid_cores))),
+        avoid_links=tuple(sorted({(min(a, b), max(a, b)) for a, b in avoid_links})),
     )
+
+
+def _listed(items: object, name: str) -> list:
+    """A one-shot iterable of ids or pairs as a list (it is read twice); other types fail in :func:`place`."""
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise ArgumentTypeError(f"{name} must be a sequence, got {type(items).__name__} {items!r}")
+    return [tuple(i) if isinstance(i, list) else i for i in items]

@@ -162,6 +162,7 @@ class Mapping:
         chips: number of chips the network spans.
         model_name: name of the source network (for reports).
         extra_tensors: tensors of off-chip ops (e.g. embedding tables), by name.
+        avoid_cores, avoid_links: the dead cores and links the placement avoided (:mod:`aimc.faults`).
     """
 
     spec: ChipSpec
@@ -170,6 +171,8 @@ class Mapping:
     chips: int = 1
     model_name: str = "model"
     extra_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    avoid_cores: tuple[int, ...] = ()
+    avoid_links: tuple[tuple[int, int], ...] = ()
 
     @property
     def topology(self) -> Topology:
@@ -192,6 +195,7 @@ class Mapping:
         (``"on-chip"``, over a direct link or ``hops`` links) or crosses chips (``"inter-chip"``).
         """
         topo = self.topology
+        dead = {(min(a, b), max(a, b)) for a, b in self.avoid_links}
         out = []
         for layer in self.layers.values():
             for j in range(layer.tiling.col_blocks):
@@ -201,7 +205,11 @@ class Mapping:
                         out.append({"layer": layer.name, "from": a, "to": b, "kind": "inter-chip", "hops": None})
                     else:
                         la, lb = a % self.spec.cores, b % self.spec.cores
-                        hops = 1 if topo.linked(la, lb) else topo_hops(topo, la, lb)
+                        hops = 1 if topo.linked(la, lb) and (min(a, b), max(a, b)) not in dead else None
+                        if hops is None:
+                            hops = topo.route_hops(a, b, dead_links=dead, dead_cores=self.avoid_cores)
+                        if hops is None:
+                            raise ValidationError(f"cores {a} and {b} of layer {layer.name!r} are not connected")
                         out.append({"layer": layer.name, "from": a, "to": b, "kind": "on-chip", "hops": hops})
         return out
 
@@ -259,6 +267,8 @@ class Mapping:
             "layers": [layer.meta() for layer in self.layers.values()],
             "ops": [op.to_dict() for op in self.ops],
             "extra_tensors": sorted(self.extra_tensors),
+            "avoid_cores": list(self.avoid_cores),
+            "avoid_links": [list(p) for p in self.avoid_links],
         }
 
     @classmethod
@@ -279,6 +289,8 @@ class Mapping:
                 chips=int(meta["chips"]),
                 model_name=str(meta["model_name"]),
                 extra_tensors=extra,
+                avoid_cores=tuple(int(c) for c in meta.get("avoid_cores", [])),
+                avoid_links=tuple((int(a), int(b)) for a, b in meta.get("avoid_links", [])),
             )
         except (KeyError, TypeError) as err:
             raise ValidationError(f"mapping metadata is incomplete or malformed: {err!r}") from None

@@ -13,6 +13,7 @@ vertical chains down a column (the LSTM's gate partial sums aggregate vertically
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aimc.spec import ChipSpec
@@ -66,3 +67,35 @@ class Topology:
     def links(self) -> list[tuple[int, int]]:
         """All undirected links as (smaller, larger) core pairs."""
         return sorted({(min(a, b), max(a, b)) for a in range(self.cores) for b in self.neighbours(a)})
+
+    def route_hops(
+        self,
+        a: int,
+        b: int,
+        *,
+        dead_links: Iterable[tuple[int, int]] = (),
+        dead_cores: Iterable[int] = (),
+    ) -> int | None:
+        """Fewest live links from core ``a`` to core ``b`` of one chip, or None if no route exists.
+
+        Core ids may be global (``chip * cores + core``); cores on different chips have no on-chip route. A route
+        passes neither a dead link (an unordered pair of global ids) nor a dead core (other than ``a`` and ``b``).
+        """
+        if a // self.cores != b // self.cores:
+            return None
+        base = a - a % self.cores
+        dead_l = {(min(x, y), max(x, y)) for x, y in dead_links}
+        dead_c = set(dead_cores) - {a, b}
+        frontier, seen, hops = [a], {a}, 0
+        while frontier:
+            if b in frontier:
+                return hops
+            nxt = []
+            for core in frontier:
+                for nb in self.neighbours(core - base):
+                    g = base + nb
+                    if g not in seen and g not in dead_c and (min(core, g), max(core, g)) not in dead_l:
+                        seen.add(g)
+                        nxt.append(g)
+            frontier, hops = nxt, hops + 1
+        return None

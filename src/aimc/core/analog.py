@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,8 +39,11 @@ from aimc.core.pwm import quantize_input
 from aimc.core.readnoise import fresh_noise_fraction
 from aimc.devices.base import DeviceModel, DeviceState, check_time
 from aimc.devices.registry import get as get_device
-from aimc.errors import ValidationError
+from aimc.errors import ArgumentTypeError, ValidationError
 from aimc.spec import READ_MODES, ChipSpec
+
+if TYPE_CHECKING:
+    from aimc.faults import CoreFaults
 
 #: Device-assignment strategies of SPEC §1: one device per polarity (ODP) or two (TDP).
 STRATEGIES: tuple[str, ...] = ("odp", "tdp")
@@ -447,6 +451,7 @@ def program_core(
     spec: ChipSpec | None = None,
     config: CoreConfig | None = None,
     w_max: torch.Tensor | float | None = None,
+    faults: CoreFaults | None = None,
 ) -> ProgrammedCore:
     """Program a weight block (or a stack of blocks) into PCM conductances.
 
@@ -458,13 +463,23 @@ def program_core(
             exponents, ADC spread, asymmetry, the drift-compensation reference read).
         spec, config: the chip (default ``ChipSpec.hermes()``) and unpublished core parameters.
         w_max: weight mapped to G_max per core, ``(...,)`` or scalar; default max |W| of each core.
+        faults: stuck devices and dead ADCs of these cores (:class:`aimc.faults.CoreFaults`, built by
+            ``aimc.program(..., faults=...)``), applied before the drift-compensation reference is read.
 
     Returns:
         A :class:`ProgrammedCore`.
     """
-    spec = spec or ChipSpec.hermes()
-    config = config or CoreConfig()
+    spec = ChipSpec.hermes() if spec is None else spec
+    config = CoreConfig() if config is None else config
+    if not isinstance(spec, ChipSpec):
+        raise ArgumentTypeError(f"spec must be an aimc ChipSpec, got {type(spec).__name__}")
+    if not isinstance(config, CoreConfig):
+        raise ArgumentTypeError(f"config must be an aimc CoreConfig, got {type(config).__name__}")
     model = get_device(device) if isinstance(device, str) else device
+    if not isinstance(model, DeviceModel):
+        raise ArgumentTypeError(
+            f"device must be a preset name or an aimc.devices.DeviceModel, got {type(device).__name__}"
+        )
     check_choice(strategy, "strategy", STRATEGIES)
     check_finite_tensor(weights, "weights")
     if weights.dim() < 2:
@@ -498,10 +513,14 @@ def program_core(
         units = [t_pos, zero, t_neg, zero]
     targets = torch.stack(units, dim=-3).clamp(0.0, model.g_max_uS)
     states = model.program(targets.cpu(), gen).to(weights.device)
+    if faults is not None:
+        states = faults.apply_to_states(states, model)
     asym = config.polarity_asymmetry_mean + config.polarity_asymmetry_std * torch.randn(
         targets.shape, generator=gen, dtype=dtype
     )
     adc = sample_adc(tuple(weights.shape[:-2]), m, spec, config, gen, dtype)
+    if faults is not None:
+        adc = faults.apply_to_adc(adc)
     core = ProgrammedCore(
         spec=spec,
         config=config,

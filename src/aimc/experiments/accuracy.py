@@ -15,9 +15,12 @@ from typing import Any
 
 import torch
 
+from aimc._validation import check_finite_tensor, check_number
 from aimc.chip import program
 from aimc.compiler.mapping import Mapping
 from aimc.core.config import CoreConfig
+from aimc.errors import ArgumentTypeError, ValidationError
+from aimc.faults import Faults
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,21 @@ def classification_accuracy(
     batch_size: int = 250,
     config: CoreConfig | None = None,
     progress: bool = True,
+    faults: Faults | None = None,
 ) -> list[AccuracyPoint]:
-    """Top-1 accuracy of ``mapping`` on ``(x, y)`` on chips programmed with each seed, read at each time."""
+    """Top-1 accuracy of ``mapping`` on ``(x, y)`` on chips programmed with each seed, read at each time.
+
+    ``faults`` (:class:`aimc.faults.Faults`) gives every programmed chip these hardware defects; with
+    ``faults.seed`` None each seed is a different die (its own stuck-device map).
+    """
+    check_classification_data(x, y)
+    if not list(seeds) or not list(times):
+        raise ValidationError(f"seeds and times must each list at least one value; got {list(seeds)}, {list(times)}")
+    check_number(batch_size, "batch_size", low=1, integer=True)
     acc: dict[float, list[float]] = {t: [] for t in times}
     start = time.time()
     for k, seed in enumerate(seeds):
-        chip = program(mapping, device, strategy, seed=seed, config=config)
+        chip = program(mapping, device, strategy, seed=seed, config=config, faults=faults)
         for j, t in enumerate(times):
             correct = 0
             for i in range(0, len(x), batch_size):
@@ -68,6 +80,15 @@ def classification_accuracy(
     return [
         AccuracyPoint(t, statistics.fmean(v), statistics.pstdev(v) if len(v) > 1 else 0.0, v) for t, v in acc.items()
     ]
+
+
+def check_classification_data(x: object, y: object) -> None:
+    """Check a labelled batch: ``x`` a finite float tensor ``(N, ...)``, ``y`` integer labels ``(N,)``, N >= 1."""
+    check_finite_tensor(x, "x")
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ArgumentTypeError(f"y must be an integer label tensor, got {getattr(y, 'dtype', type(y).__name__)}")
+    if y.dim() != 1 or len(y) != len(x):  # type: ignore[arg-type]
+        raise ValidationError(f"y must have shape ({len(x)},) to label x; got {tuple(y.shape)}")  # type: ignore[arg-type]
 
 
 def points_as_dicts(points: Sequence[AccuracyPoint]) -> list[dict[str, Any]]:
