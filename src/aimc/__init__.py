@@ -11,11 +11,12 @@ Public API (everything else is private and may change):
 - :func:`compile` -> :class:`~aimc.compiler.Mapping`; :func:`program` -> :class:`ProgrammedChip`;
   ``ProgrammedChip.run`` / ``.save``; :func:`load`.
 - :mod:`aimc.perf` — latency, energy and throughput of a mapping (``estimate``), Table I, the scaling study.
+- :mod:`aimc.sweep` — resumable Monte Carlo sweeps, in-process or on Ray (``aimc.sweep.run``, ``write_report``).
 """
 
 __version__ = "0.1.0"
 
-from aimc import core, devices, digital, errors, models, perf
+from aimc import core, devices, digital, errors, models, perf, sweep
 from aimc.chip import ProgrammedChip, program
 from aimc.compiler import Mapping, UnsupportedLayerError, compile
 from aimc.core import CoreConfig, ProgrammedCore, program_core
@@ -44,4 +45,5 @@ __all__ = [
     "perf",
     "program",
     "program_core",
+    "sweep",
 ]
