@@ -29,7 +29,7 @@ from aimc.core.fastmath import aux_dtype_for
 from aimc.data import cifar10_tensors
 from aimc.models import resnet9
 from aimc.train.checkpoint import load_checkpoint, save_checkpoint
-from aimc.train.hwa import clip_weights, noisy_weights
+from aimc.train.hwa import analog_io, clip_weights, noisy_weights
 
 #: Recipe constants (our choice for a short CPU schedule; SPEC §3 gives the paper's longer one).
 PEAK_LR = 0.2
@@ -101,6 +101,7 @@ def train_resnet9(
     hwa: bool = False,
     peak_lr: float = PEAK_LR,
     tag: str = "float",
+    io_aware: bool = False,
 ) -> dict[str, Any]:
     """Train ResNet-9 on CIFAR-10; returns the final log record. Files go to ``out_dir``.
 
@@ -111,6 +112,8 @@ def train_resnet9(
         hwa: hardware-aware training: programming-noise injection (2x the HERMES model) and weight clipping
             (:mod:`aimc.train.hwa`).
         peak_lr: peak of the one-cycle schedule (SPEC §3 fine-tunes HWA at 0.05).
+        io_aware: with ``hwa``, also 8-bit inputs and additive output noise in every analog layer
+            (:func:`aimc.train.hwa.analog_io`, SPEC §3).
         tag: name of the final weights file ``resnet9_{tag}.safetensors``.
     """
     out = Path(out_dir)
@@ -143,8 +146,10 @@ def train_resnet9(
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": seed,
-        "peak_lr": PEAK_LR,
+        "peak_lr": peak_lr,
         "tag": tag,
+        "hwa": hwa,
+        "io_aware": io_aware,
         "momentum": MOMENTUM,
         "weight_decay": WEIGHT_DECAY,
         "label_smoothing": LABEL_SMOOTHING,
@@ -163,7 +168,11 @@ def train_resnet9(
             xb = augment(x_train[idx], gen).to(device).contiguous(memory_format=torch.channels_last)
             yb = y_train[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            with noisy_weights(model, gen) if hwa else nullcontext(), _autocast(device):
+            with (
+                noisy_weights(model, gen) if hwa else nullcontext(),
+                analog_io(model, gen) if hwa and io_aware else nullcontext(),
+                _autocast(device),
+            ):
                 logits = model(xb)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=LABEL_SMOOTHING)
                 loss.backward()  # gradient at the noisy weights, applied to the clean ones

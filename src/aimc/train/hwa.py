@@ -110,6 +110,61 @@ def noisy_weights(
                 w.copy_(clean)
 
 
+#: SPEC §3: additive Gaussian output noise of std 10% (0.1) during HWA training. We read "of the output range" as
+#: aihwkit's convention: 0.1 in units of the largest weight times the largest input of each 256-row tile, the
+#: partial sums of a layer's row tiles adding their noises.
+OUTPUT_NOISE = 0.1
+#: SPEC §3: 8-bit DAC/ADC during HWA training; inputs are rounded to 8-bit signed codes of their batch maximum.
+IO_BITS = 8
+#: SPEC §2: a core holds at most this many rows; a layer with more is split into row tiles.
+TILE_ROWS = 256
+
+
+def _fake_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """x rounded to ``bits``-bit signed codes of max|x| in the forward pass, identity in the backward pass."""
+    levels = 2 ** (bits - 1) - 1
+    scale = x.detach().abs().amax().clamp_min(1e-12) / levels
+    return x + ((x.detach() / scale).round() * scale - x.detach())
+
+
+def _rows(layer: nn.Module) -> int:
+    w = layer.weight
+    return int(w[0].numel())
+
+
+@contextmanager
+def analog_io(
+    model: nn.Module, generator: torch.Generator, output_noise: float = OUTPUT_NOISE, bits: int = IO_BITS
+) -> Iterator[None]:
+    """Within the block every Conv2d/Linear layer sees 8-bit inputs and adds Gaussian output noise (SPEC §3).
+
+    Output noise std per layer: ``output_noise · sqrt(row tiles) · max|W| · max|x|``, one draw per output element
+    (the layer's output shape without the batch), shared by the batch and fresh at every step.
+    """
+    handles = []
+
+    def pre(layer: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = _fake_quantize(args[0], bits)
+        layer._aimc_x_max = float(x.detach().abs().amax())  # type: ignore[assignment]
+        return (x, *args[1:])
+
+    def post(layer: nn.Module, args: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
+        tiles = -(-_rows(layer) // TILE_ROWS)
+        std = output_noise * tiles**0.5 * float(layer.weight.detach().abs().max()) * layer._aimc_x_max
+        # one draw per output element shared by the batch (fresh every step): drawing one per sample would cost
+        # more than the training step itself on a CPU
+        noise = torch.randn(y.shape[1:], generator=generator, dtype=y.dtype).to(y.device)
+        return y + noise * std
+
+    for layer in analog_layers(model):
+        handles += [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def clip_weights(model: nn.Module, clip_sigma: float = CLIP_SIGMA) -> None:
     """Clip each analog layer's weights to ±clip_sigma x their std, in place."""
     with torch.no_grad():
