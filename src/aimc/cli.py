@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from aimc.errors import AimcError, ValidationError
 
@@ -232,59 +234,127 @@ def _perf_row(report: object) -> dict[str, object]:
     }
 
 
+def _task_of(model: str, arch: str | None) -> str:
+    """The task of ``aimc eval MODEL``: a task name, or a weights file whose header or --arch names it."""
+    from aimc.experiments.evaluate import TASKS
+
+    if model in TASKS:
+        return model
+    if not model.endswith(".safetensors"):
+        raise ValidationError(f"MODEL must be one of {', '.join(TASKS)} or a .safetensors weights file; got {model!r}")
+    if arch is not None:
+        return arch
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(model, framework="pt") as f:
+            name = (f.metadata() or {}).get("aimc_model")
+    except (SafetensorError, OSError) as err:
+        raise ValidationError(f"{model!r} is not a readable safetensors file: {err}") from None
+    if name not in TASKS:
+        raise ValidationError(f"{model!r} does not say which network it holds; pass --arch ({', '.join(TASKS)})")
+    return name
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``aimc eval``: accuracy of a CIFAR-10 network on the simulated chip over time after programming."""
-    import aimc
+    """``aimc eval``: a trained network's accuracy (ResNet-9) or BPC (char-LSTM) on the chip over time."""
     from aimc._provenance import provenance
-    from aimc.data import cifar10_tensors
-    from aimc.experiments.accuracy import classification_accuracy, points_as_dicts
+    from aimc.experiments import evaluate as ev
+    from aimc.experiments.accuracy import points_as_dicts
 
-    if args.model != "resnet9" and not args.model.endswith(".safetensors"):
-        raise ValidationError(f"aimc eval takes resnet9 weights (a .safetensors file or --weights); got {args.model!r}")
-    from aimc.train.cifar import load_weights
-    from aimc.weights import available_weights, weights_path
-
-    weights = args.weights or (args.model if args.model.endswith(".safetensors") else "resnet9_hwa")
-    if not weights.endswith(".safetensors"):
-        if weights not in available_weights():
-            raise ValidationError(
-                f"--weights must be a .safetensors file or a shipped name ({', '.join(available_weights())}); "
-                f"got {weights!r}"
-            )
-        weights = str(weights_path(weights))
-    model = aimc.models.resnet9()
-    load_weights(weights, model)
-    model.eval()
-    x_test, y_test = cifar10_tensors("test", args.images, args.data_dir)
-    x_cal, _ = cifar10_tensors("train", 256, args.data_dir)
-    mapping = aimc.compile(model, example_input=x_cal, name="resnet9")
-    import torch
-
-    with torch.no_grad():
-        software = float((model(x_test).argmax(1) == y_test).float().mean())
-    seeds = list(range(args.seeds))
+    task = _task_of(args.model, args.arch)
+    weights = args.weights or (args.model if args.model.endswith(".safetensors") else None)
     times = _floats(args.times, "times")
-    result = {"software": software, "settings": vars(args) | {"func": None}, "provenance": provenance(), "runs": []}
+    if args.seeds < 1:
+        raise ValidationError(f"--seeds must be at least 1; got {args.seeds}")
+    faults = None
+    if args.faults:
+        from aimc.faults import parse_faults
+
+        faults = parse_faults(args.faults)
+    model, weights_file = ev.load_network(task, weights)
+    data = ev.load_data(task, args.n, args.data_dir)
+    mapping = ev.compile_task(model, data) if faults is None else None
+    if faults is not None:
+        import aimc
+
+        mapping = aimc.compile(
+            model, example_input=data.x_cal[: ev.CALIBRATION_INPUTS], name=task, **faults.compile_kwargs()
+        )
+    software = ev.software_metric(model, data)
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    result: dict[str, Any] = {
+        "task": task,
+        "metric": data.metric,
+        "weights": weights_file,
+        "test_size": data.size,
+        "software": software,
+        "settings": settings,
+        "provenance": provenance(),
+        "runs": [],
+    }
     for strategy in _names(args.strategy):
         device = args.device or ("hermes-1dev" if strategy == "odp" else "hermes-2dev")
-        pts = classification_accuracy(
-            mapping, x_test, y_test, device=device, strategy=strategy, mode=args.mode, times=times, seeds=seeds
-        )
-        result["runs"].append(
-            {"strategy": strategy, "device": device, "mode": args.mode, "points": points_as_dicts(pts)}
-        )
+        for use_adabs in (False, True) if args.adabs else (False,):
+            pts = ev.metric_over_time(
+                mapping,
+                data,
+                device=device,
+                strategy=strategy,
+                mode=args.mode,
+                times=times,
+                seeds=list(range(args.seeds)),
+                use_adabs=use_adabs,
+                faults=faults,
+                progress=not args.json,
+            )
+            result["runs"].append(
+                {
+                    "strategy": strategy,
+                    "device": device,
+                    "mode": args.mode,
+                    "adabs": use_adabs,
+                    "points": points_as_dicts(pts),
+                }
+            )
+    pct = 100.0 if data.metric == "accuracy" else 1.0
+    unit = "%" if data.metric == "accuracy" else " BPC"
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"software accuracy: {100 * software:.2f}% on {len(x_test)} CIFAR-10 test images")
+        what = "CIFAR-10 test images" if task == "resnet9" else "PTB test characters"
+        print(f"software {data.metric}: {pct * software:.3f}{unit} on {data.size} {what}")
         for run in result["runs"]:
+            comp = "GDC+AdaBS" if run["adabs"] else "GDC"
             for p in run["points"]:
                 print(
-                    f"{run['strategy']:<4} {run['device']:<12} {run['mode']:<10} t={p['t_seconds']:>10.4g} s  "
-                    f"{100 * p['mean']:.2f} ± {100 * p['std']:.2f}%  (seeds {len(p['per_seed'])})"
+                    f"{run['strategy']:<4} {run['device']:<12} {run['mode']:<10} {comp:<9} "
+                    f"t={p['t_seconds']:>10.4g} s  {pct * p['mean']:.3f} ± {pct * p['std']:.3f}{unit}  "
+                    f"(seeds {len(p['per_seed'])})"
                 )
     if args.json_out:
         _write_json(args.json_out, result)
+    if args.plot:
+        from aimc.experiments.report import plot_over_time
+
+        _save_figure(args.plot, lambda path: plot_over_time(result, path), args.json)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``aimc reproduce``: the chip paper's accuracy comparison and accuracy over time, with a report."""
+    from aimc.experiments.reproduce import Settings, format_tables, reproduce
+
+    settings = Settings.full() if args.full else Settings()
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ValidationError(f"--seeds must be at least 1; got {args.seeds}")
+        settings = dataclasses.replace(settings, seeds=args.seeds)
+    tasks = tuple(_names(args.tasks))
+    results = reproduce(args.out, settings=settings, data_dir=args.data_dir, tasks=tasks, log=print)
+    print()
+    print(format_tables(results))
+    print(f"wrote {args.out}/report.md, results.json and figures ({results['seconds']:.0f} s)")
     return 0
 
 
@@ -398,21 +468,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/scaling", help="output folder of 'scaling' (default results/scaling)")
     p.set_defaults(func=cmd_perf)
 
-    p = sub.add_parser("eval", help="accuracy of trained ResNet-9 weights on the simulated chip over time")
-    p.add_argument("model", help="resnet9 (with --weights) or a .safetensors weights file")
+    p = sub.add_parser("eval", help="accuracy (ResNet-9) or BPC (char-LSTM) of trained weights on the chip over time")
+    p.add_argument("model", help="resnet9, char-lstm, or a .safetensors weights file (its header names the network)")
     p.add_argument(
-        "--weights", default=None, help="a .safetensors file or a shipped name: resnet9_hwa (default), resnet9_float"
+        "--weights",
+        default=None,
+        help="a .safetensors file or a shipped name (default resnet9_hwa / char_lstm_hwa; see aimc.weights)",
     )
+    p.add_argument("--arch", default=None, help="network of a weights file without an aimc header")
     p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")
     p.add_argument("--device", default=None, help="device preset (default hermes-1dev for ODP, hermes-2dev for TDP)")
     p.add_argument("--strategy", default="tdp", help="odp, tdp or odp,tdp")
     p.add_argument("--mode", default="four-phase", choices=["one-phase", "four-phase"])
     p.add_argument("--times", default="3600", help="seconds after programming, comma-separated")
     p.add_argument("--seeds", type=int, default=3, help="programmed chips (seeds 0..N-1)")
-    p.add_argument("--images", type=int, default=10000, help="test images (default all 10,000)")
+    p.add_argument(
+        "--n",
+        "--images",
+        dest="n",
+        type=int,
+        default=None,
+        help="test images (ResNet-9) or characters (char-LSTM) used (default: the whole test set)",
+    )
+    p.add_argument("--adabs", action="store_true", help="also evaluate with adaptive batch-norm statistics (AdaBS)")
+    p.add_argument(
+        "--faults", default=None, help="hardware faults, e.g. 'stuck=0.01,dead_core=12,dead_link=3-4,dead_adc=5:17'"
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--json-out", default=None)
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="metric vs time after programming")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("reproduce", help="the chip paper's accuracy results (Fig. 3c/4c) and accuracy over time")
+    p.add_argument("--out", default="results/reproduce", help="output folder (default results/reproduce)")
+    p.add_argument("--full", action="store_true", help="whole test sets and 10 seeds (hours on 2 cores)")
+    p.add_argument("--seeds", type=int, default=None, help="programmed chips per point (default 2; 10 with --full)")
+    p.add_argument("--tasks", default="resnet9,char-lstm", help="comma-separated: resnet9, char-lstm")
+    p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("sweep", help="Monte Carlo sweep from a YAML file (resumable; local or on a Ray cluster)")
     p.add_argument("spec", help="the sweep file (see docs/sweeps.md and examples/sweep_resnet9.yaml)")

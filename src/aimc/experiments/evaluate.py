@@ -1,0 +1,181 @@
+"""A trained network on the simulated chip: software, quantisation-only and chip metrics over time (SPEC §3).
+
+One entry point for both of the chip paper's benchmark tasks:
+
+- ``"resnet9"``: top-1 accuracy on CIFAR-10 test images (higher is better);
+- ``"char-lstm"``: bits per character on character-level PTB (lower is better), windows of
+  :mod:`aimc.experiments.language`.
+
+For each seed a chip is programmed once and read at every time after programming (as real hardware is), each read
+with fresh read noise; global drift compensation is always on (SPEC §4) and adaptive batch-norm statistics
+(:mod:`aimc.adabs`) optionally recalibrates the LDPU registers at each time on unlabelled training data.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from aimc.adabs import adabs, reference_moments
+from aimc.chip import ProgrammedChip, program
+from aimc.compiler import compile as compile_network
+from aimc.compiler.mapping import Mapping
+from aimc.errors import ValidationError
+from aimc.experiments.accuracy import AccuracyPoint
+from aimc.experiments.language import bpc_from_logits, windows
+
+TASKS = ("resnet9", "char-lstm")
+#: Default shipped weights of each task.
+DEFAULT_WEIGHTS = {"resnet9": "resnet9_hwa", "char-lstm": "char_lstm_hwa"}
+#: Our choice: unlabelled training inputs for AdaBS (images, or character windows of the LSTM).
+ADABS_INPUTS = 1000
+#: Our choice: inputs used to calibrate the converter ranges at compile time.
+CALIBRATION_INPUTS = 256
+#: Images per chip run (memory vs speed).
+BATCH = 250
+
+
+@dataclass
+class TaskData:
+    """Test and calibration data of a task. ``x``/``y``: test inputs and targets; ``x_cal``: unlabelled inputs."""
+
+    task: str
+    x: torch.Tensor
+    y: torch.Tensor
+    x_cal: torch.Tensor
+
+    @property
+    def metric(self) -> str:
+        return "accuracy" if self.task == "resnet9" else "bpc"
+
+    @property
+    def size(self) -> int:
+        """Test images, or scored characters."""
+        return int(self.y.numel())
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValidationError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    return task
+
+
+def load_network(task: str, weights: str | None = None) -> tuple[torch.nn.Module, str]:
+    """The task's network with trained weights (a shipped name or a .safetensors path), in eval mode."""
+    from aimc.models import get_model
+    from aimc.train.cifar import load_weights
+    from aimc.weights import available_weights, weights_path
+
+    check_task(task)
+    name = weights or DEFAULT_WEIGHTS[task]
+    if not name.endswith(".safetensors"):
+        if name not in available_weights():
+            raise ValidationError(
+                f"weights must be a .safetensors file or a shipped name ({', '.join(available_weights())}); "
+                f"got {name!r}"
+            )
+        name = str(weights_path(name))
+    model = get_model(task)
+    load_weights(name, model)
+    return model.eval(), name
+
+
+def load_data(task: str, n: int | None = None, data_dir: str | None = None, streams: int = 256) -> TaskData:
+    """Test data of the task: the first ``n`` test images, or ``n`` characters of the PTB test set read as
+    ``streams`` windows (all when None), and unlabelled training inputs for calibration and AdaBS."""
+    check_task(task)
+    if task == "resnet9":
+        from aimc.data import cifar10_tensors
+
+        x, y = cifar10_tensors("test", n, data_dir)
+        x_cal, _ = cifar10_tensors("train", ADABS_INPUTS, data_dir)
+        return TaskData(task, x, y, x_cal)
+    from aimc.data.ptb import ptb_chars
+
+    test = ptb_chars("test", data_dir)
+    if n is not None:
+        test = test[: n + 1]
+    x, y = windows(test, min(streams, max(1, (test.numel() - 1) // 2)))
+    cal, _ = windows(ptb_chars("valid", data_dir)[:20_001], 64)
+    return TaskData(task, x, y, cal)
+
+
+def software_metric(model: torch.nn.Module, data: TaskData) -> float:
+    """The PyTorch model's metric (float32)."""
+    with torch.no_grad():
+        if data.task == "char-lstm":
+            return bpc_from_logits(model(data.x), data.y)
+        correct = sum(
+            int((model(data.x[i : i + BATCH]).argmax(1) == data.y[i : i + BATCH]).sum())
+            for i in range(0, len(data.x), BATCH)
+        )
+    return correct / len(data.x)
+
+
+def chip_metric(chip: ProgrammedChip, data: TaskData, t: float, mode: str, seed: int, **run_kwargs: Any) -> float:
+    """One read of the chip over the test data at ``t`` seconds after programming."""
+    if data.task == "char-lstm":
+        return bpc_from_logits(chip.run(data.x, t=t, mode=mode, seed=seed, **run_kwargs), data.y)
+    correct = 0
+    for i in range(0, len(data.x), BATCH):
+        out = chip.run(data.x[i : i + BATCH], t=t, mode=mode, seed=seed * 1_000_003 + i, **run_kwargs)
+        correct += int((out.argmax(1) == data.y[i : i + BATCH]).sum())
+    return correct / len(data.x)
+
+
+def compile_task(model: torch.nn.Module, data: TaskData) -> Mapping:
+    """The network compiled for the chip, converter ranges calibrated on unlabelled training inputs."""
+    return compile_network(model, example_input=data.x_cal[:CALIBRATION_INPUTS], name=data.task)
+
+
+def quantisation_only(mapping: Mapping, data: TaskData) -> float:
+    """The metric with exact weights (ideal devices, no read noise) and the chip's converters and digital units."""
+    chip = program(mapping, "ideal", "tdp", seed=0)
+    return chip_metric(chip, data, 60.0, "four-phase", 0, read_noise=False)
+
+
+def metric_over_time(
+    mapping: Mapping,
+    data: TaskData,
+    *,
+    device: str = "hermes-2dev",
+    strategy: str = "tdp",
+    mode: str = "four-phase",
+    times: Sequence[float] = (3600.0,),
+    seeds: Sequence[int] = (0,),
+    use_adabs: bool = False,
+    faults: Any = None,
+    progress: bool = True,
+) -> list[AccuracyPoint]:
+    """The metric on chips programmed with each seed and read at each time: mean ± std over seeds per time."""
+    if not list(seeds) or not list(times):
+        raise ValidationError(f"seeds and times must each list at least one value; got {list(seeds)}, {list(times)}")
+    reference = reference_moments(mapping, data.x_cal) if use_adabs else None
+    values: dict[float, list[float]] = {t: [] for t in times}
+    start = time.time()
+    for k, seed in enumerate(seeds):
+        chip = program(mapping, device, strategy, seed=seed, faults=faults)
+        for j, t in enumerate(times):
+            read_seed = 1_000_003 * seed + 7919 * j
+            used = adabs(chip, data.x_cal, t, mode=mode, seed=read_seed + 1, reference=reference) if use_adabs else chip
+            values[t].append(chip_metric(used, data, t, mode, read_seed))
+            if progress:
+                done = k * len(times) + j + 1
+                print(
+                    f"\r  {data.task} {strategy} {mode}{' +AdaBS' if use_adabs else ''}: "
+                    f"{done}/{len(seeds) * len(times)} chip reads, {time.time() - start:.0f} s",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    if progress:
+        print(file=sys.stderr)
+    return [
+        AccuracyPoint(t, statistics.fmean(v), statistics.pstdev(v) if len(v) > 1 else 0.0, v) for t, v in values.items()
+    ]
