@@ -31,7 +31,7 @@ from aimc.core.config import CoreConfig
 from aimc.devices.base import DeviceModel, check_time
 from aimc.devices.registry import get as get_device
 from aimc.digital.gdpu import lstm_cell
-from aimc.errors import ArgumentTypeError, ValidationError
+from aimc.errors import AimcError, ArgumentTypeError, ValidationError
 from aimc.faults import Faults, check_mapping_faults, fault_generator
 from aimc.spec import READ_MODES, ChipSpec
 
@@ -147,8 +147,9 @@ class ProgrammedChip:
         input_ops = [op for op in self.mapping.ops if op.kind == "input"]
         if len(inputs) != len(input_ops):
             raise ValidationError(f"the network takes {len(input_ops)} input(s); got {len(inputs)}")
-        for name, v in zip((op.name for op in input_ops), inputs, strict=True):
-            _check_input(v, name)
+        signature = self.mapping.input_signature
+        for k, (name, v) in enumerate(zip((op.name for op in input_ops), inputs, strict=True)):
+            _check_input(v, name, signature[k] if len(signature) == len(input_ops) else None)
         readouts = {
             name: core.prepare(t, mode, gen, read_noise=read_noise, drift_compensation=drift_compensation)
             for name, core in self.cores.items()
@@ -162,7 +163,16 @@ class ProgrammedChip:
                 elif op.kind == "output":
                     return env[op.inputs[0]]
                 else:
-                    env[op.name] = self._run_op(op, env, readouts, gen, quantize, recalibrate)
+                    try:
+                        env[op.name] = self._run_op(op, env, readouts, gen, quantize, recalibrate)
+                    except AimcError:
+                        raise
+                    except (RuntimeError, IndexError, ValueError, TypeError) as err:
+                        shapes = ", ".join(str(tuple(v.shape)) for v in inputs)
+                        raise ValidationError(
+                            f"the input (shape {shapes}) does not fit the mapping: op {op.name!r} ({op.kind}) "
+                            f"failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                        ) from None
         raise ValidationError("the mapping has no output op")
 
     def _run_op(
@@ -193,7 +203,14 @@ class ProgrammedChip:
             layer = self.mapping.layers[a["layer"]]
             return _run_lstm(layer, readouts[layer.name], args[0], gen, quantize)
         if op.kind == "embedding":
-            return F.embedding(args[0].long(), extra[f"{op.name}.weight"].to(args[0].device))
+            table = extra[f"{op.name}.weight"]
+            ids = args[0]
+            if ids.is_floating_point() or (ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(table))):
+                raise ValidationError(
+                    f"op {op.name!r}: token ids must be integers in [0, {len(table) - 1}]; got "
+                    f"{ids.dtype} values in [{ids.min().item():g}, {ids.max().item():g}]"
+                )
+            return F.embedding(ids.long(), table.to(ids.device))
         if op.kind == "host_linear":
             b = extra.get(f"{op.name}.bias")
             return F.linear(
@@ -241,13 +258,33 @@ def _check_bool(value: object, name: str) -> None:
         raise ArgumentTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
-def _check_input(v: object, name: str) -> None:
+def _check_input(v: object, name: str, signature: dict | None = None) -> None:
+    """An input batch: a non-empty, finite tensor like the example input the mapping was compiled with."""
     if not isinstance(v, torch.Tensor):
         raise ArgumentTypeError(f"input {name!r} must be a torch.Tensor, got {type(v).__name__}")
     if v.numel() == 0:
         raise ValidationError(f"input {name!r} must not be empty, got shape {tuple(v.shape)}")
+    if v.is_complex() or v.dtype == torch.bool:
+        raise ArgumentTypeError(f"input {name!r} must be a real float or integer tensor, got {v.dtype}")
     if v.is_floating_point() and not bool(torch.isfinite(v).all()):
         raise ValidationError(f"input {name!r} must be finite; it holds NaN/Inf values")
+    if signature is None:
+        return
+    kind = "float" if v.is_floating_point() else "int"
+    if kind != signature.get("dtype"):
+        want = "floating-point values" if signature.get("dtype") == "float" else "integer token ids"
+        raise ArgumentTypeError(f"input {name!r} must hold {want}, like the example input; got {v.dtype}")
+    if v.dim() != signature.get("ndim"):
+        raise ValidationError(
+            f"input {name!r} must have {signature.get('ndim')} dimensions (batch first), like the example input "
+            f"the mapping was compiled with; got shape {tuple(v.shape)}"
+        )
+    features = signature.get("features")
+    if features is not None and v.dim() >= 2 and v.shape[1] != features:
+        raise ValidationError(
+            f"input {name!r} must have {features} channels/features in dimension 1, like the example input; got "
+            f"shape {tuple(v.shape)}"
+        )
 
 
 def _ldpu_chain(layer: MappedLayer, y: torch.Tensor, addend: torch.Tensor | None, quantize: bool) -> torch.Tensor:

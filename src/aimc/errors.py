@@ -25,3 +25,8 @@ class UnknownNameError(AimcError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise print the message with quotes around it
         return str(self.args[0]) if self.args else ""
+
+
+class CorruptFileError(ValidationError):
+    """A file aimc was asked to read (saved chip, weights, checkpoint) is truncated, altered, crafted or not an
+    aimc file; nothing from it is used."""

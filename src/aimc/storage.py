@@ -11,46 +11,43 @@ anything is off: a truncated, altered or crafted file never yields a chip and ne
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from aimc._provenance import provenance
+from aimc._tensorfile import FLOAT_DTYPES, check_path, read_tensor_file, tensor_checksum
 from aimc.chip import ProgrammedChip
 from aimc.compiler.mapping import Mapping
+from aimc.compiler.validate import check_mapping
 from aimc.core.adc import AdcState
-from aimc.core.analog import ProgrammedCore
+from aimc.core.analog import STRATEGIES, ProgrammedCore, _unit_layout, polarity_g_max
 from aimc.core.config import CoreConfig
 from aimc.devices.base import DeviceState
 from aimc.devices.registry import get as get_device
-from aimc.errors import AimcError, ValidationError
+from aimc.errors import AimcError, CorruptFileError, ValidationError
+from aimc.faults import Faults, check_mapping_faults
+from aimc.spec import READ_MODES
 
-#: Format version written into every file.
-FORMAT_VERSION = "1"
+#: Format version written into every file. "2": the checksum also covers the JSON metadata. "1" is still read.
+FORMAT_VERSION = "2"
+_READABLE_FORMATS = ("1", "2")
 #: Largest file aimc will open (bytes): a 64-core chip is ~120 MB; a crafted header cannot make us read more.
 MAX_FILE_BYTES = 4 * 1024**3
 _DEVICE_FIELDS = ("g_max_uS", "devices_per_unit", "t0_s", "t_read_s", "time_offset")
+_STATE = ("g_target", "g_prog", "nu", "stuck")
+_ADC = ("gain", "offset", "inv_alpha", "beta")
+#: Tensors stored with an integer or bool dtype, by name suffix; every other tensor is floating point.
+_INT_TENSORS = {".state.stuck": "BOOL", ".polarity": "I8"}
+
+__all__ = ["FORMAT_VERSION", "MAX_FILE_BYTES", "CorruptFileError", "load", "save_chip"]
 
 
-class CorruptFileError(AimcError, ValueError):
-    """A saved file is truncated, altered, crafted or not an aimc file."""
-
-
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+def _checksum(tensors: dict[str, torch.Tensor], meta_json: str = "") -> str:
+    return tensor_checksum(tensors, meta_json)
 
 
 def _core_tensors(core: ProgrammedCore, prefix: str) -> dict[str, torch.Tensor]:
@@ -65,11 +62,18 @@ def _core_tensors(core: ProgrammedCore, prefix: str) -> dict[str, torch.Tensor]:
 
 def save_chip(chip: ProgrammedChip, path: str | os.PathLike[str]) -> None:
     """Write ``chip`` to ``path`` (atomically: a reader never sees half a file)."""
+    if not isinstance(chip, ProgrammedChip):
+        raise ValidationError(f"chip must be a ProgrammedChip, got {type(chip).__name__}")
+    out = check_path(path)
     tensors = {f"mapping.{k}": v for k, v in chip.mapping.tensors().items()}
     cores_meta = []
     for i, (name, core) in enumerate(chip.cores.items()):
         tensors.update(_core_tensors(core, f"core{i}"))
         cores_meta.append({"layer": name, "g_max_uS": core.g_max_uS, "modes": sorted(core.gdc_reference)})
+    faults_meta = None
+    if chip.faults is not None:
+        faults_meta, fault_tensors = chip.faults.to_parts()
+        tensors.update(fault_tensors)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     describe = getattr(chip.device, "describe", lambda: {})()
     meta = {
@@ -80,53 +84,82 @@ def save_chip(chip: ProgrammedChip, path: str | os.PathLike[str]) -> None:
         "seed": chip.seed,
         "config": dataclasses.asdict(chip.config),
         "cores": cores_meta,
+        "faults": faults_meta,
         "provenance": provenance(),
     }
-    header = {"aimc": json.dumps(meta), "checksum": _checksum(tensors)}
-    out = Path(path)
+    meta_json = json.dumps(meta)
+    header = {"aimc": meta_json, "checksum": _checksum(tensors, meta_json)}
     tmp = out.with_name(out.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    tmp.replace(out)
+    try:
+        save_file(tensors, str(tmp), metadata=header)
+        tmp.replace(out)
+    except OSError as err:
+        raise ValidationError(f"cannot write the chip to {str(out)!r}: {err}") from None
+
+
+def _dtype_check(path: str) -> Any:
+    def allowed(name: str, dtype: str) -> None:
+        want = next((d for suffix, d in _INT_TENSORS.items() if name.endswith(suffix)), None)
+        if name.startswith("faults.device_map."):
+            want = "I8"
+        ok = dtype == want if want is not None else dtype in FLOAT_DTYPES
+        if not ok:
+            raise CorruptFileError(
+                f"{path!r}: tensor {name!r} has dtype {dtype}, expected {want or 'a floating-point dtype'}"
+            )
+
+    return allowed
 
 
 def load(path: str | os.PathLike[str]) -> ProgrammedChip:
-    """Load a chip saved by :meth:`ProgrammedChip.save`; raises CorruptFileError for anything but a valid file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValidationError(f"path {str(p)!r} is not a file")
-    size = p.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise CorruptFileError(f"{str(p)!r} is {size} bytes, larger than the {MAX_FILE_BYTES}-byte limit")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CorruptFileError(f"{str(p)!r} is not a readable safetensors file: {err}") from None
+    """Load a chip saved by :meth:`ProgrammedChip.save`.
+
+    Checks, in order: the size limit (:data:`MAX_FILE_BYTES`), the safetensors header (size, offsets, shapes,
+    dtypes; :mod:`aimc._tensorfile`), finiteness of every tensor, the checksum over tensors and metadata, then the
+    structure: the mapping (:func:`aimc.compiler.validate.check_mapping`), the device model, the strategy, and the
+    name, shape, dtype and range of every core tensor. Raises :class:`CorruptFileError` for anything but a valid file
+    (:class:`ValidationError` if ``path`` is not a file); never runs code from the file.
+    """
+    p = check_path(path)
+    tensors, header = read_tensor_file(
+        p, max_bytes=MAX_FILE_BYTES, what="saved chip", allowed=_dtype_check(str(p)), finite=False
+    )
     if "aimc" not in header or "checksum" not in header:
         raise CorruptFileError(f"{str(p)!r} is a safetensors file but not a saved aimc chip (no aimc metadata)")
-    if _checksum(tensors) != header["checksum"]:
-        raise CorruptFileError(f"{str(p)!r} fails its checksum: the tensors were altered after saving")
+    meta_json = header["aimc"]
     try:
-        meta = json.loads(header["aimc"])
+        meta = json.loads(meta_json)
+    except (ValueError, RecursionError) as err:
+        raise CorruptFileError(f"{str(p)!r} has unreadable aimc metadata: {err}") from None
+    version = meta.get("format") if isinstance(meta, dict) else None
+    if version not in _READABLE_FORMATS:
+        raise CorruptFileError(f"unsupported aimc file format {version!r}; this aimc reads {_READABLE_FORMATS}")
+    if _checksum(tensors, meta_json if version != "1" else "") != header["checksum"]:
+        raise CorruptFileError(f"{str(p)!r} fails its checksum: the tensors or metadata were altered after saving")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CorruptFileError(f"{str(p)!r}: tensor {name!r} holds NaN/Inf values")
+    try:
         return _rebuild(meta, tensors)
     except CorruptFileError:
         raise
-    except (KeyError, TypeError, ValueError, IndexError, json.JSONDecodeError, AimcError) as err:
-        raise CorruptFileError(f"{str(p)!r} has inconsistent aimc metadata: {err}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, RecursionError) as err:
+        raise CorruptFileError(f"{str(p)!r} has inconsistent aimc metadata: {type(err).__name__}: {err}") from None
+    except AimcError as err:
+        raise CorruptFileError(f"{str(p)!r} has inconsistent aimc metadata: {type(err).__name__}: {err}") from None
+
+
+def _expect(t: torch.Tensor, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    if tuple(t.shape) != shape:
+        raise CorruptFileError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
+    return t
 
 
 def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ProgrammedChip:
-    if meta.get("format") != FORMAT_VERSION:
-        raise CorruptFileError(
-            f"unsupported aimc file format {meta.get('format')!r}; this aimc reads {FORMAT_VERSION!r}"
-        )
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CorruptFileError(f"tensor {name!r} holds NaN/Inf values")
     mapping = Mapping.from_parts(
         meta["mapping"], {k[len("mapping.") :]: v for k, v in tensors.items() if k.startswith("mapping.")}
     )
+    check_mapping(mapping)
     saved = meta["device"]
     device = get_device(saved["name"])
     described = getattr(device, "describe", lambda: {})()
@@ -136,38 +169,80 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Programm
                 f"device model {saved['name']!r} has {key}={described.get(key)!r} here but the chip was saved with "
                 f"{saved['describe'][key]!r}"
             )
+    strategy = meta["strategy"]
+    if strategy not in STRATEGIES:
+        raise CorruptFileError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    seed = meta["seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise CorruptFileError(f"seed must be a non-negative int or null, got {seed!r}")
+    if not isinstance(meta["config"], dict):
+        raise CorruptFileError("config must be an object")
     config = CoreConfig(**meta["config"])
-    chip = ProgrammedChip(mapping=mapping, device=device, strategy=meta["strategy"], seed=meta["seed"], config=config)
-    if [c["layer"] for c in meta["cores"]] != list(mapping.layers):
+    faults = None
+    if meta.get("faults") is not None:
+        faults = Faults.from_parts(meta["faults"], tensors)
+        faults.check_spec(mapping.spec, mapping.chips)
+        check_mapping_faults(mapping, faults)
+    chip = ProgrammedChip(mapping=mapping, device=device, strategy=strategy, seed=seed, config=config, faults=faults)
+    cores_meta = meta["cores"]
+    if not isinstance(cores_meta, list) or [c["layer"] for c in cores_meta] != list(mapping.layers):
         raise CorruptFileError("the saved cores do not match the mapping's layers")
-    for i, cm in enumerate(meta["cores"]):
+    polarity_expected = torch.tensor(_unit_layout(strategy, device.devices_per_unit)[0], dtype=torch.int8)
+    g_max_expected = polarity_g_max(device, strategy)
+    expected_names = {f"mapping.{k}" for k in mapping.tensors()}
+    expected_names |= {f"faults.device_map.{k}" for k in (faults.device_map if faults else {})}
+    for i, cm in enumerate(cores_meta):
         prefix = f"core{i}"
         layer = mapping.layers[cm["layer"]]
-        states = DeviceState.from_tensors(
-            {k: tensors[f"{prefix}.state.{k}"] for k in ("g_target", "g_prog", "nu", "stuck")}
-        )
         t = layer.tiling
-        expected = (t.row_blocks, t.col_blocks)
-        if tuple(states.g_target.shape[:2]) != expected or tuple(states.g_target.shape[-2:]) != (
-            t.block_outputs,
-            t.block_inputs,
-        ):
+        rc = (t.row_blocks, t.col_blocks)
+        units = len(polarity_expected)
+        state_shape = (*rc, units, t.block_outputs, t.block_inputs)
+        modes = cm["modes"]
+        if not isinstance(modes, list) or not set(modes) <= set(READ_MODES) or len(set(modes)) != len(modes):
+            raise CorruptFileError(f"core {i}: read modes {modes!r} must be a list of {READ_MODES}")
+        names = [f"{prefix}.state.{k}" for k in _STATE] + [f"{prefix}.adc.{k}" for k in _ADC]
+        names += [f"{prefix}.{k}" for k in ("asymmetry", "w_max", "polarity")]
+        names += [f"{prefix}.gdc.{mode}" for mode in modes]
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise CorruptFileError(f"core {i} (layer {layer.name!r}) is missing tensor(s) {missing}")
+        expected_names.update(names)
+        for k in _STATE:
+            _expect(tensors[f"{prefix}.state.{k}"], state_shape, f"{prefix}.state.{k}")
+        states = DeviceState.from_tensors({k: tensors[f"{prefix}.state.{k}"] for k in _STATE})
+        if bool((states.g_prog < 0).any()) or bool((states.nu < 0).any()) or bool((states.g_target < 0).any()):
+            raise CorruptFileError(f"core {i}: conductances and drift exponents must be >= 0")
+        polarity = tensors[f"{prefix}.polarity"]
+        if not torch.equal(polarity, polarity_expected):
             raise CorruptFileError(
-                f"core state of layer {layer.name!r} has shape {tuple(states.g_target.shape)}, "
-                f"which does not match its {expected} x ({t.block_outputs}, {t.block_inputs}) tiling"
+                f"core {i}: polarity {polarity.tolist()} does not match strategy {strategy!r} with "
+                f"{device.name!r} ({polarity_expected.tolist()})"
             )
-        adc = AdcState(**{k: tensors[f"{prefix}.adc.{k}"] for k in ("gain", "offset", "inv_alpha", "beta")})
+        g_max = cm["g_max_uS"]
+        if isinstance(g_max, bool) or not isinstance(g_max, int | float) or abs(g_max - g_max_expected) > 1e-9:
+            raise CorruptFileError(f"core {i}: g_max_uS {g_max!r} is not {g_max_expected} for this device/strategy")
+        adc = AdcState(**{k: _expect(tensors[f"{prefix}.adc.{k}"], (*rc, 2, t.block_outputs), k) for k in _ADC})
+        if bool((adc.gain < 0).any()) or bool((adc.inv_alpha < 0).any()):
+            raise CorruptFileError(f"core {i}: ADC gains and calibration factors must be >= 0")
+        w_max = _expect(tensors[f"{prefix}.w_max"], rc, f"{prefix}.w_max")
+        gdc = {m: _expect(tensors[f"{prefix}.gdc.{m}"], rc, f"{prefix}.gdc.{m}") for m in modes}
+        if bool((w_max <= 0).any()) or any(bool((v <= 0).any()) for v in gdc.values()):
+            raise CorruptFileError(f"core {i}: w_max and drift-compensation references must be > 0")
         chip.cores[layer.name] = ProgrammedCore(
             spec=mapping.spec,
             config=config,
             device=device,
-            strategy=meta["strategy"],
+            strategy=strategy,
             states=states,
-            polarity=tensors[f"{prefix}.polarity"],
-            asymmetry=tensors[f"{prefix}.asymmetry"],
+            polarity=polarity,
+            asymmetry=_expect(tensors[f"{prefix}.asymmetry"], state_shape, f"{prefix}.asymmetry"),
             adc=adc,
-            w_max=tensors[f"{prefix}.w_max"],
-            g_max_uS=float(cm["g_max_uS"]),
-            gdc_reference={mode: tensors[f"{prefix}.gdc.{mode}"] for mode in cm["modes"]},
+            w_max=w_max,
+            g_max_uS=float(g_max),
+            gdc_reference=gdc,
         )
+    unexpected = sorted(set(tensors) - expected_names)
+    if unexpected:
+        raise CorruptFileError(f"the file holds tensors no part of the chip uses: {unexpected[:5]}")
     return chip

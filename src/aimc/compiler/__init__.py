@@ -77,6 +77,8 @@ def compile(
         )
     if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
         raise ValidationError(f"chips must be an int >= 1, got {chips!r}")
+    if any(t.numel() == 0 for t in inputs):
+        raise ValidationError(f"example_input must not be empty; got shapes {[tuple(t.shape) for t in inputs]}")
     if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in inputs):
         raise ValidationError("example_input must be finite; it holds NaN/Inf values")
     was_training = model.training
@@ -90,7 +92,13 @@ def compile(
             raise UnsupportedLayerError("the model has no Conv2d, Linear or LSTM layer to put on the chip")
         fuse(captured)
         check_fits(captured.layers, spec, chips)
-        calibrate(gm, captured, example_input)
+        try:
+            calibrate(gm, captured, example_input)
+        except (RuntimeError, IndexError, TypeError) as err:
+            shapes = [f"{tuple(t.shape)} {t.dtype}" for t in inputs]
+            raise ValidationError(
+                f"the model cannot run example_input {', '.join(shapes)}: {str(err).splitlines()[0]}"
+            ) from None
     finally:
         model.train(was_training)
     check_choice(pooling, "pooling", ("off-chip", "ldpu"))
@@ -108,6 +116,14 @@ def compile(
         extra_tensors=captured.extra_tensors,
         avoid_cores=tuple(sorted(set(avoid_cores))),
         avoid_links=tuple(sorted({(min(a, b), max(a, b)) for a, b in avoid_links})),
+        input_signature=tuple(
+            {
+                "ndim": t.dim(),
+                "dtype": "float" if t.is_floating_point() else "int",
+                "features": int(t.shape[1]) if t.is_floating_point() and t.dim() >= 2 else None,
+            }
+            for t in inputs
+        ),
     )
 
 

@@ -163,6 +163,9 @@ class Mapping:
         model_name: name of the source network (for reports).
         extra_tensors: tensors of off-chip ops (e.g. embedding tables), by name.
         avoid_cores, avoid_links: the dead cores and links the placement avoided (:mod:`aimc.faults`).
+        input_signature: per input op, what the compile-time example input looked like: ``ndim``, ``dtype``
+            (``"float"`` or ``"int"``) and ``features`` (size of dim 1 of a float input: channels or features);
+            ``ProgrammedChip.run`` checks its inputs against it. Empty for mappings saved before it existed.
     """
 
     spec: ChipSpec
@@ -173,6 +176,7 @@ class Mapping:
     extra_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     avoid_cores: tuple[int, ...] = ()
     avoid_links: tuple[tuple[int, int], ...] = ()
+    input_signature: tuple[dict[str, Any], ...] = ()
 
     @property
     def topology(self) -> Topology:
@@ -269,6 +273,7 @@ class Mapping:
             "extra_tensors": sorted(self.extra_tensors),
             "avoid_cores": list(self.avoid_cores),
             "avoid_links": [list(p) for p in self.avoid_links],
+            "input_signature": [dict(sig) for sig in self.input_signature],
         }
 
     @classmethod
@@ -291,6 +296,7 @@ class Mapping:
                 extra_tensors=extra,
                 avoid_cores=tuple(int(c) for c in meta.get("avoid_cores", [])),
                 avoid_links=tuple((int(a), int(b)) for a, b in meta.get("avoid_links", [])),
+                input_signature=tuple(dict(sig) for sig in meta.get("input_signature", [])),
             )
         except (KeyError, TypeError) as err:
             raise ValidationError(f"mapping metadata is incomplete or malformed: {err!r}") from None
