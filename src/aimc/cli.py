@@ -93,10 +93,6 @@ def cmd_mvm_error(args: argparse.Namespace) -> int:
 
 def _load_network(spec_name: str, arch: str | None):
     """A model and an example input for ``aimc map``: a reference name, or a safetensors state dict + arch."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from aimc.models import available_models, example_input, get_model
 
     path = Path(spec_name)
@@ -113,24 +109,17 @@ def _load_network(spec_name: str, arch: str | None):
             f"{spec_name!r}: only .safetensors state dicts are read (never pickle; TorchScript modules cannot be "
             "traced by torch.fx); save model.state_dict() with safetensors and pass --arch"
         )
-    try:
-        from safetensors import safe_open
+    from aimc._tensorfile import read_header
+    from aimc.train.checkpoint import MAX_WEIGHTS_BYTES, load_weights_file
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise ValidationError(f"{spec_name!r} is not a readable safetensors file: {err}") from None
+    _, meta = read_header(path, max_bytes=MAX_WEIGHTS_BYTES, what="weights file")
     name = arch or meta.get("aimc_model")
     if name not in available_models():
         raise ValidationError(
             f"say which architecture {spec_name!r} holds with --arch ({', '.join(available_models())})"
         )
     model = get_model(name)
-    try:
-        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
-    except RuntimeError as err:
-        raise ValidationError(f"{spec_name!r} does not hold {name} weights: {str(err).splitlines()[0]}") from None
+    load_weights_file(path, model)  # checked: size, header, dtypes, finite values, names and shapes
     return model, example_input(name), path.stem
 
 
@@ -539,11 +528,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`
         sys.stderr.close()
         return 0
-    except AimcError as err:
+    except (AimcError, OSError) as err:  # bad input, or a file that cannot be read or written
         if args.debug:
             raise
         print(f"aimc: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("aimc: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

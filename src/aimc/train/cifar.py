@@ -214,18 +214,12 @@ def train_resnet9(
 
 
 def load_weights(path: str, model: torch.nn.Module) -> None:
-    """Load ResNet-9 weights from a training checkpoint or a final weights file (safetensors, no pickle)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Load weights from a training checkpoint or a final weights file (safetensors, no pickle).
 
-    from aimc.errors import ValidationError
+    The file is read as untrusted input (:func:`aimc.train.checkpoint.load_weights_file`): size limit, checked
+    header, dtypes, finite values, checksum when present, names and shapes against ``model``; a bad file raises
+    :class:`~aimc.errors.CorruptFileError` and leaves ``model`` untouched.
+    """
+    from aimc.train.checkpoint import load_weights_file
 
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise ValidationError(f"{str(path)!r} is not a readable safetensors file: {err}") from None
-    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValidationError(f"{str(path)!r} does not hold ResNet-9 weights: {str(err).splitlines()[0]}") from None
+    load_weights_file(path, model)
