@@ -36,6 +36,7 @@ def result(i: int, value: float = 0.5) -> PointResult:
         read_seed=123,
         program_s=0.1,
         run_s=0.2,
+        cpu_s=0.25,
         chip_reused=False,
         worker="host:1",
         provenance={"aimc": "0.1.0"},

@@ -3,12 +3,12 @@
 - :class:`LocalExecutor` (default): one :class:`~aimc.sweep.worker.PointRunner` in this process; no dependency.
 - :class:`RayExecutor`: one Ray actor per worker on a local or remote Ray cluster. ``ray`` is imported only here
   and only when asked for; :meth:`RayExecutor.connect` checks that Ray is installed and the cluster reachable before
-  any work starts. The payload (task, mapping, data) is put into Ray's object store once and every actor is built
-  from that one reference, so it reaches each worker once; each actor is given a whole unit of work (all points of
-  one programmed chip, :func:`~aimc.sweep.points.work_units`) and gets the next unit when it has finished, so a chip
-  is programmed once per unit. Actors are restarted by Ray when their process dies and the points they held are
-  retried, up to :data:`MAX_RESTARTS` / :data:`MAX_TASK_RETRIES` times; every result comes back to the driver,
-  which alone writes the store.
+  any work starts. The payload (task, mapping, data) is put into Ray's object store once; each actor fetches it
+  on its first point and keeps it, so it reaches each worker once. Each actor is given a whole unit of work (all
+  points of one programmed chip, :func:`~aimc.sweep.points.work_units`) and gets the next unit when it has finished,
+  so a chip is programmed once per unit. Actors are restarted by Ray when their process dies and the points they
+  held are retried, up to :data:`MAX_RESTARTS` / :data:`MAX_TASK_RETRIES` times; every result comes back to the
+  driver, which alone writes the store.
 
 Ray moves Python objects between its own processes with (cloud)pickle; that is a channel between processes of one
 cluster the user runs, never a file a user receives: nothing aimc stores or reads back is pickled.
@@ -127,19 +127,26 @@ def check_address(address: str) -> None:
 
 
 class _RemoteRunner:
-    """The Ray actor around a :class:`PointRunner`: it takes the payload's object reference inside a list (so Ray
-    does not resolve it as a constructor argument) and fetches the payload itself, again after a restart, while
-    the driver holds the reference."""
+    """The Ray actor around a :class:`PointRunner`.
 
-    def __init__(self, payload_box: list[Any], threads: int) -> None:
-        import ray
+    Every call carries the payload's object reference inside a list (a few bytes: Ray does not resolve a nested
+    reference); the actor fetches the payload on its first call and keeps it, so it crosses the network once per
+    actor, and once more after a restart, while the driver holds the reference. (A constructor argument would do
+    the same, but Ray warns that actors with restarts lose such arguments when they go out of scope.)
+    """
 
-        self._runner = PointRunner(ray.get(payload_box[0]), threads)
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._runner: PointRunner | None = None
 
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, key: str, point: Point) -> PointResult:
+    def run(self, payload_box: list[Any], key: str, point: Point) -> PointResult:
+        if self._runner is None:
+            import ray
+
+            self._runner = PointRunner(ray.get(payload_box[0]), self._threads)
         return self._runner.run(key, point)
 
 
@@ -195,11 +202,11 @@ class RayExecutor(Executor):
         ray = self._ray
         if ray is None:
             raise ValidationError("RayExecutor.start called before connect")
-        self._payload_ref = ray.put(payload)  # once: every actor is built from this one object
+        self._payload_ref = ray.put(payload)  # once: every actor fetches this one object
         actor = ray.remote(_RemoteRunner).options(
             num_cpus=self.threads, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES
         )
-        self._actors = [actor.remote([self._payload_ref], self.threads) for _ in range(self.workers)]
+        self._actors = [actor.remote(self.threads) for _ in range(self.workers)]
 
     def actor_pids(self) -> list[int]:
         """Process ids of the worker actors (waits until they are up)."""
@@ -214,7 +221,7 @@ class RayExecutor(Executor):
         def give(i: int) -> None:
             while queue and pending[i] == 0:
                 for key, point in queue.popleft():
-                    inflight[self._actors[i].run.remote(key, point)] = (i, key)
+                    inflight[self._actors[i].run.remote([self._payload_ref], key, point)] = (i, key)
                     pending[i] += 1
 
         for i in range(len(self._actors)):

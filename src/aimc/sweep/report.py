@@ -143,6 +143,7 @@ def _write_csv(results: Sequence[PointResult], path: Path) -> None:
         "read_seed",
         "program_s",
         "run_s",
+        "cpu_s",
         "chip_reused",
         "worker",
         "aimc",
@@ -155,7 +156,7 @@ def _write_csv(results: Sequence[PointResult], path: Path) -> None:
         w.writerow(cols)
         for r in results:
             w.writerow(
-                [getattr(r, c) for c in cols[:15]]
+                [getattr(r, c) for c in cols[: cols.index("aimc")]]
                 + [r.provenance.get("aimc", ""), r.provenance.get("torch", ""), r.finished_utc]
             )
     tmp.replace(path)
@@ -195,12 +196,13 @@ def _facts(store: ResultStore, results: Sequence[PointResult]) -> list[tuple[str
         programs = [r.program_s for r in results if not r.chip_reused]
         runs = [r.run_s for r in results]
         compute = sum(programs) + sum(runs)
+        cpu = sum(r.cpu_s for r in results)
         facts.append(
             (
                 "timings",
-                f"{compute:.1f} s of compute on {len({r.worker for r in results})} worker process(es); "
-                f"program {statistics.fmean(programs) if programs else 0:.2f} s per chip ({len(programs)} chips "
-                f"programmed), {statistics.fmean(runs):.2f} s per point",
+                f"{compute:.1f} s of compute ({cpu:.1f} CPU s) on {len({r.worker for r in results})} worker "
+                f"process(es); program {statistics.fmean(programs) if programs else 0:.2f} s per chip "
+                f"({len(programs)} chips programmed), {statistics.fmean(runs):.2f} s per point",
             )
         )
         facts.append(("finished", f"{min(r.finished_utc for r in results)} to {max(r.finished_utc for r in results)}"))

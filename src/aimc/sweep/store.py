@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS points (
     read_seed INTEGER NOT NULL,
     program_s REAL NOT NULL,
     run_s REAL NOT NULL,
+    cpu_s REAL NOT NULL,
     chip_reused INTEGER NOT NULL,
     worker TEXT NOT NULL,
     provenance TEXT NOT NULL,
@@ -71,6 +72,7 @@ _COLUMNS = (
     "read_seed",
     "program_s",
     "run_s",
+    "cpu_s",
     "chip_reused",
     "worker",
     "provenance",
@@ -90,6 +92,8 @@ class PointResult:
         read_seed: the read-noise seed used.
         program_s: seconds spent programming the chip for this point (0 when the worker's chip was reused).
         run_s: seconds spent evaluating the point.
+        cpu_s: CPU seconds the worker process used for the point (programming and evaluation); ``cpu_s`` well
+            below ``program_s + run_s`` x threads means the worker waited for a CPU (a busy machine).
         chip_reused: whether the worker reused a chip it had programmed for an earlier point.
         worker: ``host:pid`` of the process that ran it.
         provenance: versions and platform of that process (:func:`aimc._provenance.provenance`).
@@ -110,6 +114,7 @@ class PointResult:
     read_seed: int
     program_s: float
     run_s: float
+    cpu_s: float
     chip_reused: bool
     worker: str
     provenance: dict[str, str]

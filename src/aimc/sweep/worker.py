@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from aimc.compiler.mapping import Mapping
-from aimc.core.config import CoreConfig
 from aimc.sweep.points import Point, read_seed
 from aimc.sweep.store import PointResult
 from aimc.sweep.tasks import NetworkTask, TaskData
@@ -32,14 +31,12 @@ class Payload:
         mapping: the compiled network.
         data: the evaluation data.
         batch_size: samples per ``chip.run`` call.
-        config: core parameters of ``aimc.program`` (None: the default).
     """
 
     task: NetworkTask
     mapping: Mapping
     data: TaskData
     batch_size: int
-    config: CoreConfig | None = None
 
 
 class PointRunner:
@@ -69,10 +66,11 @@ class PointRunner:
 
         p = self.payload
         start = time.perf_counter()
+        cpu_start = time.process_time()
         reused = self._chip_id == point.chip
         if not reused:
             self._chip = None  # free the previous chip before programming the next
-            self._chip = program(p.mapping, point.device, point.strategy, seed=point.seed, config=p.config)
+            self._chip = program(p.mapping, point.device, point.strategy, seed=point.seed)
             self._chip_id = point.chip
         programmed = time.perf_counter()
         seed = read_seed(key)
@@ -86,6 +84,7 @@ class PointRunner:
             batch_size=p.batch_size,
         )
         done = time.perf_counter()
+        cpu = time.process_time() - cpu_start
         value = float(scores[p.task.metric])
         details = {k: v for k, v in scores.items() if k != p.task.metric}
         return PointResult(
@@ -103,6 +102,7 @@ class PointRunner:
             read_seed=seed,
             program_s=programmed - start,
             run_s=done - programmed,
+            cpu_s=cpu,
             chip_reused=reused,
             worker=self.worker,
             provenance=provenance(),
