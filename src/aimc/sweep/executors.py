@@ -188,7 +188,14 @@ class RayExecutor(Executor):
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
             except Exception as err:
-                raise BackendError(f"{self.address!r} answers but Ray could not connect to it: {err}") from None
+                hint = ""
+                if os.environ.get("RAY_AUTH_MODE") != "token":
+                    hint = (
+                        "; if the cluster uses token authentication (Ray >= 2.59 turns it on for `ray start`), run "
+                        "with RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
+                        "(`ray get-auth-token` on the head node prints it)"
+                    )
+                raise BackendError(f"{self.address!r} answers but Ray could not connect to it: {err}{hint}") from None
             self._started_ray = True  # our connection: disconnect at the end (the cluster keeps running)
         cpus = float(ray.cluster_resources().get("CPU", 0))
         if cpus < self.threads:
