@@ -47,7 +47,13 @@ def timed_run(doc: dict, root: Path, mapping: Path, backend: str, workers: int) 
     if backend == "ray":
         import ray
 
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        ray.init(
+            address="local",
+            num_cpus=workers,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
     try:
         start = time.perf_counter()
         result = sweep.run(

@@ -125,6 +125,7 @@ def test_killing_the_driver_and_resuming_loses_and_repeats_nothing(reference, tm
     assert 1 <= len(before) < 4
     resumed = sweep.run(SPEC, out=out, threads=1, progress=False)
     assert resumed.done_before == len(before) and resumed.computed == 4 - len(before)
+    assert torch.get_num_threads() == 2  # threads=1 held only while the sweep ran
     assert _values(out) == values  # every point once, with the reference's value
 
 
@@ -132,7 +133,7 @@ def test_killing_the_driver_and_resuming_loses_and_repeats_nothing(reference, tm
 def ray_cluster():
     """A local 2-CPU Ray cluster started in this process (Ray is in the test extra: pip install -e '.[test]')."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
 

@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from aimc.errors import AimcError, ValidationError
 from aimc.sweep.errors import BackendError, WorkerFailedError
 from aimc.sweep.points import Point
@@ -71,7 +73,7 @@ class LocalExecutor(Executor):
     """Runs the points one after the other in this process.
 
     Args:
-        threads: torch threads (None: leave the process's setting).
+        threads: torch threads while the sweep runs (None: leave the process's setting); restored by :meth:`close`.
     """
 
     def __init__(self, threads: int | None = None) -> None:
@@ -79,9 +81,17 @@ class LocalExecutor(Executor):
         self.workers = 1
         self.description = "in-process"
         self._runner: PointRunner | None = None
+        self._threads_before: int | None = None
 
     def start(self, payload: Payload) -> None:
+        self._threads_before = torch.get_num_threads()
         self._runner = PointRunner(payload, self.threads)
+
+    def close(self) -> None:
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
+        self._runner = None
 
     def run(self, units: list[Unit], on_result: OnResult) -> None:
         if self._runner is None:
@@ -139,9 +149,6 @@ class _RemoteRunner:
         self._threads = threads
         self._runner: PointRunner | None = None
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def run(self, payload_box: list[Any], key: str, point: Point) -> PointResult:
         if self._runner is None:
             import ray
@@ -180,7 +187,13 @@ class RayExecutor(Executor):
         elif self.address is None:
             cpus = (self.requested_workers or os.cpu_count() or 1) * self.threads
             try:
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+                ray.init(  # "local": a new cluster, even where `ray start` left one running
+                    address="local",
+                    num_cpus=cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
             except Exception as err:  # Ray raises many kinds; the user needs the reason, not the type
                 raise BackendError(f"could not start a local Ray cluster: {err}") from None
             self._started_ray = True
@@ -215,10 +228,6 @@ class RayExecutor(Executor):
         )
         self._actors = [actor.remote(self.threads) for _ in range(self.workers)]
 
-    def actor_pids(self) -> list[int]:
-        """Process ids of the worker actors (waits until they are up)."""
-        return self._ray.get([a.pid.remote() for a in self._actors])
-
     def run(self, units: list[Unit], on_result: OnResult) -> None:
         ray = self._ray
         queue = deque(units)
@@ -241,10 +250,15 @@ class RayExecutor(Executor):
                 try:
                     result = ray.get(ref)
                 except AimcError:
-                    raise
+                    raise  # bad input found on the worker: Ray's error is also an instance of the original one
+                except ray.exceptions.RayTaskError as err:
+                    raise WorkerFailedError(
+                        f"point {key[:12]} raised an error on Ray worker {i}: {err}\nthe {finished} point(s) "
+                        "finished in this run are stored: fix the cause and run the sweep again to resume"
+                    ) from None
                 except ray.exceptions.RayError as err:
                     raise WorkerFailedError(
-                        f"Ray worker {i} failed for good on point {key[:12]} after {MAX_TASK_RETRIES} retries: "
+                        f"Ray worker {i} died more often than its {MAX_RESTARTS} restarts allow, on point {key[:12]}: "
                         f"{str(err).splitlines()[0]}; the {finished} point(s) finished in this run are stored: "
                         "run the sweep again to resume"
                     ) from None

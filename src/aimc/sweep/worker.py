@@ -55,10 +55,6 @@ class PointRunner:
         self._chip = None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def pid(self) -> int:
-        """This worker's process id (the Ray tests kill it)."""
-        return os.getpid()
-
     def run(self, key: str, point: Point) -> PointResult:
         """Evaluate ``point`` (whose store key is ``key``), programming its chip unless the last one matches."""
         from aimc._provenance import provenance
