@@ -9,6 +9,7 @@ tensor operation. The LDPU work after each MVM follows SPEC §1: per-channel aff
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -161,7 +162,13 @@ class ProgrammedChip:
                 if op.kind == "input":
                     env[op.name] = next(it).to(self.tensor_device)
                 elif op.kind == "output":
-                    return env[op.inputs[0]]
+                    out = env[op.inputs[0]]
+                    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                        raise ValidationError(
+                            "the chip's output holds NaN/Inf values: an input, weight or stored chip value is out "
+                            "of the range the chip can represent"
+                        )
+                    return out
                 else:
                     try:
                         env[op.name] = self._run_op(op, env, readouts, gen, quantize, recalibrate)
@@ -367,6 +374,12 @@ def _run_analog(
     """
     x = x.float()
     t = layer.tiling
+    k = x.shape[-1] if layer.kind != "conv2d" else x.shape[1] * math.prod(layer.geometry["kernel"])
+    if k != t.inputs:
+        raise ValidationError(
+            f"layer {layer.name!r} takes {t.inputs} inputs per row (matrix {t.inputs}x{t.outputs}); the value "
+            f"reaching it, shape {tuple(x.shape)}, gives {k}: the input does not fit the mapping"
+        )
     step_rows = max(256, ELEMENTS_PER_STEP // (t.cores * max(t.block_inputs, t.block_outputs)))
     if layer.kind == "conv2d":
         h_out, w_out = conv_output_size(layer, x.shape[2], x.shape[3])
@@ -400,13 +413,19 @@ def _run_lstm(
 ) -> torch.Tensor:
     """An LSTM layer step by step: gate MVMs on the cores (partial sums down the column chains), the cell in the
     GDPUs (FP16, tanh table), h back as INT8 (scale 1/127, |h| < 1)."""
-    batch, steps, _ = x.shape
+    batch, steps, features = x.shape
     hidden = layer.geometry["hidden_size"]
+    if features + hidden != layer.tiling.inputs:
+        raise ValidationError(
+            f"LSTM layer {layer.name!r} takes {layer.tiling.inputs - hidden} features per step; the value reaching "
+            f"it has shape {tuple(x.shape)}: the input does not fit the mapping"
+        )
     inverse = torch.argsort(torch.tensor(layer.geometry["gate_order"], device=x.device))
     h = torch.zeros(batch, hidden, device=x.device)
     c = torch.zeros(batch, hidden, device=x.device)
     outs = []
-    x = x.float()
+    # the host scales the off-chip input to the PWM range of h; its weight columns were divided by the same factor
+    x = x.float() * layer.geometry.get("input_scale", 1.0)
     for step in range(steps):
         rows = torch.cat([x[:, step], h], dim=-1)
         y = _mvm_rows(layer, readout, rows, gen, quantize)

@@ -17,6 +17,16 @@ import torch.nn.functional as F
 from aimc.compiler.capture import Captured
 from aimc.compiler.layout import block_view, column_blocks, layer_rows, output_rows, weight_blocks
 from aimc.compiler.mapping import MappedLayer, Op
+from aimc.digital.gdpu import TANH_LUT_RANGE
+
+#: INT8 full scale limit of LSTM gate pre-activations: sigmoid(x) = 1/2 + tanh(x/2)/2 reaches the end of the
+#: GDPU's tanh table (±TANH_LUT_RANGE, SPEC §2) at |x| = 2·TANH_LUT_RANGE, tanh itself at TANH_LUT_RANGE; larger
+#: values give the same GDPU output.
+GATE_RANGE_LIMIT = 2 * TANH_LUT_RANGE
+#: The LSTM's h is sent back as INT8 of full scale 1 (|h| < 1, SPEC §2 GDPU).
+H_RANGE = 1.0
+#: Our choice: largest factor by which an LSTM input is scaled up to the PWM range of h.
+MAX_INPUT_SCALE = 16.0
 
 #: Floor of every range, so that an all-zero calibration value never gives a zero scale.
 MIN_RANGE = 1e-6
@@ -51,6 +61,22 @@ def _value(values: dict[str, Any], ops_by_name: dict[str, Op], name: str) -> tor
     return v[0] if isinstance(v, tuple) else v
 
 
+def _scale_lstm_input(layer: MappedLayer, x: torch.Tensor) -> None:
+    """Give the LSTM's input x the PWM range of h (SPEC §1: one 8-bit PWM range per core row block).
+
+    x (e.g. an off-chip embedding with entries of 0.1-0.3) and h (|h| < 1) share the rows of a core and so one PWM
+    full scale; a small x would use a few of the 127 levels. The host multiplies x by ``input_scale`` =
+    H_RANGE / max|x| (at most :data:`MAX_INPUT_SCALE`) and the input weight columns are divided by it — the same
+    function, with x at full PWM resolution (at the price of smaller conductances for those weights).
+    """
+    k_in = layer.geometry["input_size"]
+    peak = float(x.abs().max())
+    scale = min(H_RANGE / peak, MAX_INPUT_SCALE) if peak > 0 else 1.0
+    scale = max(scale, 1.0)
+    layer.geometry["input_scale"] = scale
+    layer.weight[:, :k_in] /= scale
+
+
 def calibrate(
     gm: torch.fx.GraphModule, captured: Captured, example_input: torch.Tensor | tuple[torch.Tensor, ...]
 ) -> None:
@@ -65,9 +91,12 @@ def calibrate(
         if layer.kind == "lstm":
             h = values[op.name][0].float()  # (B, T, H): h_t for every step
             h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+            _scale_lstm_input(layer, x)
+            x = x * layer.geometry["input_scale"]
             rows = torch.cat([x, h_prev], dim=-1).reshape(-1, x.shape[-1] + h.shape[-1])
             out = rows @ layer.weight.T + layer.bias
-            layer.out_range = max(float(out.abs().max()), MIN_RANGE)
+            # the GDPU's tables are flat beyond these pre-activations, so a wider INT8 range only loses resolution
+            layer.out_range = max(min(float(out.abs().max()), GATE_RANGE_LIMIT), MIN_RANGE)
         else:
             if layer.kind == "conv2d":
                 layer.geometry["input_hw"] = [int(x.shape[-2]), int(x.shape[-1])]

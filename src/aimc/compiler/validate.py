@@ -99,6 +99,9 @@ def _check_geometry(layer: MappedLayer, where: str) -> None:
             raise _fail(where, "LSTM matrix rows must be input_size + hidden_size")
         if not isinstance(order, list) or sorted(order) != list(range(4 * h)):
             raise _fail(where, f"gate_order must be a permutation of 0..{4 * h - 1}")
+        scale = g.get("input_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 1.0 <= scale < float("inf"):
+            raise _fail(where, "LSTM input_scale must be a finite number >= 1")
 
 
 #: Attributes every op kind needs, with their check.

@@ -34,7 +34,7 @@ TASKS = ("resnet9", "char-lstm")
 #: Default shipped weights of each task.
 DEFAULT_WEIGHTS = {"resnet9": "resnet9_hwa", "char-lstm": "char_lstm_hwa"}
 #: Our choice: unlabelled training inputs for AdaBS (images, or character windows of the LSTM).
-ADABS_INPUTS = 1000
+ADABS_INPUTS = 500
 #: Our choice: inputs used to calibrate the converter ranges at compile time.
 CALIBRATION_INPUTS = 256
 #: Images per chip run (memory vs speed).
