@@ -217,7 +217,8 @@ def test_an_explicit_device_map_sticks_exactly_those_units():
     chip = aimc.program(mapping, "hermes-2dev", "tdp", seed=0, faults=Faults(device_map={core_id: codes}))
     st = chip.cores["2"].states
     assert int(st.stuck.sum()) == 2
-    assert float(st.g_prog[0, 0, 0, 3, 5]) == pytest.approx(chip.device.g_max_uS) and float(st.g_prog[0, 0, 1, 7, 1]) == 0
+    assert float(st.g_prog[0, 0, 0, 3, 5]) == pytest.approx(chip.device.g_max_uS)
+    assert float(st.g_prog[0, 0, 1, 7, 1]) == 0
     with pytest.raises(ValidationError, match="has 2 units per weight; this device model and strategy use 4"):
         aimc.program(mapping, "hermes-1dev", "odp", seed=0, faults=Faults(device_map={core_id: codes}))
 

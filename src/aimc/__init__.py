@@ -7,6 +7,8 @@ Public API (everything else is private and may change):
 - :mod:`aimc.core` — one analog core: ``program_core``, ``ProgrammedCore``, ``CoreReadout``, ``CoreConfig``.
 - :mod:`aimc.digital` — FP16 / INT8 arithmetic of the digital units.
 - :mod:`aimc.errors` — ``AimcError`` and its subclasses.
+- :mod:`aimc.faults` — hardware faults (stuck devices, dead ADC columns, dead cores and links): ``Faults``,
+  ``parse_faults``; pass to ``compile(..., **faults.compile_kwargs())`` and ``program(..., faults=...)``.
 - :mod:`aimc.models` — the chip paper's networks: ``resnet9``, ``char_lstm``, ``caption_lstm``.
 - :func:`compile` -> :class:`~aimc.compiler.Mapping`; :func:`program` -> :class:`ProgrammedChip`;
   ``ProgrammedChip.run`` / ``.save``; :func:`load`.
@@ -16,7 +18,7 @@ Public API (everything else is private and may change):
 
 __version__ = "0.1.0"
 
-from aimc import core, devices, digital, errors, models, perf, sweep
+from aimc import core, devices, digital, errors, faults, models, perf, sweep
 from aimc.chip import ProgrammedChip, program
 from aimc.compiler import Mapping, UnsupportedLayerError, compile
 from aimc.core import CoreConfig, ProgrammedCore, program_core
@@ -40,6 +42,7 @@ __all__ = [
     "devices",
     "digital",
     "errors",
+    "faults",
     "load",
     "models",
     "perf",

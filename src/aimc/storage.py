@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from aimc._provenance import provenance
-from aimc._tensorfile import FLOAT_DTYPES, check_path, read_tensor_file, tensor_checksum
+from aimc._tensorfile import check_path, read_tensor_file, tensor_checksum
 from aimc.chip import ProgrammedChip
 from aimc.compiler.mapping import Mapping
 from aimc.compiler.validate import check_mapping
@@ -39,6 +39,15 @@ _READABLE_FORMATS = ("1", "2")
 MAX_FILE_BYTES = 4 * 1024**3
 _DEVICE_FIELDS = ("g_max_uS", "devices_per_unit", "t0_s", "t_read_s", "time_offset")
 _STATE = ("g_target", "g_prog", "nu", "stuck")
+#: Plausibility bounds of a saved chip's physical values, far outside anything programming produces and inside
+#: what the simulation handles (numerical guards against crafted files, not physics): conductances up to this
+#: multiple of the device model's g_max (programming noise stays within a few uS of it), drift exponents up to
+#: this value (measured ones are < 0.2, SPEC §4), CCO gains up to this multiple of the nominal 35 MHz/uA (and
+#: offsets up to this many GHz), drift-compensation reference readouts up to this value (they are ~1 at most).
+_G_LIMIT = 4.0
+_NU_LIMIT = 1.0
+_ADC_LIMIT = 100.0
+_GDC_LIMIT = 1e6
 _ADC = ("gain", "offset", "inv_alpha", "beta")
 #: Tensors stored with an integer or bool dtype, by name suffix; every other tensor is floating point.
 _INT_TENSORS = {".state.stuck": "BOOL", ".polarity": "I8"}
@@ -102,11 +111,9 @@ def _dtype_check(path: str) -> Any:
         want = next((d for suffix, d in _INT_TENSORS.items() if name.endswith(suffix)), None)
         if name.startswith("faults.device_map."):
             want = "I8"
-        ok = dtype == want if want is not None else dtype in FLOAT_DTYPES
-        if not ok:
-            raise CorruptFileError(
-                f"{path!r}: tensor {name!r} has dtype {dtype}, expected {want or 'a floating-point dtype'}"
-            )
+        want = want or "F32"  # every floating-point tensor of a chip is float32
+        if dtype != want:
+            raise CorruptFileError(f"{path!r}: tensor {name!r} has dtype {dtype}, expected {want}")
 
     return allowed
 
@@ -211,8 +218,13 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Programm
         for k in _STATE:
             _expect(tensors[f"{prefix}.state.{k}"], state_shape, f"{prefix}.state.{k}")
         states = DeviceState.from_tensors({k: tensors[f"{prefix}.state.{k}"] for k in _STATE})
-        if bool((states.g_prog < 0).any()) or bool((states.nu < 0).any()) or bool((states.g_target < 0).any()):
-            raise CorruptFileError(f"core {i}: conductances and drift exponents must be >= 0")
+        g_hi = _G_LIMIT * device.g_max_uS
+        for k in ("g_target", "g_prog"):
+            g = getattr(states, k)
+            if bool((g < 0).any()) or bool((g > g_hi).any()):
+                raise CorruptFileError(f"core {i}: {k} must lie in [0, {g_hi:g}] uS for {device.name!r}")
+        if bool((states.nu < 0).any()) or bool((states.nu > _NU_LIMIT).any()):
+            raise CorruptFileError(f"core {i}: drift exponents must lie in [0, {_NU_LIMIT}]")
         polarity = tensors[f"{prefix}.polarity"]
         if not torch.equal(polarity, polarity_expected):
             raise CorruptFileError(
@@ -223,12 +235,25 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Programm
         if isinstance(g_max, bool) or not isinstance(g_max, int | float) or abs(g_max - g_max_expected) > 1e-9:
             raise CorruptFileError(f"core {i}: g_max_uS {g_max!r} is not {g_max_expected} for this device/strategy")
         adc = AdcState(**{k: _expect(tensors[f"{prefix}.adc.{k}"], (*rc, 2, t.block_outputs), k) for k in _ADC})
-        if bool((adc.gain < 0).any()) or bool((adc.inv_alpha < 0).any()):
-            raise CorruptFileError(f"core {i}: ADC gains and calibration factors must be >= 0")
+        nominal = mapping.spec.cco_gain_MHz_per_uA
+        for k, lo, hi in (
+            ("gain", 0.0, _ADC_LIMIT * nominal),
+            ("offset", -_ADC_LIMIT * 1e3, _ADC_LIMIT * 1e3),
+            ("inv_alpha", 0.0, _ADC_LIMIT * 1e3 / nominal),
+            ("beta", -float(mapping.spec.adc_max_count), float(mapping.spec.adc_max_count)),
+        ):
+            v = getattr(adc, k)
+            if bool((v < lo).any()) or bool((v > hi).any()):
+                raise CorruptFileError(f"core {i}: ADC {k} must lie in [{lo:g}, {hi:g}]")
+        asym = tensors[f"{prefix}.asymmetry"]
+        if bool((asym.abs() >= 1).any()):
+            raise CorruptFileError(f"core {i}: polarity asymmetry must lie in (-1, 1)")
         w_max = _expect(tensors[f"{prefix}.w_max"], rc, f"{prefix}.w_max")
         gdc = {m: _expect(tensors[f"{prefix}.gdc.{m}"], rc, f"{prefix}.gdc.{m}") for m in modes}
         if bool((w_max <= 0).any()) or any(bool((v <= 0).any()) for v in gdc.values()):
             raise CorruptFileError(f"core {i}: w_max and drift-compensation references must be > 0")
+        if any(bool((v > _GDC_LIMIT).any()) for v in gdc.values()):
+            raise CorruptFileError(f"core {i}: drift-compensation references must be <= {_GDC_LIMIT:g}")
         chip.cores[layer.name] = ProgrammedCore(
             spec=mapping.spec,
             config=config,

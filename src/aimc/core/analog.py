@@ -456,7 +456,8 @@ def program_core(
     """Program a weight block (or a stack of blocks) into PCM conductances.
 
     Args:
-        weights: ``(..., m, n)`` with m <= ``spec.tile_cols`` outputs and n <= ``spec.tile_rows`` inputs; finite.
+        weights: ``(..., m, n)`` with m <= ``spec.tile_cols`` outputs and n <= ``spec.tile_rows`` inputs; finite;
+            any floating-point dtype (programmed in float32).
         device: a :class:`~aimc.devices.DeviceModel` or a preset name (``aimc.devices.available()``).
         strategy: ``"odp"`` (one device per polarity) or ``"tdp"`` (two), SPEC §1.
         seed: int or ``torch.Generator``; the only source of programming randomness (device errors, drift
@@ -482,6 +483,7 @@ def program_core(
         )
     check_choice(strategy, "strategy", STRATEGIES)
     check_finite_tensor(weights, "weights")
+    weights = weights.float()  # the core's state and hot path are float32 (DESIGN.md "Fast by construction")
     if weights.dim() < 2:
         raise ValidationError(f"weights must have shape (..., outputs, inputs); got {tuple(weights.shape)}")
     m, n = weights.shape[-2:]
