@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aimc._validation import check_number
 from aimc.errors import ValidationError
 
 #: Per-channel mean and std of the CIFAR-10 training images (0-1 scale), for input normalisation.
@@ -62,6 +63,8 @@ def cifar10_tensors(
     split: str = "test", n: int | None = None, data_dir: str | os.PathLike[str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised float images ``(N, 3, 32, 32)`` and int64 labels ``(N,)`` (the first ``n`` if given)."""
+    if n is not None:
+        check_number(n, "n", low=1, integer=True)
     images, labels = load_cifar10(split, data_dir)
     if n is not None:
         images, labels = images[:n], labels[:n]

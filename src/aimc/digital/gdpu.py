@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from aimc.digital.numerics import check_float_tensor
+from aimc.errors import ValidationError
+
 #: Assumption: the 17 comparator thresholds of the tanh table are evenly spaced over [-4, 4] (not published); the
 #: 16 inner bins interpolate tanh linearly between them, the 2 outer bins hold tanh(±4). Maximum error 0.024.
 TANH_LUT_RANGE = 4.0
@@ -32,6 +35,7 @@ def _lut(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.
 
 def tanh_lut(x: torch.Tensor) -> torch.Tensor:
     """tanh by the GDPU's 18-bin look-up table with linear interpolation, in ``x``'s dtype. Shape: any."""
+    check_float_tensor(x)
     _, slope, intercept = _lut(x.dtype, x.device)
     # the bin is the number of thresholds below x; with evenly spaced thresholds that is
     # ceil((x + range) / step) clipped to 0 .. 17 (the table is continuous, so a value on a threshold may take
@@ -57,6 +61,12 @@ def lstm_cell(gates: torch.Tensor, c: torch.Tensor, *, fp16: bool = True) -> tup
     Returns:
         ``(h, c)``, each ``(B, H)`` (float32 tensors; FP16 values when ``fp16``).
     """
+    check_float_tensor(gates, "gates")
+    check_float_tensor(c, "c")
+    if gates.shape[-1] % 4 or tuple(c.shape) != (*gates.shape[:-1], gates.shape[-1] // 4):
+        raise ValidationError(
+            f"gates (B, 4H) and c (B, H) must match; got gates {tuple(gates.shape)}, c {tuple(c.shape)}"
+        )
     if not fp16:
         i, f, g, o = gates.chunk(4, dim=-1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)

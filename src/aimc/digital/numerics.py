@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import torch
 
+from aimc.errors import ArgumentTypeError, ValidationError
+
+
+def check_float_tensor(x: object, name: str = "x") -> torch.Tensor:
+    """A floating-point tensor (type and dtype only: these functions run on the hot path, values are not scanned)."""
+    if not isinstance(x, torch.Tensor):
+        raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ArgumentTypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    return x
+
 
 def fp16(x: torch.Tensor) -> torch.Tensor:
     """Round ``x`` to the nearest FP16 value, returned in ``x``'s dtype. Shape: any."""
+    check_float_tensor(x)
     return x.to(torch.float16).to(x.dtype)
 
 
@@ -31,4 +43,8 @@ def to_int8(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
 
     Returns the integer codes as an ``int8`` tensor of ``x``'s shape; the value they stand for is ``code * scale``.
     """
+    check_float_tensor(x)
+    s = torch.as_tensor(scale)
+    if s.is_complex() or not bool((s > 0).all()) or not bool(torch.isfinite(s).all()):
+        raise ValidationError(f"scale must be finite and > 0, got {scale!r}")
     return torch.clamp(torch.round(x / scale), -128, 127).to(torch.int8)
