@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(BIN)/aimc reproduce --out results/reproduce
 	$(BIN)/aimc mvm-error --json-out results/mvm_error.json --plot results/mvm_error.png
 
 test: $(STAMP)

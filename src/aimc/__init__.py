@@ -13,12 +13,16 @@ Public API (everything else is private and may change):
 - :func:`compile` -> :class:`~aimc.compiler.Mapping`; :func:`program` -> :class:`ProgrammedChip`;
   ``ProgrammedChip.run`` / ``.save``; :func:`load`.
 - :mod:`aimc.perf` — latency, energy and throughput of a mapping (``estimate``), Table I, the scaling study.
+- :mod:`aimc.adabs` — adaptive batch-norm statistics on the chip: ``aimc.adabs.adabs(chip, x, t)``.
+- :mod:`aimc.data` — CIFAR-10 and character-level Penn Treebank.
+- :mod:`aimc.experiments` — ``evaluate`` (accuracy / BPC over time), ``reproduce`` (the chip paper's results),
+  ``mvm_error``.
 - :mod:`aimc.sweep` — resumable Monte Carlo sweeps, in-process or on Ray (``aimc.sweep.run``, ``write_report``).
 """
 
 __version__ = "0.1.0"
 
-from aimc import core, devices, digital, errors, faults, models, perf, sweep
+from aimc import adabs, core, data, devices, digital, errors, experiments, faults, models, perf, sweep
 from aimc.chip import ProgrammedChip, program
 from aimc.compiler import Mapping, UnsupportedLayerError, compile
 from aimc.core import CoreConfig, ProgrammedCore, program_core
@@ -37,11 +41,14 @@ __all__ = [
     "ProgrammedCore",
     "UnsupportedLayerError",
     "__version__",
+    "adabs",
     "compile",
     "core",
+    "data",
     "devices",
     "digital",
     "errors",
+    "experiments",
     "faults",
     "load",
     "models",

@@ -1,1 +1,5 @@
-"""Experiments of the chip paper, reproduced."""
+"""Experiments of the chip paper: MVM error, accuracy / bits per character over time, the full reproduction."""
+
+from aimc.experiments import evaluate, language, mvm_error, reproduce
+
+__all__ = ["evaluate", "language", "mvm_error", "reproduce"]

@@ -31,8 +31,8 @@ TIMES = (60.0, 3600.0, 86400.0, 31_536_000.0)
 class Settings:
     """Sizes of a reproduction: test images / characters per task, seeds, AdaBS calibration inputs."""
 
-    images: int | None = 500
-    chars: int | None = 25_600
+    images: int | None = 400
+    chars: int | None = 19_200
     streams: int = 128
     seeds: int = 2
     adabs_inputs: int = 256
