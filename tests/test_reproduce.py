@@ -31,7 +31,10 @@ def test_reproduce_resnet9_writes_report_and_resumes(tmp_path):
     second = reproduce(str(tmp_path), settings=TINY, tasks=("resnet9",), log=logs.append)
     assert sum("from points.json" in line for line in logs) == 5
     assert second["tasks"]["resnet9"]["tdp"] == r["tdp"]
-    assert "loss vs our software" in format_tables(second)
+    assert "change vs our software" in format_tables(second)
+    # other settings never overwrite the stored points
+    with pytest.raises(ValidationError, match="other settings"):
+        reproduce(str(tmp_path), settings=Settings(images=41, seeds=1), tasks=("resnet9",), log=logs.append)
 
 
 def test_reproduce_rejects_unknown_task(tmp_path):

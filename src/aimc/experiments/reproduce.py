@@ -54,8 +54,12 @@ class _Store:
                 loaded = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as err:
                 raise ValidationError(f"{str(path)!r} is not a readable reproduce store ({err}); delete it") from None
-            if loaded.get("settings") == settings.__dict__:
-                self.data = loaded.get("blocks", {})
+            if loaded.get("settings") != settings.__dict__:
+                raise ValidationError(
+                    f"{str(path)!r} holds results of other settings ({loaded.get('settings')}); use another --out "
+                    "folder or delete it"
+                )
+            self.data = loaded.get("blocks", {})
         self.settings = settings
 
     def get(self, key: str) -> Any:
@@ -142,13 +146,13 @@ def _at(points: list[dict[str, Any]], t: float) -> dict[str, Any]:
 
 
 def comparison_rows(task_result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(what, ours, paper, our loss vs our software) rows of the Fig. 3c / 4c comparison."""
+    """(what, ours, paper, change vs our software) rows of the Fig. 3c / 4c comparison."""
     metric = task_result["metric"]
     paper = PAPER[task_result["task"]]
     sw = task_result["software"]
 
     def loss(v: float) -> str:
-        return f"{100 * (sw - v):+.2f} pt" if metric == "accuracy" else f"{v - sw:+.3f} BPC"
+        return f"{100 * (v - sw):+.2f} pt" if metric == "accuracy" else f"{v - sw:+.3f} BPC"
 
     tdp, odp = _at(task_result["tdp"], 3600.0), _at(task_result["odp"], 3600.0)
     return [
@@ -184,7 +188,7 @@ def format_tables(results: dict[str, Any]) -> str:
             f"### {task} — {unit}, {r['test_size']} test {'images' if task == 'resnet9' else 'characters'}, "
             f"weights {r['weights']}",
             "",
-            "| | aimc | chip paper | loss vs our software |",
+            "| | aimc | chip paper | change vs our software |",
             "|---|---|---|---|",
         ]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in comparison_rows(r)]
