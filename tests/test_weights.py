@@ -37,3 +37,21 @@ def test_unknown_weights_name_lists_the_shipped_ones():
     assert {"resnet9_float", "resnet9_hwa"} <= set(available_weights())
     with pytest.raises(UnknownNameError, match="resnet9_hwa"):
         weights_path("resnet9_tiny")
+
+
+def test_shipped_char_lstm_predicts_ptb():
+    from aimc.data.ptb import ptb_chars
+    from aimc.experiments.language import software_bpc, windows
+    from aimc.models import char_lstm
+
+    path = weights_path("char_lstm_float")
+    assert path.stat().st_size < 10 * 1024**2
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    record = json.loads(meta["training"])
+    assert meta["aimc_model"] == "char-lstm" and record["test_bpc"] < 1.5
+    model = char_lstm()
+    load_weights(str(path), model)
+    inputs, targets = windows(ptb_chars("test")[:20_001], n_streams=40)
+    # 20,000 test characters; the whole test set gave the recorded BPC (uniform guessing: log2(50) = 5.64)
+    assert software_bpc(model, inputs, targets) < record["test_bpc"] + 0.1
