@@ -330,6 +330,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """``aimc train resnet9|char-lstm``: floating-point training or HWA fine-tuning, resumable, on the real data."""
+    from aimc.experiments.evaluate import TASKS
+
+    if args.model not in TASKS:
+        raise ValidationError(f"MODEL must be one of {', '.join(TASKS)}; got {args.model!r}")
+    for name in ("epochs", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValidationError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+    if args.peak_lr is not None and not args.peak_lr > 0:
+        raise ValidationError(f"--peak-lr must be positive; got {args.peak_lr}")
+    if args.init is not None and not Path(args.init).is_file():
+        raise ValidationError(f"--init {args.init!r} is not a file")
+    kwargs: dict[str, Any] = {
+        "seed": args.seed,
+        "data_dir": args.data_dir,
+        "resume": args.resume,
+        "init": args.init,
+        "hwa": args.hwa,
+        "tag": args.tag or ("hwa" if args.hwa else "float"),
+    }
+    for name in ("epochs", "batch_size", "peak_lr"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    if args.model == "resnet9":
+        from aimc.train.cifar import train_resnet9
+
+        final = train_resnet9(args.out, io_aware=args.io_aware, **kwargs)
+    else:
+        if args.io_aware:
+            raise ValidationError("--io-aware applies to resnet9 only")
+        from aimc.train.ptb import train_char_lstm
+
+        final = train_char_lstm(args.out, **kwargs)
+    metric = {k: v for k, v in final.items() if k in ("test_acc", "test_bpc", "valid_bpc")}
+    print(f"wrote {args.out} ({json.dumps(metric)})")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``aimc reproduce``: the chip paper's accuracy comparison and accuracy over time, with a report."""
     from aimc.experiments.reproduce import Settings, format_tables, reproduce
@@ -487,6 +527,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-out", default=None)
     p.add_argument("--plot", default=None, metavar="FILE.png", help="metric vs time after programming")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="train ResNet-9 (CIFAR-10) or the char-LSTM (PTB), or fine-tune it hardware-aware")
+    p.add_argument("model", help="resnet9 or char-lstm")
+    p.add_argument("--out", required=True, help="output folder: checkpoints (last.safetensors), log.jsonl, weights")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 20 / 20)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch (default 256 images / 128 streams)")
+    p.add_argument("--peak-lr", type=float, default=None, help="peak of the one-cycle learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hwa", action="store_true", help="hardware-aware fine-tuning (SPEC §3 noise and clipping)")
+    p.add_argument("--io-aware", action="store_true", help="resnet9 HWA: also 8-bit inputs and output noise")
+    p.add_argument("--init", default=None, help="start from these weights (e.g. the float model for --hwa)")
+    p.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
+    p.add_argument("--tag", default=None, help="name of the final weights file (default float / hwa)")
+    p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="the chip paper's accuracy results (Fig. 3c/4c) and accuracy over time")
     p.add_argument("--out", default="results/reproduce", help="output folder (default results/reproduce)")
