@@ -39,12 +39,13 @@ def test_unknown_weights_name_lists_the_shipped_ones():
         weights_path("resnet9_tiny")
 
 
-def test_shipped_char_lstm_predicts_ptb():
+@pytest.mark.parametrize("name", ["char_lstm_float", "char_lstm_hwa"])
+def test_shipped_char_lstm_predicts_ptb(name):
     from aimc.data.ptb import ptb_chars
     from aimc.experiments.language import software_bpc, windows
     from aimc.models import char_lstm
 
-    path = weights_path("char_lstm_float")
+    path = weights_path(name)
     assert path.stat().st_size < 10 * 1024**2
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()

@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         default=None,
-        help="a .safetensors file or a shipped name (default resnet9_hwa / char_lstm_float; see aimc.weights)",
+        help="a .safetensors file or a shipped name (default resnet9_hwa / char_lstm_hwa; see aimc.weights)",
     )
     p.add_argument("--arch", default=None, help="network of a weights file without an aimc header")
     p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")

@@ -32,7 +32,7 @@ from aimc.experiments.language import bpc_from_logits, windows
 
 TASKS = ("resnet9", "char-lstm")
 #: Default shipped weights of each task.
-DEFAULT_WEIGHTS = {"resnet9": "resnet9_hwa", "char-lstm": "char_lstm_float"}
+DEFAULT_WEIGHTS = {"resnet9": "resnet9_hwa", "char-lstm": "char_lstm_hwa"}
 #: Our choice: unlabelled training inputs for AdaBS (images, or character windows of the LSTM).
 ADABS_INPUTS = 500
 #: Our choice: inputs used to calibrate the converter ranges at compile time.
