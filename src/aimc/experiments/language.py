@@ -10,20 +10,12 @@ same windows, so their difference is the chip's alone.
 from __future__ import annotations
 
 import math
-import statistics
-import sys
-import time
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from aimc.chip import ProgrammedChip, program
-from aimc.compiler.mapping import Mapping
-from aimc.core.config import CoreConfig
 from aimc.data.ptb import EOL, VOCAB
 from aimc.errors import ValidationError
-from aimc.experiments.accuracy import AccuracyPoint
 
 #: Our choice: characters read before each window's scored part (≈ a sentence and a half of context).
 WARMUP = 100
@@ -58,45 +50,3 @@ def software_bpc(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Te
     model.eval()
     with torch.no_grad():
         return bpc_from_logits(model(inputs), targets)
-
-
-def chip_bpc(
-    chip: ProgrammedChip, inputs: torch.Tensor, targets: torch.Tensor, t: float, mode: str, seed: int
-) -> float:
-    """BPC of one chip read (fresh read noise from ``seed``) at ``t`` seconds after programming."""
-    return bpc_from_logits(chip.run(inputs, t=t, mode=mode, seed=seed), targets)
-
-
-def bpc_over_time(
-    mapping: Mapping,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    device: str = "hermes-2dev",
-    strategy: str = "tdp",
-    mode: str = "four-phase",
-    times: Sequence[float] = (3600.0,),
-    seeds: Sequence[int] = (0,),
-    config: CoreConfig | None = None,
-    progress: bool = True,
-) -> list[AccuracyPoint]:
-    """BPC of ``mapping`` on chips programmed with each seed and read at each time (mean ± std over seeds)."""
-    out: dict[float, list[float]] = {t: [] for t in times}
-    start = time.time()
-    for k, seed in enumerate(seeds):
-        chip = program(mapping, device, strategy, seed=seed, config=config)
-        for j, t in enumerate(times):
-            out[t].append(chip_bpc(chip, inputs, targets, t, mode, 1_000_003 * seed + 7919 * j))
-            if progress:
-                done = k * len(times) + j + 1
-                print(
-                    f"\r  {strategy} {mode}: {done}/{len(seeds) * len(times)} chip reads, {time.time() - start:.0f} s",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    if progress:
-        print(file=sys.stderr)
-    return [
-        AccuracyPoint(t, statistics.fmean(v), statistics.pstdev(v) if len(v) > 1 else 0.0, v) for t, v in out.items()
-    ]

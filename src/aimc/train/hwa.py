@@ -36,6 +36,25 @@ def analog_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
+@contextmanager
+def _perturbed(
+    weights: list[torch.nn.Parameter], stds: list[torch.Tensor | float], generator: torch.Generator
+) -> Iterator[None]:
+    """Within the block each weight carries fresh Gaussian noise of its std (a tensor of its shape or a number)."""
+    saved = []
+    with torch.no_grad():
+        for w, std in zip(weights, stds, strict=True):
+            noise = torch.randn(w.shape, generator=generator).to(w.device) * std
+            saved.append((w, w.detach().clone()))
+            w.add_(noise.to(w.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for w, clean in saved:
+                w.copy_(clean)
+
+
 def analog_matrices(model: nn.Module) -> list[torch.nn.Parameter]:
     """The weight matrices that go onto the chip: Conv2d/Linear weights and LSTM input/hidden gate matrices."""
     out: list[torch.nn.Parameter] = []
@@ -50,19 +69,10 @@ def analog_matrices(model: nn.Module) -> list[torch.nn.Parameter]:
 @contextmanager
 def range_noise(model: nn.Module, generator: torch.Generator, fraction: float = LSTM_NOISE_FRACTION) -> Iterator[None]:
     """Within the block every on-chip matrix W carries Gaussian noise of std fraction·(max W − min W) (SPEC §3)."""
-    saved = []
-    with torch.no_grad():
-        for w in analog_matrices(model):
-            std = fraction * float(w.max() - w.min())
-            noise = torch.randn(w.shape, generator=generator).to(w.device, w.dtype) * std
-            saved.append((w, w.detach().clone()))
-            w.add_(noise)
-    try:
+    matrices = analog_matrices(model)
+    stds = [fraction * float(w.max() - w.min()) for w in matrices]
+    with _perturbed(matrices, stds, generator):
         yield
-    finally:
-        with torch.no_grad():
-            for w, clean in saved:
-                w.copy_(clean)
 
 
 def clip_matrices(model: nn.Module, clip_sigma: float) -> None:
@@ -94,20 +104,11 @@ def noisy_weights(
 ) -> Iterator[None]:
     """Within the block, every analog layer's weights carry fresh programming-like noise; restored on exit."""
     model_device = get_device(device) if isinstance(device, str) else device
-    saved = []
+    weights = [layer.weight for layer in analog_layers(model)]
     with torch.no_grad():
-        for layer in analog_layers(model):
-            w = layer.weight
-            std = weight_noise_std(w.detach().float(), model_device, strategy, noise_scale)
-            noise = torch.randn(w.shape, generator=generator).to(w.device) * std
-            saved.append((w, w.detach().clone()))
-            w.add_(noise.to(w.dtype))
-    try:
+        stds = [weight_noise_std(w.detach().float(), model_device, strategy, noise_scale) for w in weights]
+    with _perturbed(weights, stds, generator):
         yield
-    finally:
-        with torch.no_grad():
-            for w, clean in saved:
-                w.copy_(clean)
 
 
 #: SPEC §3: additive Gaussian output noise of std 10% (0.1) during HWA training. We read "of the output range" as
