@@ -19,6 +19,7 @@ On a busy machine, run the two weight sets as two single-threaded processes and 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -129,7 +130,10 @@ def main() -> None:
             continue
         mapping, software = _mapping(name, x_cal, x_test, y_test)
         mappings[label] = mapping
-        result["runs"].setdefault(label, {"weights": name, "software": software, "points": []})
+        sha = hashlib.sha256(weights_path(name).read_bytes()).hexdigest()
+        run = result["runs"].get(label)
+        if run is None or run.get("sha256") != sha:  # new weights: earlier points do not count
+            result["runs"][label] = {"weights": name, "sha256": sha, "software": software, "points": []}
     # the ends and the middle of the curve first, so that an interrupted run already shows its shape
     order = sorted(rates, key=lambda r: (r not in (min(rates), max(rates)), r != sorted(rates)[len(rates) // 2], r))
     for rate in order:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -51,8 +51,11 @@ def _contract(fn, *args, **kwargs):
     """Call ``fn``; return its result, or None if it raised an AimcError. Anything else fails the test."""
     start = time.perf_counter()
     try:
-        return fn(*args, **kwargs)
-    except AimcError:
+        result = fn(*args, **kwargs)
+        event(f"{getattr(fn, '__name__', 'call')}: accepted")
+        return result
+    except AimcError as err:
+        event(f"{getattr(fn, '__name__', 'call')}: {type(err).__name__}")
         return None
     finally:
         assert time.perf_counter() - start < HANG_SECONDS, "hang"
@@ -290,8 +293,31 @@ def test_fuzz_sweep_dict(value, data):
     raw = yaml.safe_load(SWEEP_YAML)
     section = data.draw(st.sampled_from([None, "data", "grid"]))
     target = raw if section is None else raw[section]
-    target[data.draw(st.sampled_from(sorted(target)))] = value
+    key = data.draw(st.sampled_from(sorted(target)))
+    # known issue, see test_sweep_seed_count_is_bounded: a huge seed count exhausts memory before the points limit
+    assume(not (key == "seeds" and isinstance(value, int) and value > MAX_SWEEP_SEEDS))
+    target[key] = value
     _contract(parse_spec, raw)
+
+
+#: Largest seed count the sweep fuzz target feeds parse_spec while the known issue below is open.
+MAX_SWEEP_SEEDS = 10**6
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="aimc.sweep.spec expands grid.seeds given as a count before checking MAX_POINTS: a count of 1e12 "
+    "raises MemoryError (1e9 was OOM-killed at 23 GB in the 10,000-input fuzz run) instead of SweepSpecError",
+)
+def test_sweep_seed_count_is_bounded():
+    import yaml
+
+    from aimc.sweep.spec import parse_spec
+
+    raw = yaml.safe_load(SWEEP_YAML)
+    raw["grid"]["seeds"] = 10**12
+    with pytest.raises(AimcError, match="points"):
+        parse_spec(raw)
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -315,7 +341,27 @@ def test_chip_spec_accepts_or_names_the_field(name, value):
             dataclasses.replace(aimc.ChipSpec.hermes(), **{name: value})
 
 
-@given(st.text(alphabet="stuck_rdeaoinlkse=,.-:0123456789 x", max_size=60))
+ANY_FAULT_ITEM = st.tuples(
+    st.sampled_from(["stuck", "stuck_set", "stuck_reset", "dead_core", "dead_link", "dead_adc", "seed", "bogus", ""]),
+    st.sampled_from(["=", "", "=="]),
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.integers(-5, 10**10).map(str),
+        st.tuples(st.integers(-1, 70), st.sampled_from("-:"), st.integers(-1, 300)).map("{0[0]}{0[1]}{0[2]}".format),
+        st.text(max_size=6),
+    ),
+).map("".join)
+VALID_FAULT_ITEM = st.one_of(
+    st.tuples(st.sampled_from(["stuck", "stuck_set", "stuck_reset"]), st.floats(0, 0.3)).map("{0[0]}={0[1]!r}".format),
+    st.integers(0, 70).map("dead_core={}".format),
+    st.tuples(st.integers(0, 63), st.sampled_from([1, 8, -1, -8, 7, -7])).map("dead_link={0[0]}-{0[1]}".format),
+    st.tuples(st.integers(0, 63), st.integers(0, 300)).map("dead_adc={0[0]}:{0[1]}".format),
+    st.integers(0, 99).map("seed={}".format),
+)
+FAULT_ITEM = st.one_of(VALID_FAULT_ITEM, VALID_FAULT_ITEM, VALID_FAULT_ITEM, ANY_FAULT_ITEM)
+
+
+@given(st.lists(FAULT_ITEM, max_size=4).map(",".join) | st.text(max_size=40))
 @PROPERTY
 def test_fault_text_parses_or_is_rejected(text):
     faults = _contract(parse_faults, text)
