@@ -270,7 +270,12 @@ def _parse_grid(raw: object, where: str) -> GridSpec:
             raise SweepSpecError(f"{where}missing required key 'grid.{key}'")
     seeds_raw = grid["seeds"]
     if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
-        seeds = tuple(range(_int(seeds_raw, "grid.seeds", where, low=1)))
+        count = _int(seeds_raw, "grid.seeds", where, low=1)
+        if count > MAX_POINTS:  # checked before the range is expanded: a typo must not exhaust memory
+            raise SweepSpecError(
+                f"{where}grid.seeds asks for {count:,} seeds, more than the limit of {MAX_POINTS:,} grid points"
+            )
+        seeds = tuple(range(count))
     else:
         seeds_list = _list(seeds_raw, "grid.seeds", where)
         seeds = tuple(_int(v, f"grid.seeds[{i}]", where, low=0) for i, v in enumerate(seeds_list))
