@@ -29,6 +29,8 @@ from aimc.compiler.layout import (
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
 from aimc.core.analog import STRATEGIES, CoreReadout, ProgrammedCore, polarity_g_max, program_core
 from aimc.core.config import CoreConfig
+from aimc.core.inputs import FourPhaseInputs, prepare_four_phase
+from aimc.core.pwm import quantize_input
 from aimc.devices.base import DeviceModel, check_time
 from aimc.devices.registry import get as get_device
 from aimc.digital.gdpu import lstm_cell
@@ -349,13 +351,39 @@ def _int8_values(v: torch.Tensor, full_scale: float) -> torch.Tensor:
 
 
 def _mvm_rows(
-    layer: MappedLayer, readout: CoreReadout, rows: torch.Tensor, gen: torch.Generator, quantize: bool
+    layer: MappedLayer,
+    readout: CoreReadout,
+    rows: torch.Tensor,
+    gen: torch.Generator,
+    quantize: bool,
+    levels: bool = False,
 ) -> torch.Tensor:
-    """All cores of a layer on matrix rows ``(R, K)`` -> ``(r, c, R, m)`` MVM outputs."""
+    """All cores of a layer on matrix rows ``(R, K)`` (values, or PWM levels with ``levels``) -> ``(r, c, R, m)``
+    MVM outputs."""
     xb = block_view(layer, rows).unsqueeze(1)  # (r, 1, R, n)
     return readout.mvm(
-        xb, gen, x_range=layer.x_range, quantize=quantize, output_dtype=torch.float16 if quantize else torch.float32
+        xb,
+        gen,
+        x_range=layer.x_range,
+        quantize=quantize,
+        output_dtype=torch.float16 if quantize else torch.float32,
+        levels=levels,
     )
+
+
+def _mvm_prepared(layer: MappedLayer, readout: CoreReadout, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """:func:`_mvm_rows` of PWM levels ``x`` (the layer's input) through :func:`prepare_four_phase`, which gathers
+    each core's block of the im2col matrix without transposing it first -> ``(r, c, R, m)``."""
+    t = layer.tiling
+    if layer.kind == "conv2d":
+        g = layer.geometry
+        cols = F.unfold(x, g["kernel"], dilation=g["dilation"], padding=g["padding"], stride=g["stride"])
+        src = cols.transpose(1, 2)  # (images, positions, K), a view
+    else:
+        src = x.reshape(1, -1, x.shape[-1])
+    inputs = prepare_four_phase(src, t.block_inputs, t.row_blocks, readout.aux_dtype)
+    inputs = FourPhaseInputs(*(v.unsqueeze(1) for v in inputs))  # (r, 1, R, n)
+    return readout.mvm_prepared(inputs, gen, x_range=layer.x_range, output_dtype=torch.float16)
 
 
 def _run_analog(
@@ -380,6 +408,10 @@ def _run_analog(
             f"layer {layer.name!r} takes {t.inputs} inputs per row (matrix {t.inputs}x{t.outputs}); the value "
             f"reaching it, shape {tuple(x.shape)}, gives {k}: the input does not fit the mapping"
         )
+    if quantize:
+        # PWM quantisation is element-wise, so it commutes with im2col: quantise the (k·k times smaller) image once
+        # and gather its levels in bfloat16 (exact for |level| <= 255, half the bytes of float32)
+        x = quantize_input(x, layer.x_range, readout.core.spec).to(torch.bfloat16)
     step_rows = max(256, ELEMENTS_PER_STEP // (t.cores * max(t.block_inputs, t.block_outputs)))
     if layer.kind == "conv2d":
         h_out, w_out = conv_output_size(layer, x.shape[2], x.shape[3])
@@ -391,10 +423,13 @@ def _run_analog(
         x = x.reshape(-1, x.shape[-1])
         out = torch.empty(x.shape[0], t.outputs, device=x.device)
     items = max(1, step_rows // per_item)
+    prepared = quantize and readout.takes_prepared_inputs
     for start in range(0, x.shape[0], items):
         sl = slice(start, start + items)
-        rows = layer_rows(layer, x[sl])
-        y = _mvm_rows(layer, readout, rows, gen, quantize)
+        if prepared:
+            y = _mvm_prepared(layer, readout, x[sl], gen)
+        else:
+            y = _mvm_rows(layer, readout, layer_rows(layer, x[sl]), gen, quantize, levels=quantize)
         if observe is not None:
             observe(layer, y)
         add_c = None

@@ -27,14 +27,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 
 from aimc._validation import SeedLike, check_choice, check_finite_tensor, check_number, make_generator
+from aimc.core import fused
 from aimc.core.adc import AdcState, cco_counts, cco_counts_, sample_adc
 from aimc.core.config import CoreConfig
-from aimc.core.fastmath import _AUX_DTYPES, aux_dtype_for
+from aimc.core.fastmath import _AUX_DTYPES, aux_dtype_for, int8_planes, int8_product, int8_products_for
+from aimc.core.inputs import FourPhaseInputs, prepare_four_phase
+from aimc.core.normals import fill_normal_
+from aimc.core.philox import draw_key, fill_normal_rows_
 from aimc.core.pwm import quantize_input
 from aimc.core.readnoise import fresh_noise_fraction
 from aimc.devices.base import DeviceModel, DeviceState, check_time
@@ -44,6 +49,9 @@ from aimc.spec import READ_MODES, ChipSpec
 
 if TYPE_CHECKING:
     from aimc.faults import CoreFaults
+
+#: Implementations of the converter and LDPU arithmetic (see :meth:`CoreReadout.mvm`).
+BACKENDS: tuple[str, ...] = ("auto", "fused", "torch")
 
 #: Device-assignment strategies of SPEC §1: one device per polarity (ODP) or two (TDP).
 STRATEGIES: tuple[str, ...] = ("odp", "tdp")
@@ -84,6 +92,39 @@ def polarity_g_max(model: DeviceModel, strategy: str) -> float:
     return model.g_max_uS * (2 if split else 1)
 
 
+def _check_levels(x: torch.Tensor, limit: int, quantize: bool) -> None:
+    """``x`` given as PWM levels: a floating-point tensor within [-limit, limit] (which also rules out NaN/Inf)."""
+    if not quantize:
+        raise ValidationError("levels=True gives PWM levels, which need quantize=True (ideal converters take values)")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
+        raise ArgumentTypeError("x given as PWM levels must be a non-empty floating-point torch.Tensor")
+    low, high = torch.aminmax(x)
+    if not (-limit <= float(low) and float(high) <= limit):  # NaN fails both comparisons
+        raise ValidationError(
+            f"x given as PWM levels must lie in [-{limit}, {limit}]; got [{float(low)}, {float(high)}]"
+        )
+
+
+class _Products(NamedTuple):
+    """The products of one fast-path MVM, each ``(..., B, m)``.
+
+    y: half the (pos - neg) charge (fC), float32, without fresh noise; or None when it comes as ``y_int``:
+        (Y_hi, Y_lo int32, step ``(..., 1, 1)``) with y = (step·256)·Y_hi + step·Y_lo (:func:`int8_planes`).
+    a: half the (pos + neg) charge in ``aux_dtype``.
+    var: the fresh-noise variance of y (``aux_dtype``), or None without fresh noise.
+    key: with numba, the words that determine this MVM's standard normals (:mod:`aimc.core.philox`; the fused
+        kernel draws them itself), else None.
+    z: without numba, this MVM's standard normals (float32), else None.
+    """
+
+    y: torch.Tensor | None
+    y_int: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    a: torch.Tensor
+    var: torch.Tensor | None
+    key: np.ndarray | None
+    z: torch.Tensor | None
+
+
 @dataclass
 class CoreReadout:
     """Everything about a programmed core that depends only on (chip, t, mode): computed once per run.
@@ -93,14 +134,16 @@ class CoreReadout:
         mode: read mode.
         g_pos, g_neg: polarity conductances G+ and G- (uS) as read with the positive voltage, ``(..., m, n)``,
             including this run's quasi-static read noise.
-        y_matrix: ``(..., K, m)`` float32 matrix giving pos - neg charge / V from the PWM input: four-phase
-            D^T = (G+ - G-)^T against the signed input (K = n); one-phase [D; -D']^T against [x+, x-] (K = 2n),
-            primes marking the negative-voltage read G·(1 + a).
-        a_matrix: ``(..., K, m)`` the same for pos + neg (S = G+ + G-), in ``aux_dtype``.
-        fresh_var: ``(..., n, m)`` per-MVM read-noise variance summed over a weight's devices (uS^2), in
-            ``aux_dtype``, or None without read noise.
+        y_matrix: ``(..., K, m)`` float32 matrix giving half of (pos - neg) charge (fC) per PWM level of the input:
+            four-phase (V·ns_per_LSB/2)·D^T, D = G+ - G-, against the signed input (K = n); one-phase the same of
+            [D; -D']^T against [x+, x-] (K = 2n), primes marking the negative-voltage read G·(1 + a).
+        a_matrix: ``(..., K, m)`` the same for half of pos + neg (S = G+ + G-), in ``aux_dtype``.
+        fresh_var: ``(..., n, m)`` per-MVM read-noise variance of the half charge per squared PWM level, summed over
+            a weight's devices, in ``aux_dtype``, or None without read noise.
         out_scale: ``(..., 1, 1)`` output units per fC of corrected charge, drift compensation included.
         aux_dtype: dtype of the pos + neg and noise-variance products (see :func:`aux_dtype_for`).
+        y_planes: ``y_matrix`` as int8 planes (hi, lo, step) for the int8 pos - neg product
+            (:func:`~aimc.core.fastmath.int8_planes`), or None to multiply in float32.
 
     A readout keeps work buffers between calls of :meth:`mvm` (the hot path then allocates only its result), so
     one readout must not be used from two threads at once.
@@ -115,6 +158,7 @@ class CoreReadout:
     fresh_var: torch.Tensor | None
     out_scale: torch.Tensor
     aux_dtype: torch.dtype
+    y_planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     _work: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -122,7 +166,7 @@ class CoreReadout:
         """Phases each counter integrates over: 2 in four-phase mode (e.g. x+·G+ and x-·G-), 1 in one-phase."""
         return 2 if self.mode == "four-phase" else 1
 
-    def _buffer(self, name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    def _buffer(self, name: str, shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A work tensor reused across calls (avoids re-faulting fresh memory pages on every MVM)."""
         buf = self._work.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != self.g_pos.device:
@@ -139,6 +183,8 @@ class CoreReadout:
         exact_phases: bool = False,
         quantize: bool = True,
         output_dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
+        levels: bool = False,
     ) -> torch.Tensor:
         """One MVM per row of ``x`` on the core(s), with fresh read noise.
 
@@ -150,101 +196,245 @@ class CoreReadout:
             quantize: False replaces the converters by ideal ones: no PWM rounding or saturation, the exact
                 bit-line charge instead of CCO counts, float32 instead of FP16 (device noise stays).
             output_dtype: dtype of the result (``torch.float16`` hands the LDPU's values on without conversion).
+            backend: ``"fused"`` runs the converters and the LDPU as one compiled pass (:mod:`aimc.core.fused`,
+                CPU), ``"torch"`` as PyTorch operations (any device); both give the same numbers. ``"auto"``
+                takes the fused one where it can run.
+            levels: ``x`` already holds the signed PWM levels (integers in [-L, L], any float dtype, e.g. from
+                :func:`~aimc.core.pwm.quantize_input`); ``x_range`` still sets the output scale. Needs ``quantize``.
 
         Returns:
             ``(..., B, m)`` estimates of ``x @ W.T`` as the LDPU computes them (FP16 values in float32).
         """
         core = self.core
         n = core.shape[1]
-        check_finite_tensor(x, "x")
+        if levels:
+            _check_levels(x, core.spec.input_levels, quantize)
+        else:
+            check_finite_tensor(x, "x")
         if x.dim() < 2 or x.shape[-1] != n:
             raise ValidationError(f"x must have shape (..., batch, {n}) for this core; got {tuple(x.shape)}")
         if isinstance(x_range, int | float):
             check_number(x_range, "x_range", low=0.0, low_inclusive=False)
+        check_choice(backend, "backend", BACKENDS)
         spec = core.spec
         gen = make_generator(generator, "generator") if self.fresh_var is not None else None
         if not quantize:
-            tau = x.to(self.g_pos.dtype) * (spec.input_levels * spec.pwm_ns_per_lsb / x_range)
-            d = self.g_pos - self.g_neg
-            y = torch.matmul(tau, d.mT)
-            self._fresh_noise_(y, tau, gen)
-            return y * (core.config.read_voltage_V * self.out_scale * x_range)
-        tau = quantize_input(x.to(self.g_pos.dtype), x_range, spec)  # PWM levels (LSB), signed
-        if spec.pwm_ns_per_lsb != 1.0:
-            tau.mul_(spec.pwm_ns_per_lsb)  # pulse durations (ns)
+            tau = x.to(self.g_pos.dtype) * (spec.input_levels / x_range)  # PWM levels, unrounded
+            y = torch.matmul(tau, self.y_matrix[..., :n, :])  # half the (pos - neg) charge, fC
+            self._fresh_noise_(y, tau.to(self.aux_dtype), gen)
+            return y * (2.0 * self.out_scale * x_range)
+        if self.takes_prepared_inputs and backend != "torch" and not exact_phases and isinstance(x_range, int | float):
+            src = x.reshape(1, -1, n)  # all rows, in order, as one block of n inputs
+            prepared = prepare_four_phase(
+                src, n, 1, self.aux_dtype, scale=None if levels else spec.input_levels / x_range
+            )
+            shaped = FourPhaseInputs(*(v.view(x.shape) for v in prepared))
+            return self.mvm_prepared(shaped, gen, x_range=x_range, output_dtype=output_dtype)
+        tau = x if levels else quantize_input(x.to(self.g_pos.dtype), x_range, spec)  # PWM levels (LSB), signed
         if exact_phases and self.mode == "four-phase":
-            c_pos, c_neg = self._exact_four_phase_counts(tau, gen)
+            counts = self._exact_four_phase_counts(tau, gen)
+        elif self._use_fused(backend, x_range):
+            return self._fused_mvm(tau, gen, self.out_scale * x_range).to(output_dtype)
         else:
-            c_pos, c_neg = self._fast_counts(tau, gen)
-        return core.ldpu_combine(c_pos, c_neg, self.phases, self.out_scale * x_range, output_dtype)
+            counts = self._fast_counts(tau, gen)
+        return core.ldpu_combine(counts, self.phases, self.out_scale * x_range, output_dtype)
 
-    def _fresh_noise_(self, out: torch.Tensor, tau: torch.Tensor, gen: torch.Generator | None) -> None:
-        """Add the per-MVM read noise of sum_j G_ij·tau_j (uS·ns) to ``out`` ``(..., B, m)`` in place.
+    def _use_fused(self, backend: str, x_range: float | torch.Tensor) -> bool:
+        """Whether the converters and LDPU run as the fused kernel (:mod:`aimc.core.fused`)."""
+        if backend == "torch":
+            return False
+        ok = fused.available() and self.g_pos.device.type == "cpu" and isinstance(x_range, int | float)
+        if backend == "fused" and not ok:
+            raise ValidationError(
+                "backend='fused' needs numba, CPU tensors, a scalar x_range and AIMC_FUSED unset or 1; "
+                "use backend='auto' or 'torch'"
+            )
+        return ok
+
+    def _products(self, tau: torch.Tensor, gen: torch.Generator | None) -> _Products:
+        """The fast path's products of the PWM levels ``tau`` ``(..., B, n)`` (see :class:`_Products`)."""
+        tau_aux = tau.to(self.aux_dtype, copy=True)  # a copy even in float32: abs_ below must not touch tau
+        if self.mode == "four-phase":
+            y_in, a_in = tau, tau_aux.abs_()
+            sq_in = a_in * a_in if self.fresh_var is not None else None
+        else:
+            y_in = torch.cat([tau.clamp_min(0.0), (-tau).clamp_min_(0.0)], dim=-1)
+            a_in = y_in.to(self.aux_dtype)
+            sq_in = tau_aux * tau_aux if self.fresh_var is not None else None
+        return self._products_of(y_in, a_in, sq_in, gen)
+
+    def _products_of(
+        self, y_in: torch.Tensor, a_in: torch.Tensor, sq_in: torch.Tensor | None, gen: torch.Generator | None
+    ) -> _Products:
+        """The products of the inputs of the pos - neg product ``y_in`` (levels; int8 with int8 planes), the
+        pos + neg product ``a_in`` and the noise variance ``sq_in`` (squared levels), all ``(..., B, K)``."""
+        lead = torch.broadcast_shapes(y_in.shape[:-2], self.y_matrix.shape[:-2])
+        out_shape = torch.Size((*lead, y_in.shape[-2], self.y_matrix.shape[-1]))
+        if self.y_planes is None:
+            y_in = y_in.to(self.y_matrix.dtype)
+            y = torch.matmul(y_in, self.y_matrix, out=self._buffer("y", out_shape, torch.float32))
+            y_int = None
+        else:
+            hi, lo, step = self.y_planes
+            flat = (math.prod(lead), *out_shape[-2:])
+            y_hi, y_lo = self._buffer("y_hi", flat, torch.int32), self._buffer("y_lo", flat, torch.int32)
+            if y_in.dtype != torch.int8:
+                y_in = self._buffer("x_int8", y_in.shape, torch.int8).copy_(y_in)
+            int8_product(y_in, hi, lo, y_hi, y_lo)
+            y_int = (y_hi.view(out_shape), y_lo.view(out_shape), step.expand(*lead, 1, 1))
+            y = None
+        a = torch.matmul(a_in, self.a_matrix)
+        if self.fresh_var is None or gen is None or sq_in is None:
+            return _Products(y, y_int, a, None, None, None)
+        var = torch.matmul(sq_in, self.fresh_var)
+        if fused.available():
+            return _Products(y, y_int, a, var, draw_key(gen), None)
+        return _Products(y, y_int, a, var, None, self._normals(out_shape, gen))
+
+    @property
+    def takes_prepared_inputs(self) -> bool:
+        """Whether :meth:`mvm_prepared` can run: four-phase, int8 product planes and the fused kernel on the CPU."""
+        return (
+            self.mode == "four-phase"
+            and self.y_planes is not None
+            and fused.available()
+            and self.g_pos.device.type == "cpu"
+        )
+
+    def mvm_prepared(
+        self,
+        inputs: FourPhaseInputs,
+        generator: SeedLike = None,
+        *,
+        x_range: float = 1.0,
+        output_dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """:meth:`mvm` of inputs already in the three forms of :func:`~aimc.core.inputs.prepare_four_phase`
+        (each ``(..., B, n)``, leading dims broadcasting against the cores'); see :attr:`takes_prepared_inputs`.
+
+        Returns:
+            ``(..., B, m)`` as :meth:`mvm` gives for the same PWM levels and ``x_range``.
+        """
+        if not self.takes_prepared_inputs:
+            raise ValidationError("mvm_prepared needs a four-phase readout on the CPU with the fused kernel (numba)")
+        gen = make_generator(generator, "generator") if self.fresh_var is not None else None
+        p = self._products_of(inputs.levels, inputs.magnitude, inputs.square, gen)
+        return self._fused_tail(p, self.out_scale * x_range).to(output_dtype)
+
+    def _normals(self, shape: torch.Size, gen: torch.Generator, key: np.ndarray | None = None) -> torch.Tensor:
+        """This MVM's standard normals ``shape`` (float32, on the readout's device): with numba those of
+        :mod:`aimc.core.philox` for ``key`` (drawn from ``gen`` if not given), the fused kernel's numbers; else
+        PyTorch's. Drawn on the CPU, so that a chip gives the same numbers on any device."""
+        buf = self._buffer("z", shape, torch.float32) if self.g_pos.device.type == "cpu" else torch.empty(shape)
+        if fused.available():
+            z = fill_normal_rows_(buf, draw_key(gen) if key is None else key)
+        else:
+            z = fill_normal_(buf, gen)
+        return z.to(self.g_pos.device)
+
+    def _float_y(self, p: _Products) -> torch.Tensor:
+        """Half the (pos - neg) charge as float32 ``(..., B, m)``, without fresh noise."""
+        if p.y is not None:
+            return p.y
+        y_hi, y_lo, step = p.y_int  # type: ignore[misc]
+        y = torch.mul(y_hi, step * 256.0, out=self._buffer("y", y_hi.shape, torch.float32))
+        return y.add_(torch.mul(y_lo, step))  # the same float32 operations as the fused kernel
+
+    def _fused_mvm(self, tau: torch.Tensor, gen: torch.Generator | None, scale: torch.Tensor) -> torch.Tensor:
+        """:meth:`_fast_counts` and :meth:`ProgrammedCore.ldpu_combine` as one fused pass; ``(..., B, m)`` float32
+        holding FP16 values."""
+        return self._fused_tail(self._products(tau, gen), scale)
+
+    def _fused_tail(self, p: _Products, scale: torch.Tensor) -> torch.Tensor:
+        """The converters and LDPU of the products ``p`` in the fused kernel (:mod:`aimc.core.fused`)."""
+        core, spec, cfg = self.core, self.core.spec, self.core.config
+        shape = p.a.shape
+        lead, (rows, m) = shape[:-2], shape[-2:]
+        cores = math.prod(lead)
+
+        def per_core(t: torch.Tensor) -> torch.Tensor:  # (*core_lead, ...) -> (C, ...) float32, contiguous
+            return t.expand(*lead, *t.shape[-2:]).reshape(cores, *t.shape[-2:]).float().contiguous()
+
+        total_ns = spec.integration_time_ns * self.phases
+        k = total_ns * 1e-3  # MHz·ns -> counts
+        b = cfg.cco_nonlinearity_per_uA
+        adc = core.adc
+        half = torch.float16
+        inv_a16 = adc.inv_alpha.to(half)
+        bias16 = ((-self.phases * adc.beta) * adc.inv_alpha).to(half)
+        out = fused.adc_ldpu(
+            (p.y if p.y is not None else p.y_int[0]).reshape(cores, rows, m),  # type: ignore[index]
+            None if p.y_int is None else p.y_int[1].reshape(cores, rows, m),
+            None if p.y_int is None else p.y_int[2].reshape(cores).contiguous(),
+            p.a.reshape(cores, rows, m),
+            None if p.var is None else p.var.reshape(cores, rows, m),
+            p.key,
+            per_core(adc.gain * (k / b if b else k / total_ns)),
+            per_core(adc.offset * k),
+            per_core(inv_a16),
+            per_core(bias16),
+            scale.to(half).float().expand(*lead, 1, 1).reshape(cores).contiguous(),
+            den_c=total_ns / b if b else 0.0,
+            q_max=spec.adc_saturation_uA * total_ns if cfg.adc_saturation else math.inf,
+            c_max=float(spec.adc_max_count * self.phases),
+            floor_counts=cfg.adc_quantization,
+        )
+        return out.reshape(*lead, rows, m)
+
+    def _fresh_noise_(self, out: torch.Tensor, tau_aux: torch.Tensor, gen: torch.Generator | None) -> None:
+        """Add the per-MVM read noise of the half charge to ``out`` ``(..., B, m)`` in place.
 
         For y = (G + E)·x with independent E_ij ~ N(0, s_ij^2), y - G·x is exactly N(0, sum_j s_ij^2 x_j^2): one
-        matmul of the squared inputs gives every row its own fresh noise without a per-sample noise tensor
-        (DESIGN.md, "Fast by construction"). ``tau`` may already be in ``aux_dtype``.
+        matmul of the squared inputs (PWM levels ``tau_aux``, in ``aux_dtype``) gives every row its own fresh noise
+        without a per-sample noise tensor (DESIGN.md, "Fast by construction").
         """
         if self.fresh_var is None or gen is None:
             return
-        tau_aux = tau.to(self.aux_dtype)
         var = torch.matmul(tau_aux * tau_aux, self.fresh_var)
-        std = torch.sqrt(var.clamp_min_(0.0), out=self._buffer("std", var.shape, torch.float32))
-        if std.device.type == "cpu":
-            z = self._buffer("z", std.shape, torch.float32).normal_(generator=gen)
-        else:  # draws stay on the CPU generator, so a chip gives the same numbers on any device
-            z = torch.randn(std.shape, generator=gen).to(std.device)
-        out.addcmul_(z, std)
+        std = self._buffer("std", var.shape, torch.float32).copy_(var).clamp_min_(0.0).sqrt_()
+        out.addcmul_(self._normals(std.shape, gen), std)
 
-    def _fast_counts(self, tau: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Counts of the positive and negative counters from two products (module docstring, "Fast path").
+    def _fast_counts(self, tau: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """Counts ``(..., 2, B, m)`` of the positive and negative counters from two products (module docstring).
 
         pos - neg comes from the float32 product; pos + neg from the ``aux_dtype`` one. An error of the latter
         shifts both counters by the same charge and cancels in pos - neg to first order.
         """
         core, spec, cfg = self.core, self.core.spec, self.core.config
-        v = cfg.read_voltage_V
-        tau_aux = tau.to(self.aux_dtype)
-        if self.mode == "four-phase":
-            y_in, a_in = tau, tau_aux.abs()
-        else:
-            y_in = torch.cat([tau.clamp_min(0.0), (-tau).clamp_min_(0.0)], dim=-1)
-            a_in = y_in.to(self.aux_dtype)
-        out_shape = torch.Size(
-            (
-                *torch.broadcast_shapes(y_in.shape[:-2], self.y_matrix.shape[:-2]),
-                y_in.shape[-2],
-                self.y_matrix.shape[-1],
-            )
-        )
-        y = torch.matmul(y_in, self.y_matrix, out=self._buffer("y", out_shape, torch.float32))
-        self._fresh_noise_(y, tau_aux, gen)
-        a = torch.matmul(a_in, self.a_matrix)
-        q_pos = self._buffer("q_pos", out_shape, torch.float32)
-        q_neg = self._buffer("q_neg", out_shape, torch.float32)
-        torch.add(a, y, out=q_pos).mul_(0.5 * v)  # fC: x+·G+ + x-·G- (four-phase)
-        torch.sub(a, y, out=q_neg).mul_(0.5 * v)  # fC: x+·G- + x-·G+
-        window = spec.integration_time_ns
+        p = self._products(tau, gen)
+        y, a = self._float_y(p), p.a
+        if p.var is not None:
+            std = self._buffer("std", y.shape, torch.float32).copy_(p.var).clamp_min_(0.0).sqrt_()
+            z = p.z if p.z is not None else self._normals(y.shape, gen, p.key)  # type: ignore[arg-type]
+            y.add_(z.mul_(std))  # two roundings, as the fused kernel (addcmul_ may fuse them into one FMA)
+        if a.dtype != torch.float32:
+            a = self._buffer("a", y.shape, torch.float32).copy_(a)
+        q = self._buffer("q", torch.Size((*y.shape[:-2], 2, *y.shape[-2:])), torch.float32)
+        torch.add(a, y, out=q[..., 0, :, :])  # fC: x+·G+ + x-·G- (four-phase)
+        torch.sub(a, y, out=q[..., 1, :, :])  # fC: x+·G- + x-·G+
         adc = core.adc
-        den = self._buffer("den", out_shape, torch.float32)
-        c_pos = cco_counts_(q_pos, window, adc.gain[..., 0:1, :], adc.offset[..., 0:1, :], spec, cfg, self.phases, den)
-        c_neg = cco_counts_(q_neg, window, adc.gain[..., 1:2, :], adc.offset[..., 1:2, :], spec, cfg, self.phases, den)
-        return c_pos, c_neg
+        den = self._buffer("den", q.shape, torch.float32)
+        window = spec.integration_time_ns
+        return cco_counts_(q, window, adc.gain.unsqueeze(-2), adc.offset.unsqueeze(-2), spec, cfg, self.phases, den)
 
-    def _exact_four_phase_counts(
-        self, tau: torch.Tensor, gen: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Four-phase counts with the CCO evaluated at each phase's own mean current (four float32 products)."""
+    def _exact_four_phase_counts(self, tau: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """Four-phase counts ``(..., 2, B, m)`` with the CCO evaluated at each phase's own mean current (four
+        float32 products)."""
         core, spec, cfg = self.core, self.core.spec, self.core.config
         v = cfg.read_voltage_V
         window = spec.integration_time_ns
+        tau = tau.float()
+        noise = torch.zeros(
+            (*torch.broadcast_shapes(tau.shape[:-2], self.g_pos.shape[:-2]), tau.shape[-2], self.g_pos.shape[-2]),
+            device=tau.device,
+        )
+        self._fresh_noise_(noise, tau.to(self.aux_dtype), gen)  # half-charge units (fC)
+        tau = tau * spec.pwm_ns_per_lsb  # pulse durations (ns)
         tp, tn = tau.clamp_min(0.0), (-tau).clamp_min(0.0)
         gp, gn = self.g_pos.mT, self.g_neg.mT
         q_pp, q_mm = torch.matmul(tp, gp) * v, torch.matmul(tn, gn) * v
         q_pm, q_mp = torch.matmul(tp, gn) * v, torch.matmul(tn, gp) * v
-        noise = torch.zeros_like(q_pp)
-        self._fresh_noise_(noise, tau, gen)
-        q_pp, q_pm = q_pp + (0.5 * v) * noise, q_pm - (0.5 * v) * noise
+        q_pp, q_pm = q_pp + noise, q_pm - noise
         # Each counter keeps counting across its two phases (the CCO's phase carries over), so the count is
         # floored once, after both phases; only the CCO's non-linearity is evaluated per phase.
         frac = dataclasses.replace(cfg, adc_quantization=False)
@@ -253,9 +443,8 @@ class CoreReadout:
         o_p, o_n = adc.offset[..., 0:1, :], adc.offset[..., 1:2, :]
         c_pos = cco_counts(q_pp, window, g_p, o_p, spec, frac) + cco_counts(q_mm, window, g_p, o_p, spec, frac)
         c_neg = cco_counts(q_pm, window, g_n, o_n, spec, frac) + cco_counts(q_mp, window, g_n, o_n, spec, frac)
-        if cfg.adc_quantization:
-            c_pos, c_neg = torch.floor(c_pos), torch.floor(c_neg)
-        return c_pos, c_neg
+        counts = torch.stack([c_pos, c_neg], dim=-3)
+        return counts.floor_() if cfg.adc_quantization else counts
 
 
 @dataclass
@@ -341,14 +530,15 @@ class ProgrammedCore:
         g_pos = (g * (pol > 0)).sum(-3)
         g_neg = (g * (pol < 0)).sum(-3)
         aux = aux_dtype_for(g.device) if aux_precision == "auto" else _AUX_DTYPES[aux_precision]
+        half_charge = 0.5 * self.config.read_voltage_V * self.spec.pwm_ns_per_lsb  # fC / 2 per (uS · PWM level)
         if mode == "four-phase":
-            y_matrix = (g_pos - g_neg).mT.contiguous()
-            a_matrix = (g_pos + g_neg).mT
+            y_matrix = (g_pos - g_neg).mT * half_charge
+            a_matrix = (g_pos + g_neg).mT * half_charge
         else:  # rows of negative inputs are read with the negative voltage: G·(1 + a), and swap the counters
             g_neg_read = g * (1.0 + self.asymmetry)
             gp_r, gn_r = (g_neg_read * (pol > 0)).sum(-3), (g_neg_read * (pol < 0)).sum(-3)
-            y_matrix = torch.cat([(g_pos - g_neg).mT, (gn_r - gp_r).mT], dim=-2).contiguous()
-            a_matrix = torch.cat([(g_pos + g_neg).mT, (gp_r + gn_r).mT], dim=-2)
+            y_matrix = torch.cat([(g_pos - g_neg).mT, (gn_r - gp_r).mT], dim=-2) * half_charge
+            a_matrix = torch.cat([(g_pos + g_neg).mT, (gp_r + gn_r).mT], dim=-2) * half_charge
         base_scale = (
             self.w_max
             / (self.g_max_uS * self.config.read_voltage_V * self.spec.pwm_ns_per_lsb * self.spec.input_levels)
@@ -358,11 +548,12 @@ class ProgrammedCore:
             mode=mode,
             g_pos=g_pos,
             g_neg=g_neg,
-            y_matrix=y_matrix,
+            y_matrix=y_matrix.contiguous(),
             a_matrix=a_matrix.to(aux).contiguous(),
-            fresh_var=None if fresh_var is None else fresh_var.mT.to(aux).contiguous(),
+            fresh_var=None if fresh_var is None else (fresh_var.mT * half_charge**2).to(aux).contiguous(),
             out_scale=base_scale,
             aux_dtype=aux,
+            y_planes=int8_planes(y_matrix.contiguous()) if int8_products_for(g.device) else None,
         )
         if drift_compensation:
             readout.out_scale = base_scale * self._gdc_factor(readout, mode, gen)
@@ -389,8 +580,7 @@ class ProgrammedCore:
 
     def ldpu_combine(
         self,
-        c_pos: torch.Tensor,
-        c_neg: torch.Tensor,
+        counts: torch.Tensor,
         phases: int,
         out_scale: torch.Tensor,
         output_dtype: torch.dtype = torch.float32,
@@ -400,18 +590,20 @@ class ProgrammedCore:
         Computed in ``torch.float16`` so that every operation rounds as the LDPU's FP16 units do.
 
         Args:
-            c_pos, c_neg: counts ``(..., B, m)``; ``phases``: phases each count was collected over.
+            counts: ``(..., 2, B, m)`` counts of the positive (index 0) and negative (1) counters, each collected
+                over ``phases`` phases.
             out_scale: ``(..., 1, 1)`` output units per fC.
 
         Returns:
             ``(..., B, m)`` FP16 values, as ``output_dtype``.
         """
         half = torch.float16
-        inv_a = self.adc.inv_alpha.to(half)
-        bias = (-phases * self.adc.beta * self.adc.inv_alpha).to(half)
-        q_pos = torch.addcmul(bias[..., 0:1, :], c_pos.to(half), inv_a[..., 0:1, :])
-        q_neg = torch.addcmul(bias[..., 1:2, :], c_neg.to(half), inv_a[..., 1:2, :])
-        return q_pos.sub_(q_neg).mul_(out_scale.to(half)).to(output_dtype)
+        inv_a = self.adc.inv_alpha.unsqueeze(-2)
+        bias = (-phases * self.adc.beta).unsqueeze(-2) * inv_a
+        q = counts.to(half)
+        torch.addcmul(bias.to(half), q, inv_a.to(half), out=q)  # corrected charge of each counter (fC)
+        diff = torch.sub(q[..., 0, :, :], q[..., 1, :, :])
+        return diff.mul_(out_scale.to(half)).to(output_dtype)
 
     def mvm(
         self,

@@ -1,0 +1,118 @@
+"""The input side of a four-phase MVM in one pass (simulation numerics, not physics).
+
+The fast path's products (:mod:`aimc.core.analog`) take the PWM levels tau of the input three ways: as int8 for the
+pos - neg product on int8 planes, |tau| for the pos + neg product and tau^2 for the fresh-noise variance, the last
+two in the auxiliary dtype (bfloat16 on CPUs that multiply it natively). As PyTorch operations (quantise, convert,
+absolute value, square, and the copies that gather each core's block of rows) these are about ten passes over the
+input. :func:`prepare_four_phase` makes all three in one compiled pass (numba) straight from the input as the caller
+has it: values to quantise (SPEC §1 "input": round half to even, clip at full scale, as
+:func:`aimc.core.pwm.quantize_input` does), or PWM levels already, e.g. an im2col matrix viewed as (images,
+positions, K) without transposing it first. The results equal the PyTorch operations' bit for bit (bfloat16 values
+rounded to nearest even); ``tests/test_fused.py`` checks that.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from aimc.core.philox import run_rows
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    numba = None
+
+
+class FourPhaseInputs(NamedTuple):
+    """The three forms of the PWM levels of ``(r, R, n)`` inputs (r row blocks, R rows, n inputs per core).
+
+    levels: int8 tau; magnitude: |tau| and square: tau^2, both in ``aux_dtype``.
+    """
+
+    levels: torch.Tensor
+    magnitude: torch.Tensor
+    square: torch.Tensor
+
+
+if numba is not None:
+
+    @numba.njit(inline="always", error_model="numpy")
+    def _bf16_bits(v):  # pragma: no cover - compiled
+        """bfloat16 bit pattern (as int16) of a float32, rounded to nearest even."""
+        bits = np.float32(v).view(np.int32)
+        return np.int16((bits + np.int32(0x7FFF) + ((bits >> 16) & 1)) >> 16)
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def _prepare(src, is_bf16, scale, limit, quantize, n, out_i8, out_mag, out_sq, aux_bf16, r0, r1):
+        # pragma: no cover - compiled
+        """Rows r0..r1 of src ``(A, B, K)`` (row = a·B + b; int16 bfloat16 bits or float32) into the ``(r, A·B, n)``
+        outputs; columns k >= K are zero (the padding of the last row block)."""
+        n_b = src.shape[1]
+        k_in = src.shape[2]
+        blocks = out_i8.shape[0]
+        for row in range(r0, r1):
+            a = row // n_b
+            b = row - a * n_b
+            for blk in range(blocks):
+                for j in range(n):
+                    k = blk * n + j
+                    v = np.float32(0.0)
+                    if k < k_in:
+                        if is_bf16:
+                            v = np.int32(np.int32(src[a, b, k]) << 16).view(np.float32)
+                        else:
+                            v = np.float32(src[a, b, k])
+                    if quantize:
+                        v = min(max(np.float32(np.rint(v * scale)), -limit), limit)
+                    out_i8[blk, row, j] = np.int8(v)
+                    if aux_bf16:
+                        out_mag[blk, row, j] = _bf16_bits(abs(v))
+                        out_sq[blk, row, j] = _bf16_bits(v * v)
+                    else:
+                        out_mag[blk, row, j] = abs(v)
+                        out_sq[blk, row, j] = v * v
+
+
+def prepare_four_phase(
+    src: torch.Tensor, n: int, blocks: int, aux_dtype: torch.dtype, scale: float | None = None, limit: int = 127
+) -> FourPhaseInputs:
+    """The int8 levels, |levels| and levels^2 of ``src`` in row blocks of ``n`` inputs.
+
+    Args:
+        src: ``(A, B, K)`` float32 values (with ``scale``) or bfloat16/float32 PWM levels (``scale`` None), any
+            strides; its rows are the A·B pairs (a, b), its K columns are split into ``blocks`` blocks of ``n``
+            (zero-padded).
+        aux_dtype: ``torch.bfloat16`` or ``torch.float32``, the dtype of magnitude and square.
+        scale: quantise ``src`` as levels = clip(round(src·scale), -limit, limit) (``quantize_input``'s
+            ``levels / x_range``); None takes ``src`` as levels already.
+
+    Returns:
+        :class:`FourPhaseInputs`, each ``(blocks, A·B, n)``.
+    """
+    a_dim, b_dim, k_in = src.shape
+    if k_in > blocks * n:
+        raise ValueError(f"{k_in} columns do not fit {blocks} blocks of {n}")
+    rows = a_dim * b_dim
+    out_i8 = torch.empty((blocks, rows, n), dtype=torch.int8)
+    out_mag = torch.empty((blocks, rows, n), dtype=aux_dtype)
+    out_sq = torch.empty((blocks, rows, n), dtype=aux_dtype)
+    is_bf16 = src.dtype == torch.bfloat16
+    src_np = src.view(torch.int16).numpy() if is_bf16 else src.float().numpy()
+    bf = aux_dtype == torch.bfloat16
+    args = (
+        src_np,
+        is_bf16,
+        np.float32(scale if scale is not None else 1.0),
+        np.float32(limit),
+        scale is not None,
+        n,
+        out_i8.numpy(),
+        (out_mag.view(torch.int16) if bf else out_mag).numpy(),
+        (out_sq.view(torch.int16) if bf else out_sq).numpy(),
+        bf,
+    )
+    run_rows(_prepare, args, rows, rows * blocks * n)
+    return FourPhaseInputs(out_i8, out_mag, out_sq)

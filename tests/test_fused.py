@@ -1,0 +1,234 @@
+"""The fused converter/LDPU kernel, the int8 product planes and the parallel normal draws (simulation numerics).
+
+The fused kernel must give the numbers of the PyTorch path (same float32 operations, FP16 rounding on the bits);
+the int8 planes must encode the pos - neg matrix to within half a step; the normal draws must not depend on the
+thread count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from aimc import CoreConfig, program_core
+from aimc.core import fused
+from aimc.core.fastmath import PLANE_LEVELS, int8_planes, int8_product
+from aimc.core.normals import fill_normal_
+from aimc.core.philox import draw_key, fill_normal_rows_
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not installed")
+
+
+def _problem(seed: int, cores: tuple[int, ...], m: int, n: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand((*cores, m, n), generator=g) * 2 - 1
+    x = (torch.rand((cores[0], 1, batch, n) if cores else (batch, n), generator=g) * 2 - 1) * (
+        torch.rand((batch, n), generator=g) > 0.3
+    )
+    return w, x
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal, up to a rare one-count difference where a CPU's vector units fuse a multiply-add differently."""
+    diff = (a - b).abs()
+    assert float((diff > 0).float().mean()) <= 1e-4
+    assert float(diff.max()) <= 0.05 * float(a.abs().max())
+
+
+@pytest.mark.parametrize("mode", ["four-phase", "one-phase"])
+@pytest.mark.parametrize("aux", ["bfloat16", "float32"])
+def test_fused_kernel_gives_the_torch_paths_numbers(mode, aux):
+    w, x = _problem(0, (3, 2), 100, 120, 300)  # stacked cores; the input broadcasts over the column blocks
+    core = program_core(w, "hermes-2dev", "tdp", 0)
+    readout = core.prepare(3600.0, mode, 1, aux_precision=aux)
+    _agree(readout.mvm(x, 7, backend="fused"), readout.mvm(x, 7, backend="torch"))
+    quiet = core.prepare(3600.0, mode, 1, read_noise=False, aux_precision=aux)
+    _agree(quiet.mvm(x, backend="fused", output_dtype=torch.float16).float(), quiet.mvm(x, backend="torch"))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        CoreConfig(cco_nonlinearity_per_uA=0.0),
+        CoreConfig(adc_quantization=False),
+        CoreConfig(adc_saturation=False),
+    ],
+    ids=["linear-cco", "no-floor", "no-saturation"],
+)
+def test_fused_kernel_follows_the_converter_settings(config):
+    w, x = _problem(1, (), 64, 256, 200)
+    core = program_core(w, "hermes-1dev", "odp", 3, config=config)
+    readout = core.prepare(86400.0, "four-phase", 2)
+    _agree(readout.mvm(x * 3.0, 5, x_range=2.0, backend="fused"), readout.mvm(x * 3.0, 5, x_range=2.0, backend="torch"))
+
+
+def test_fused_and_float32_products_agree_with_the_exact_matmul_when_noise_free():
+    """The int8 planes change the pos - neg product only at the 15-bit level: far below the converters' error."""
+    w, x = _problem(2, (), 128, 256, 500)
+    core = program_core(w, "ideal", "tdp", 0)
+    readout = core.prepare(0.0, "four-phase", 0, read_noise=False, aux_precision="float32")
+    with_planes = readout.mvm(x)
+    readout_f32 = dataclasses.replace(readout, y_planes=None, _work={})
+    without = readout_f32.mvm(x)
+    diff = (with_planes - without).abs()
+    count = float(core.adc.inv_alpha.max() * readout.out_scale.max())  # one CCO count in output units
+    assert float(diff.max()) <= 1.5 * count  # where a count's floor falls the other way
+    assert float((diff > 0).float().mean()) < 0.01
+    scale = float((x @ w.T).abs().max())
+    assert float((with_planes - x @ w.T).std()) <= 0.01 * scale
+
+
+def test_round_f16_is_torch_float16_conversion():
+    g = torch.Generator().manual_seed(0)
+    mags = torch.pow(2.0, torch.empty(200_000).uniform_(-30, 17, generator=g))
+    x = mags * torch.where(torch.rand(200_000, generator=g) < 0.5, -1.0, 1.0)
+    ties = torch.arange(2048, 8192, dtype=torch.float32)  # integers past 2048: every other one is a tie
+    edge = torch.tensor([0.0, -0.0, 65504.0, 65519.0, 65520.0, -65520.0, 6.1035e-05, 5.96e-08, 2.98e-08, 1e-9])
+    x = torch.cat([x, ties, ties + 0.5, edge])
+    out = torch.empty_like(x)
+    for i, v in enumerate(x.numpy()):
+        out[i] = float(fused._round_f16(v))
+    assert torch.equal(out, x.half().float())
+
+
+def test_int8_planes_encode_the_matrix_within_half_a_step():
+    g = torch.Generator().manual_seed(1)
+    m = torch.randn((3, 250, 40), generator=g) * torch.tensor([1e-3, 1.0, 50.0]).view(3, 1, 1)
+    hi, lo, step = int8_planes(m)
+    assert hi.dtype == lo.dtype == torch.int8
+    recon = step.double() * (256.0 * hi.double() + lo.double())
+    assert bool(((recon - m.double()).abs() <= 0.501 * step.double()).all())  # float32 m/step: +-0.002 of a step
+    assert torch.allclose(step.flatten(), m.abs().amax(dim=(-2, -1)) / PLANE_LEVELS)
+    x = torch.randint(-127, 128, (3, 17, 250)).float()
+    y_hi, y_lo = torch.empty(3, 17, 40, dtype=torch.int32), torch.empty(3, 17, 40, dtype=torch.int32)
+    int8_product(x, hi, lo, y_hi, y_lo)
+    assert torch.equal(y_hi, (x @ hi.float()).int())
+    assert torch.equal(y_lo, (x @ lo.float()).int())
+
+
+def test_normal_draws_do_not_depend_on_the_thread_count():
+    threads = torch.get_num_threads()
+    try:
+        draws = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            draws.append(fill_normal_(torch.empty(400_000), torch.Generator().manual_seed(9)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(draws[0], draws[1])
+    z = draws[0]
+    # 4e5 draws: the mean's std is 0.0016, the variance's 0.0022; both halves come from independent streams
+    assert abs(float(z.mean())) < 0.008
+    assert abs(float(z.var()) - 1.0) < 0.011
+    assert abs(float(torch.corrcoef(torch.stack([z[:200_000], z[200_000:]]))[0, 1])) < 0.011
+    assert not torch.equal(fill_normal_(torch.empty(400_000), torch.Generator().manual_seed(10)), z)
+
+
+def test_same_seed_same_outputs_on_one_and_two_threads():
+    w, x = _problem(3, (2, 1), 200, 250, 400)
+    core = program_core(w, "hermes-2dev", "tdp", 0)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(core.prepare(3600.0, "four-phase", 4).mvm(x, 11, backend="fused"))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_fused_backend_refuses_what_it_cannot_run():
+    w, x = _problem(4, (), 16, 32, 8)
+    readout = program_core(w, "hermes-2dev", "tdp", 0).prepare(3600.0, "four-phase", 0)
+    with pytest.raises(Exception, match="backend"):
+        readout.mvm(x, 1, backend="numba")
+    with pytest.raises(Exception, match="scalar x_range"):
+        readout.mvm(x, 1, x_range=torch.tensor(1.0), backend="fused")
+
+
+def test_philox_matches_the_random123_known_answers():
+    """Philox4x32-10 known-answer vectors of Random123 (tests/kat_vectors): counter, key -> four output words."""
+    import numba
+    import numpy as np
+
+    from aimc.core.philox import philox4x32
+
+    kat = numba.njit(lambda c, k: philox4x32(c[0], c[1], c[2], c[3], k[0], k[1]))
+    vectors = [
+        ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+        ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+        (
+            [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+            [0xA4093822, 0x299F31D0],
+            [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1],
+        ),
+    ]
+    for counter, key, expected in vectors:
+        out = kat(np.array(counter, dtype=np.uint32), np.array(key, dtype=np.uint32))
+        assert [int(w) for w in out] == expected
+
+
+def test_philox_normals_are_standard_normal_and_thread_independent():
+    key = draw_key(torch.Generator().manual_seed(5))
+    threads = torch.get_num_threads()
+    try:
+        draws = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            draws.append(fill_normal_rows_(torch.empty(4001, 250), key))  # an odd row count, m not a multiple of 4
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(draws[0], draws[1])
+    z = draws[0].flatten().double()
+    n = z.numel()  # 1,000,250 draws: std of the mean 0.001, of the variance 0.0014, of skew 0.0024, of kurtosis 0.005
+    assert abs(float(z.mean())) < 0.005
+    assert abs(float(z.var()) - 1.0) < 0.007
+    assert abs(float((z**3).mean())) < 0.012
+    assert abs(float((z**4).mean()) - 3.0) < 0.025
+    # Kolmogorov-Smirnov distance to the normal CDF: the 1e-4 critical value for n = 1e6 is 0.0022
+    ecdf = torch.arange(1, n + 1, dtype=torch.float64) / n
+    assert float((torch.special.ndtr(z.sort().values) - ecdf).abs().max()) < 0.0022
+    # the tails: P(|z| > 3) = 0.0027 (binomial std 5e-5), and draws reach beyond 4.5 sigma
+    assert abs(float((z.abs() > 3).double().mean()) - 0.0026998) < 0.00026
+    assert float(z.abs().max()) > 4.5
+    # neighbouring elements (same Philox block) and rows are uncorrelated
+    pairs = draws[0][:, :248].reshape(-1, 2).T.double()
+    assert abs(float(torch.corrcoef(pairs)[0, 1])) < 0.005
+    rows = torch.stack([draws[0][0:4000:2].flatten(), draws[0][1:4001:2].flatten()]).double()
+    assert abs(float(torch.corrcoef(rows)[0, 1])) < 0.005
+
+
+@pytest.mark.parametrize("aux", [torch.bfloat16, torch.float32])
+def test_prepared_inputs_equal_the_pytorch_operations(aux):
+    from aimc.core.inputs import prepare_four_phase
+    from aimc.core.pwm import quantize_input
+    from aimc.spec import ChipSpec
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn((3, 40, 7), generator=g) * 2.0  # some values beyond x_range: saturate
+    x[0, 0, :3] = torch.tensor([0.5, -0.5, 1.5]) * (1.3 / 127)  # ties of the rounding (half to even)
+    levels = quantize_input(x, 1.3, ChipSpec.hermes())
+    out = prepare_four_phase(x.transpose(0, 1), 3, 3, aux, scale=127 / 1.3)  # strided (40, 3, 7): 9 blocks of 3
+    rows = levels.transpose(0, 1).reshape(120, 7)
+    padded = torch.nn.functional.pad(rows, (0, 2)).reshape(120, 3, 3).permute(1, 0, 2)
+    assert torch.equal(out.levels, padded.to(torch.int8))
+    assert torch.equal(out.magnitude, padded.to(aux).abs())
+    assert torch.equal(out.square, padded.to(aux) * padded.to(aux))
+    again = prepare_four_phase(levels.transpose(0, 1).to(torch.bfloat16), 3, 3, aux)  # levels given
+    assert all(torch.equal(a, b) for a, b in zip(again, out, strict=True))
+
+
+def test_chip_runs_the_same_with_and_without_the_fused_kernels(monkeypatch):
+    from aimc import compile as compile_network
+    from aimc import models, program
+
+    model = models.resnet9(seed=0).eval()
+    x = torch.randn((6, 3, 32, 32), generator=torch.Generator().manual_seed(7))
+    chip = program(compile_network(model, example_input=x), "hermes-2dev", "tdp", seed=0)
+    fast = chip.run(x, t=3600.0, seed=1, read_noise=False)
+    monkeypatch.setattr(fused, "available", lambda: False)
+    slow = chip.run(x, t=3600.0, seed=1, read_noise=False)
+    assert torch.equal(fast, slow)
