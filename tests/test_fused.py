@@ -232,3 +232,20 @@ def test_chip_runs_the_same_with_and_without_the_fused_kernels(monkeypatch):
     monkeypatch.setattr(fused, "available", lambda: False)
     slow = chip.run(x, t=3600.0, seed=1, read_noise=False)
     assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation"),
+    [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 2), (2, 1), (0, 2), (2, 1))],
+)
+def test_conv_inputs_are_the_im2col_matrix(kernel, stride, padding, dilation):
+    from aimc.core.inputs import prepare_conv_four_phase, prepare_four_phase
+
+    g = torch.Generator().manual_seed(8)
+    levels = torch.randint(-127, 128, (2, 5, 9, 8), generator=g).to(torch.bfloat16)
+    k = 5 * kernel[0] * kernel[1]
+    n, blocks = 8, -(-k // 8)
+    got = prepare_conv_four_phase(levels, kernel, stride, padding, dilation, n, blocks, torch.bfloat16)
+    cols = torch.nn.functional.unfold(levels.float(), kernel, dilation=dilation, padding=padding, stride=stride)
+    want = prepare_four_phase(cols.transpose(1, 2).to(torch.bfloat16), n, blocks, torch.bfloat16)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

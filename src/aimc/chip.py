@@ -29,7 +29,7 @@ from aimc.compiler.layout import (
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
 from aimc.core.analog import STRATEGIES, CoreReadout, ProgrammedCore, polarity_g_max, program_core
 from aimc.core.config import CoreConfig
-from aimc.core.inputs import FourPhaseInputs, prepare_four_phase
+from aimc.core.inputs import FourPhaseInputs, prepare_conv_four_phase, prepare_four_phase
 from aimc.core.pwm import quantize_input
 from aimc.devices.base import DeviceModel, check_time
 from aimc.devices.registry import get as get_device
@@ -377,11 +377,11 @@ def _mvm_prepared(layer: MappedLayer, readout: CoreReadout, x: torch.Tensor, gen
     t = layer.tiling
     if layer.kind == "conv2d":
         g = layer.geometry
-        cols = F.unfold(x, g["kernel"], dilation=g["dilation"], padding=g["padding"], stride=g["stride"])
-        src = cols.transpose(1, 2)  # (images, positions, K), a view
+        inputs = prepare_conv_four_phase(
+            x, g["kernel"], g["stride"], g["padding"], g["dilation"], t.block_inputs, t.row_blocks, readout.aux_dtype
+        )
     else:
-        src = x.reshape(1, -1, x.shape[-1])
-    inputs = prepare_four_phase(src, t.block_inputs, t.row_blocks, readout.aux_dtype)
+        inputs = prepare_four_phase(x.reshape(1, -1, x.shape[-1]), t.block_inputs, t.row_blocks, readout.aux_dtype)
     inputs = FourPhaseInputs(*(v.unsqueeze(1) for v in inputs))  # (r, 1, R, n)
     return readout.mvm_prepared(inputs, gen, x_range=layer.x_range, output_dtype=torch.float16)
 

@@ -45,6 +45,16 @@ if numba is not None:
         bits = np.float32(v).view(np.int32)
         return np.int16((bits + np.int32(0x7FFF) + ((bits >> 16) & 1)) >> 16)
 
+    @numba.njit(inline="always", error_model="numpy")
+    def _store(v, blk, row, j, out_i8, out_mag, out_sq, aux_bf16):  # pragma: no cover - compiled
+        out_i8[blk, row, j] = np.int8(v)
+        if aux_bf16:
+            out_mag[blk, row, j] = _bf16_bits(abs(v))
+            out_sq[blk, row, j] = _bf16_bits(v * v)
+        else:
+            out_mag[blk, row, j] = abs(v)
+            out_sq[blk, row, j] = v * v
+
     @numba.njit(nogil=True, cache=True, error_model="numpy")
     def _prepare(src, is_bf16, scale, limit, quantize, n, out_i8, out_mag, out_sq, aux_bf16, r0, r1):
         # pragma: no cover - compiled
@@ -67,13 +77,77 @@ if numba is not None:
                             v = np.float32(src[a, b, k])
                     if quantize:
                         v = min(max(np.float32(np.rint(v * scale)), -limit), limit)
-                    out_i8[blk, row, j] = np.int8(v)
-                    if aux_bf16:
-                        out_mag[blk, row, j] = _bf16_bits(abs(v))
-                        out_sq[blk, row, j] = _bf16_bits(v * v)
-                    else:
-                        out_mag[blk, row, j] = abs(v)
-                        out_sq[blk, row, j] = v * v
+                    _store(v, blk, row, j, out_i8, out_mag, out_sq, aux_bf16)
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def _prepare_conv(img, offsets, h_out, w_out, w_pad, s_h, s_w, n, out_i8, out_mag, out_sq, aux_bf16, r0, r1):
+        # pragma: no cover - compiled
+        """Rows r0..r1 (row = (image, y, x) of the output) of the im2col matrix of ``img`` ``(N, C·Hp·Wp)`` (int16
+        bfloat16 bits of PWM levels, zero-padded), column k at ``offsets[k]`` from the patch's corner."""
+        k_in = offsets.shape[0]
+        blocks = out_i8.shape[0]
+        per_image = h_out * w_out
+        for row in range(r0, r1):
+            image = row // per_image
+            pos = row - image * per_image
+            y = pos // w_out
+            corner = y * s_h * w_pad + (pos - y * w_out) * s_w
+            for blk in range(blocks):
+                for j in range(n):
+                    k = blk * n + j
+                    v = np.float32(0.0)
+                    if k < k_in:
+                        v = np.int32(np.int32(img[image, corner + offsets[k]]) << 16).view(np.float32)
+                    _store(v, blk, row, j, out_i8, out_mag, out_sq, aux_bf16)
+
+
+def _outputs(blocks: int, rows: int, n: int, aux_dtype: torch.dtype) -> tuple[FourPhaseInputs, tuple]:
+    out = FourPhaseInputs(
+        torch.empty((blocks, rows, n), dtype=torch.int8),
+        torch.empty((blocks, rows, n), dtype=aux_dtype),
+        torch.empty((blocks, rows, n), dtype=aux_dtype),
+    )
+    bf = aux_dtype == torch.bfloat16
+    arrays = tuple((v.view(torch.int16) if bf and v.dtype == torch.bfloat16 else v).numpy() for v in out)
+    return out, (*arrays, bf)
+
+
+def prepare_conv_four_phase(
+    levels: torch.Tensor,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    n: int,
+    blocks: int,
+    aux_dtype: torch.dtype,
+) -> FourPhaseInputs:
+    """:func:`prepare_four_phase` of the im2col matrix of a convolution's input, gathered straight from the image.
+
+    Args:
+        levels: ``(N, C, H, W)`` bfloat16 PWM levels of the layer's input.
+        kernel, stride, padding, dilation: the convolution's geometry (as ``torch.nn.functional.unfold``'s); the
+            columns follow unfold's (channel, kernel row, kernel column) order.
+
+    Returns:
+        :class:`FourPhaseInputs`, each ``(blocks, N·H_out·W_out, n)``.
+    """
+    img = torch.nn.functional.pad(levels, (padding[1], padding[1], padding[0], padding[0]))
+    images, channels, h_pad, w_pad = img.shape
+    h_out = (h_pad - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    w_out = (w_pad - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    c = torch.arange(channels).view(-1, 1, 1) * (h_pad * w_pad)
+    i = torch.arange(kernel[0]).view(1, -1, 1) * (dilation[0] * w_pad)
+    j = torch.arange(kernel[1]).view(1, 1, -1) * dilation[1]
+    offsets = (c + i + j).flatten().numpy()
+    if offsets.shape[0] > blocks * n:
+        raise ValueError(f"{offsets.shape[0]} columns do not fit {blocks} blocks of {n}")
+    rows = images * h_out * w_out
+    out, arrays = _outputs(blocks, rows, n, aux_dtype)
+    flat = img.reshape(images, -1).contiguous().view(torch.int16).numpy()
+    args = (flat, offsets, h_out, w_out, w_pad, stride[0], stride[1], n, *arrays)
+    run_rows(_prepare_conv, args, rows, rows * blocks * n)
+    return out
 
 
 def prepare_four_phase(
@@ -96,23 +170,10 @@ def prepare_four_phase(
     if k_in > blocks * n:
         raise ValueError(f"{k_in} columns do not fit {blocks} blocks of {n}")
     rows = a_dim * b_dim
-    out_i8 = torch.empty((blocks, rows, n), dtype=torch.int8)
-    out_mag = torch.empty((blocks, rows, n), dtype=aux_dtype)
-    out_sq = torch.empty((blocks, rows, n), dtype=aux_dtype)
+    out, arrays = _outputs(blocks, rows, n, aux_dtype)
     is_bf16 = src.dtype == torch.bfloat16
     src_np = src.view(torch.int16).numpy() if is_bf16 else src.float().numpy()
-    bf = aux_dtype == torch.bfloat16
-    args = (
-        src_np,
-        is_bf16,
-        np.float32(scale if scale is not None else 1.0),
-        np.float32(limit),
-        scale is not None,
-        n,
-        out_i8.numpy(),
-        (out_mag.view(torch.int16) if bf else out_mag).numpy(),
-        (out_sq.view(torch.int16) if bf else out_sq).numpy(),
-        bf,
-    )
+    scale_f = np.float32(scale if scale is not None else 1.0)
+    args = (src_np, is_bf16, scale_f, np.float32(limit), scale is not None, n, *arrays)
     run_rows(_prepare, args, rows, rows * blocks * n)
-    return FourPhaseInputs(out_i8, out_mag, out_sq)
+    return out
