@@ -219,10 +219,12 @@ class CoreReadout:
         spec = core.spec
         gen = make_generator(generator, "generator") if self.fresh_var is not None else None
         if not quantize:
-            tau = x.to(self.g_pos.dtype) * (spec.input_levels / x_range)  # PWM levels, unrounded
-            y = torch.matmul(tau, self.y_matrix[..., :n, :])  # half the (pos - neg) charge, fC
-            self._fresh_noise_(y, tau.to(self.aux_dtype), gen)
-            return y * (2.0 * self.out_scale * x_range)
+            levels_in = x.to(self.g_pos.dtype) * (spec.input_levels / x_range)  # PWM levels, unrounded
+            tau = levels_in * spec.pwm_ns_per_lsb  # pulse durations (ns)
+            y = torch.matmul(tau, (self.g_pos - self.g_neg).mT)  # (pos - neg) charge / V: uS·ns
+            half_charge = 0.5 * core.config.read_voltage_V * spec.pwm_ns_per_lsb  # fC / 2 per (uS · PWM level)
+            self._fresh_noise_(y, levels_in.to(self.aux_dtype), gen, scale=spec.pwm_ns_per_lsb / half_charge)
+            return y * (core.config.read_voltage_V * self.out_scale * x_range)
         if self.takes_prepared_inputs and backend != "torch" and not exact_phases and isinstance(x_range, int | float):
             src = x.reshape(1, -1, n)  # all rows, in order, as one block of n inputs
             prepared = prepare_four_phase(
@@ -381,8 +383,10 @@ class CoreReadout:
         )
         return out.reshape(*lead, rows, m)
 
-    def _fresh_noise_(self, out: torch.Tensor, tau_aux: torch.Tensor, gen: torch.Generator | None) -> None:
-        """Add the per-MVM read noise of the half charge to ``out`` ``(..., B, m)`` in place.
+    def _fresh_noise_(
+        self, out: torch.Tensor, tau_aux: torch.Tensor, gen: torch.Generator | None, scale: float = 1.0
+    ) -> None:
+        """Add the per-MVM read noise of the half charge, times ``scale``, to ``out`` ``(..., B, m)`` in place.
 
         For y = (G + E)·x with independent E_ij ~ N(0, s_ij^2), y - G·x is exactly N(0, sum_j s_ij^2 x_j^2): one
         matmul of the squared inputs (PWM levels ``tau_aux``, in ``aux_dtype``) gives every row its own fresh noise
@@ -392,6 +396,8 @@ class CoreReadout:
             return
         var = torch.matmul(tau_aux * tau_aux, self.fresh_var)
         std = self._buffer("std", var.shape, torch.float32).copy_(var).clamp_min_(0.0).sqrt_()
+        if scale != 1.0:
+            std.mul_(scale)
         out.addcmul_(self._normals(std.shape, gen), std)
 
     def _fast_counts(self, tau: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
