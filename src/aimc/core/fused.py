@@ -8,9 +8,8 @@ of them in one pass, compiled by numba (no C compiler needed), with the same flo
 and FP16 rounding (round to nearest even, subnormals and overflow included) done on the bits, so that its results
 equal the PyTorch path's; ``tests/test_fused.py`` checks that.
 
-The kernel is single-threaded and releases the GIL; :func:`adc_ldpu` splits the rows in two and runs the halves on
-two threads when PyTorch is allowed two (``torch.get_num_threads()``). numba's own thread pools are not used, so the
-kernel is safe to call from several threads and in forked processes.
+The kernel treats each output row on its own; :func:`adc_ldpu` runs the rows on PyTorch's threads where numba's
+parallel runtime is safe to use (:func:`aimc.core.rowpar.run_rows`), serially elsewhere, with the same results.
 
 Without numba (or with the environment variable ``AIMC_FUSED=0``) :func:`available` is False and the core uses its
 PyTorch path.
@@ -23,7 +22,8 @@ import os
 import numpy as np
 import torch
 
-from aimc.core.philox import normal_row, run_rows
+from aimc.core.philox import normal_row
+from aimc.core.rowpar import run_rows
 
 try:  # numba is a dependency, but a platform without its wheels still runs (on the PyTorch path)
     import numba
@@ -146,6 +146,17 @@ if numba is not None:
             for j in range(m):
                 o_row[j] = _round_f16(_round_f16(s_p[j] - s_n[j]) * s)
 
+    @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
+    def _kernel_par(
+        y, y_hi, y_lo, y_step, y_int, a, a_bf16, var, var_bf16, key, noise,
+        gk, ok, ia, bias, scale, den_c, q_max, c_max, floor_counts, out, rows, chunks,
+    ):  # fmt: skip  # pragma: no cover - compiled
+        for c in numba.prange(chunks):
+            _kernel(
+                y, y_hi, y_lo, y_step, y_int, a, a_bf16, var, var_bf16, key, noise, gk, ok, ia, bias, scale,
+                den_c, q_max, c_max, floor_counts, out, rows * c // chunks, rows * (c + 1) // chunks,
+            )  # fmt: skip
+
     @numba.njit(inline="always", error_model="numpy")
     def _counter(s_a, s_y, sign, gk, ok, den_c, q_max, c_max, floor_counts, out):  # pragma: no cover - compiled
         """Counts of one counter of a row: charge a + sign·y (each loop touches few arrays, so it vectorises)."""
@@ -231,5 +242,5 @@ def adc_ldpu(
         floor_counts,
         out.numpy(),
     )
-    run_rows(_kernel, args, cores * rows, cores * rows * m)
+    run_rows(_kernel, _kernel_par, args, cores * rows, cores * rows * m)
     return out

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from aimc.core.philox import run_rows
+from aimc.core.rowpar import run_rows
 
 try:
     import numba
@@ -46,14 +46,21 @@ if numba is not None:
         return np.int16((bits + np.int32(0x7FFF) + ((bits >> 16) & 1)) >> 16)
 
     @numba.njit(inline="always", error_model="numpy")
-    def _store(v, blk, row, j, out_i8, out_mag, out_sq, aux_bf16):  # pragma: no cover - compiled
-        out_i8[blk, row, j] = np.int8(v)
+    def _store_row(v, blk, row, out_i8, out_mag, out_sq, aux_bf16):  # pragma: no cover - compiled
+        """The three forms of one block-row of levels ``v`` (float32, length n); simple loops that vectorise."""
+        o_i8, o_mag, o_sq = out_i8[blk, row], out_mag[blk, row], out_sq[blk, row]
+        for j in range(v.shape[0]):
+            o_i8[j] = np.int8(v[j])
         if aux_bf16:
-            out_mag[blk, row, j] = _bf16_bits(abs(v))
-            out_sq[blk, row, j] = _bf16_bits(v * v)
+            for j in range(v.shape[0]):
+                o_mag[j] = _bf16_bits(abs(v[j]))
+            for j in range(v.shape[0]):
+                o_sq[j] = _bf16_bits(v[j] * v[j])
         else:
-            out_mag[blk, row, j] = abs(v)
-            out_sq[blk, row, j] = v * v
+            for j in range(v.shape[0]):
+                o_mag[j] = abs(v[j])
+            for j in range(v.shape[0]):
+                o_sq[j] = v[j] * v[j]
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")
     def _prepare(src, is_bf16, scale, limit, quantize, n, out_i8, out_mag, out_sq, aux_bf16, r0, r1):
@@ -63,21 +70,26 @@ if numba is not None:
         n_b = src.shape[1]
         k_in = src.shape[2]
         blocks = out_i8.shape[0]
+        v = np.zeros(n, dtype=np.float32)
         for row in range(r0, r1):
             a = row // n_b
             b = row - a * n_b
+            s_row = src[a, b]
             for blk in range(blocks):
-                for j in range(n):
-                    k = blk * n + j
-                    v = np.float32(0.0)
-                    if k < k_in:
-                        if is_bf16:
-                            v = np.int32(np.int32(src[a, b, k]) << 16).view(np.float32)
-                        else:
-                            v = np.float32(src[a, b, k])
-                    if quantize:
-                        v = min(max(np.float32(np.rint(v * scale)), -limit), limit)
-                    _store(v, blk, row, j, out_i8, out_mag, out_sq, aux_bf16)
+                k0 = blk * n
+                width = min(n, k_in - k0)
+                if is_bf16:
+                    for j in range(width):
+                        v[j] = np.int32(np.int32(s_row[k0 + j]) << 16).view(np.float32)
+                else:
+                    for j in range(width):
+                        v[j] = np.float32(s_row[k0 + j])
+                for j in range(width, n):
+                    v[j] = np.float32(0.0)
+                if quantize:
+                    for j in range(n):
+                        v[j] = min(max(np.float32(np.rint(v[j] * scale)), -limit), limit)
+                _store_row(v, blk, row, out_i8, out_mag, out_sq, aux_bf16)
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")
     def _prepare_conv(img, offsets, h_out, w_out, w_pad, s_h, s_w, n, out_i8, out_mag, out_sq, aux_bf16, r0, r1):
@@ -87,18 +99,39 @@ if numba is not None:
         k_in = offsets.shape[0]
         blocks = out_i8.shape[0]
         per_image = h_out * w_out
+        v = np.zeros(n, dtype=np.float32)
         for row in range(r0, r1):
             image = row // per_image
             pos = row - image * per_image
             y = pos // w_out
             corner = y * s_h * w_pad + (pos - y * w_out) * s_w
+            pixels = img[image]
             for blk in range(blocks):
-                for j in range(n):
-                    k = blk * n + j
-                    v = np.float32(0.0)
-                    if k < k_in:
-                        v = np.int32(np.int32(img[image, corner + offsets[k]]) << 16).view(np.float32)
-                    _store(v, blk, row, j, out_i8, out_mag, out_sq, aux_bf16)
+                k0 = blk * n
+                width = min(n, k_in - k0)
+                for j in range(width):
+                    v[j] = np.int32(np.int32(pixels[corner + offsets[k0 + j]]) << 16).view(np.float32)
+                for j in range(width, n):
+                    v[j] = np.float32(0.0)
+                _store_row(v, blk, row, out_i8, out_mag, out_sq, aux_bf16)
+
+
+if numba is not None:
+
+    @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
+    def _prepare_par(src, is_bf16, scale, limit, quantize, n, out_i8, out_mag, out_sq, aux_bf16, rows, chunks):
+        # pragma: no cover - compiled
+        for c in numba.prange(chunks):
+            r0, r1 = rows * c // chunks, rows * (c + 1) // chunks
+            _prepare(src, is_bf16, scale, limit, quantize, n, out_i8, out_mag, out_sq, aux_bf16, r0, r1)
+
+    @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
+    def _prepare_conv_par(
+        img, offsets, h_out, w_out, w_pad, s_h, s_w, n, out_i8, out_mag, out_sq, aux_bf16, rows, chunks
+    ):  # pragma: no cover - compiled
+        for c in numba.prange(chunks):
+            r0, r1 = rows * c // chunks, rows * (c + 1) // chunks
+            _prepare_conv(img, offsets, h_out, w_out, w_pad, s_h, s_w, n, out_i8, out_mag, out_sq, aux_bf16, r0, r1)
 
 
 def _outputs(blocks: int, rows: int, n: int, aux_dtype: torch.dtype) -> tuple[FourPhaseInputs, tuple]:
@@ -146,7 +179,7 @@ def prepare_conv_four_phase(
     out, arrays = _outputs(blocks, rows, n, aux_dtype)
     flat = img.reshape(images, -1).contiguous().view(torch.int16).numpy()
     args = (flat, offsets, h_out, w_out, w_pad, stride[0], stride[1], n, *arrays)
-    run_rows(_prepare_conv, args, rows, rows * blocks * n)
+    run_rows(_prepare_conv, _prepare_conv_par, args, rows, rows * blocks * n)
     return out
 
 
@@ -175,5 +208,5 @@ def prepare_four_phase(
     src_np = src.view(torch.int16).numpy() if is_bf16 else src.float().numpy()
     scale_f = np.float32(scale if scale is not None else 1.0)
     args = (src_np, is_bf16, scale_f, np.float32(limit), scale is not None, n, *arrays)
-    run_rows(_prepare, args, rows, rows * blocks * n)
+    run_rows(_prepare, _prepare_par, args, rows, rows * blocks * n)
     return out

@@ -16,12 +16,10 @@ The smallest uniform, 2^-33, caps |z| at 6.9 (float64 and 32-bit words would giv
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
+
+from aimc.core.rowpar import run_rows
 
 try:
     import numba
@@ -136,34 +134,16 @@ if numba is not None:
             normal_row(key, r, row)
             out[r, :] = row[:m]
 
+    @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
+    def _fill_par(key, out, rows, chunks):  # pragma: no cover - compiled
+        for c in numba.prange(chunks):
+            _fill(key, out, rows * c // chunks, rows * (c + 1) // chunks)
+
 
 def fill_normal_rows_(out: torch.Tensor, key: np.ndarray) -> torch.Tensor:
     """Fill ``out`` ``(..., m)`` (contiguous CPU float32) with the normals the fused kernel draws for ``key``:
-    row r of the flattened ``(rows, m)`` view gets :func:`normal_row` (key, r). Two threads when PyTorch may use
-    two (the numbers do not depend on it)."""
+    row r of the flattened ``(rows, m)`` view gets :func:`normal_row` (key, r), on PyTorch's threads
+    (:func:`~aimc.core.rowpar.run_rows`; the numbers do not depend on the thread count)."""
     flat = out.view(-1, out.shape[-1]).numpy()
-    run_rows(_fill, (key, flat), flat.shape[0], flat.size)
+    run_rows(_fill, _fill_par, (key, flat), flat.shape[0], flat.size)
     return out
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = -1
-
-#: Work (elements) below which a kernel is not split across two threads (a hand-off costs ~20-50 us).
-PARALLEL_MIN_ELEMENTS = 2**15
-
-
-def run_rows(kernel: Callable[..., None], args: tuple, rows: int, elements: int) -> None:
-    """Run ``kernel(*args, r0, r1)`` over rows [0, rows): in two halves on two threads when
-    ``torch.get_num_threads() >= 2`` and the work is large enough, else in one call. The kernel must release the
-    GIL (``nogil=True``) and write disjoint rows."""
-    global _pool, _pool_pid
-    if torch.get_num_threads() < 2 or elements < PARALLEL_MIN_ELEMENTS or rows < 2:
-        kernel(*args, 0, rows)
-        return
-    if _pool is None or _pool_pid != os.getpid():  # a forked child does not inherit the worker thread
-        _pool, _pool_pid = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aimc-kernel"), os.getpid()
-    half = rows // 2
-    pending = _pool.submit(kernel, *args, half, rows)
-    kernel(*args, 0, half)
-    pending.result()
