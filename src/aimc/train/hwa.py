@@ -70,7 +70,7 @@ def analog_matrices(model: nn.Module) -> list[torch.nn.Parameter]:
 def range_noise(model: nn.Module, generator: torch.Generator, fraction: float = LSTM_NOISE_FRACTION) -> Iterator[None]:
     """Within the block every on-chip matrix W carries Gaussian noise of std fraction·(max W − min W) (SPEC §3)."""
     matrices = analog_matrices(model)
-    stds = [fraction * float(w.max() - w.min()) for w in matrices]
+    stds = [fraction * float(w.detach().max() - w.detach().min()) for w in matrices]
     with _perturbed(matrices, stds, generator):
         yield
 
