@@ -25,21 +25,20 @@ _AUX_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": tor
 
 
 @functools.lru_cache(maxsize=1)
+def _cpu_flags() -> str:
+    """The CPU feature flags (Linux /proc/cpuinfo; empty elsewhere, which selects the portable float32 paths)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return any(f in _cpu_flags() for f in ("amx_bf16", "avx512_bf16"))
 
 
-@functools.lru_cache(maxsize=1)
 def _cpu_has_fast_int8() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("amx_int8", "avx512_vnni", "avx_vnni")) and hasattr(torch, "_int_mm")
+    return any(f in _cpu_flags() for f in ("amx_int8", "avx512_vnni", "avx_vnni")) and hasattr(torch, "_int_mm")
 
 
 def aux_dtype_for(device: torch.device) -> torch.dtype:
