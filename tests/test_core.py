@@ -98,6 +98,25 @@ def test_affine_correction_recovers_the_charge_of_a_linear_adc():
     assert torch.allclose(est, q.expand_as(est), rtol=1e-4, atol=1e-2)
 
 
+def test_calibration_range_trades_low_current_accuracy_against_high_current_accuracy():
+    """With the non-linear CCO, a line fitted over [0, 25 uA] estimates small charges better and large ones worse
+    than a line fitted over the whole [0, 100 uA] (CoreConfig.calibration_max_fraction)."""
+    from aimc.core import sample_adc
+
+    window = SPEC.integration_time_ns
+    errors = {}
+    for fraction in (1.0, 0.25):
+        cfg = CoreConfig(adc_quantization=False, calibration_max_fraction=fraction)
+        adc = sample_adc((), 64, SPEC, cfg, torch.Generator().manual_seed(3))  # same ADCs for both fits
+        for name, current in (("low", 5.0), ("high", 90.0)):
+            q = torch.tensor([[current * window]])
+            c = cco_counts(q, window, adc.gain[0], adc.offset[0], SPEC, cfg)
+            est = c * adc.inv_alpha[0] - adc.beta[0] * adc.inv_alpha[0]
+            errors[fraction, name] = float((est - q).abs().mean() / q)
+    assert errors[0.25, "low"] < 0.5 * errors[1.0, "low"]
+    assert errors[0.25, "high"] > 2.0 * errors[1.0, "high"]
+
+
 @pytest.fixture(scope="module")
 def paper_errors():
     """ε of the chip paper's MVM test for ODP/TDP x one-/four-phase at 1 h, two cores, one seed."""

@@ -127,13 +127,15 @@ def sample_adc(
 def calibrate(
     gain: torch.Tensor, offset: torch.Tensor, spec: ChipSpec, config: CoreConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit each counter's affine correction from its counts at evenly spaced currents (one window).
+    """Fit each counter's affine correction from its counts at currents evenly spaced over [0, saturation x
+    ``config.calibration_max_fraction``] (one window).
 
     Returns ``(inv_alpha, beta)`` of ``gain``'s shape; the LDPU estimates the charge as
     ``count*inv_alpha - beta*inv_alpha``.
     """
     window = spec.integration_time_ns
-    currents = torch.linspace(0.0, spec.adc_saturation_uA, config.calibration_points, dtype=gain.dtype)
+    top = spec.adc_saturation_uA * config.calibration_max_fraction
+    currents = torch.linspace(0.0, top, config.calibration_points, dtype=gain.dtype)
     charge = (currents * window).reshape(*([1] * gain.dim()), -1)  # (..., P)
     counts = cco_counts(charge, window, gain.unsqueeze(-1), offset.unsqueeze(-1), spec, config)
     q_mean = charge.mean(-1, keepdim=True)

@@ -31,6 +31,11 @@ CCO_OFFSET_SPREAD_MHZ = 5.0
 #: ("affine correction", SPEC §1); a least-squares line through them is the correction the LDPU applies.
 CALIBRATION_POINTS = 16
 
+#: Assumption: the calibration currents span [0, this fraction x saturation]. 1.0 (the full range) is our default;
+#: a chip calibrated on the currents its layers actually carry would use less, which matters because the line fitted
+#: to the (mildly non-linear) CCO transfer leaves a current-dependent gain error (docs/validation.md, issue #5).
+CALIBRATION_MAX_FRACTION = 1.0
+
 #: Assumption: PCM current-voltage polarity asymmetry: in one-phase mode a device read with the negative voltage
 #: conducts G·(1 + a), a ~ N(mean, std) per device (SPEC §1 "read modes"; not quantified in the papers).
 POLARITY_ASYMMETRY_MEAN = 0.05
@@ -55,6 +60,7 @@ class CoreConfig:
         cco_offset_MHz, cco_offset_spread_MHz: C of the CCO transfer and its spread across counters.
         cco_gain_spread: relative spread of the CCO gain A; ``None`` takes ``ChipSpec.cco_gain_spread`` (7%).
         calibration_points: number of currents used to fit each ADC's affine correction.
+        calibration_max_fraction: the fitted currents span [0, fraction x the saturation current].
         polarity_asymmetry_mean, polarity_asymmetry_std: one-phase negative-voltage conductance factor 1 + a.
         run_duration_s: split of 1/f read noise into a per-run and a per-MVM part.
         gdc_input_fraction: global-drift-compensation calibration input, fraction of full scale.
@@ -68,6 +74,7 @@ class CoreConfig:
     cco_offset_spread_MHz: float = CCO_OFFSET_SPREAD_MHZ
     cco_gain_spread: float | None = None
     calibration_points: int = CALIBRATION_POINTS
+    calibration_max_fraction: float = CALIBRATION_MAX_FRACTION
     polarity_asymmetry_mean: float = POLARITY_ASYMMETRY_MEAN
     polarity_asymmetry_std: float = POLARITY_ASYMMETRY_STD
     run_duration_s: float = RUN_DURATION_S
@@ -83,6 +90,9 @@ class CoreConfig:
         if self.cco_gain_spread is not None:
             check_number(self.cco_gain_spread, "CoreConfig.cco_gain_spread", low=0.0, high=0.5)
         check_number(self.calibration_points, "CoreConfig.calibration_points", low=2, integer=True)
+        check_number(
+            self.calibration_max_fraction, "CoreConfig.calibration_max_fraction", low=0.0, high=1.0, low_inclusive=False
+        )
         check_number(self.polarity_asymmetry_mean, "CoreConfig.polarity_asymmetry_mean", low=-0.5, high=0.5)
         check_number(self.polarity_asymmetry_std, "CoreConfig.polarity_asymmetry_std", low=0.0, high=0.5)
         check_number(self.run_duration_s, "CoreConfig.run_duration_s", low=0.0, low_inclusive=False)
