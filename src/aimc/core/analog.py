@@ -160,6 +160,7 @@ class CoreReadout:
     aux_dtype: torch.dtype
     y_planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     _work: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _registers: dict[tuple, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def phases(self) -> int:
@@ -347,23 +348,35 @@ class CoreReadout:
         holding FP16 values."""
         return self._fused_tail(self._products(tau, gen), scale)
 
+    def _adc_registers(self, lead: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """Per-counter CCO terms (gk, ok of :func:`~aimc.core.adc.cco_counts_`) and the LDPU's FP16 correction
+        registers (as float32 values), each ``(C, 2, m)`` for the C cores of ``lead``; computed once per readout."""
+        key = ("adc_registers", lead)
+        if key not in self._registers:
+            spec, cfg, adc = self.core.spec, self.core.config, self.core.adc
+            total_ns = spec.integration_time_ns * self.phases
+            k = total_ns * 1e-3  # MHz·ns -> counts
+            b = cfg.cco_nonlinearity_per_uA
+            inv_a16, bias16 = self.core.ldpu_registers(self.phases)
+            cores = math.prod(lead)
+
+            def per_core(t: torch.Tensor) -> torch.Tensor:  # (*core_lead, 2, m) -> (C, 2, m) float32, contiguous
+                return t.expand(*lead, *t.shape[-2:]).reshape(cores, *t.shape[-2:]).float().contiguous()
+
+            self._registers[key] = tuple(
+                per_core(t) for t in (adc.gain * (k / b if b else k / total_ns), adc.offset * k, inv_a16, bias16)
+            )
+        return self._registers[key]
+
     def _fused_tail(self, p: _Products, scale: torch.Tensor) -> torch.Tensor:
         """The converters and LDPU of the products ``p`` in the fused kernel (:mod:`aimc.core.fused`)."""
-        core, spec, cfg = self.core, self.core.spec, self.core.config
+        spec, cfg = self.core.spec, self.core.config
         shape = p.a.shape
         lead, (rows, m) = shape[:-2], shape[-2:]
         cores = math.prod(lead)
-
-        def per_core(t: torch.Tensor) -> torch.Tensor:  # (*core_lead, ...) -> (C, ...) float32, contiguous
-            return t.expand(*lead, *t.shape[-2:]).reshape(cores, *t.shape[-2:]).float().contiguous()
-
         total_ns = spec.integration_time_ns * self.phases
-        k = total_ns * 1e-3  # MHz·ns -> counts
         b = cfg.cco_nonlinearity_per_uA
-        adc = core.adc
-        half = torch.float16
-        inv_a16 = adc.inv_alpha.to(half)
-        bias16 = ((-self.phases * adc.beta) * adc.inv_alpha).to(half)
+        gk, ok, inv_a, bias = self._adc_registers(tuple(lead))
         out = fused.adc_ldpu(
             (p.y if p.y is not None else p.y_int[0]).reshape(cores, rows, m),  # type: ignore[index]
             None if p.y_int is None else p.y_int[1].reshape(cores, rows, m),
@@ -371,17 +384,21 @@ class CoreReadout:
             p.a.reshape(cores, rows, m),
             None if p.var is None else p.var.reshape(cores, rows, m),
             p.key,
-            per_core(adc.gain * (k / b if b else k / total_ns)),
-            per_core(adc.offset * k),
-            per_core(inv_a16),
-            per_core(bias16),
-            scale.to(half).float().expand(*lead, 1, 1).reshape(cores).contiguous(),
+            gk,
+            ok,
+            inv_a,
+            bias,
+            scale.to(torch.float16).float().expand(*lead, 1, 1).reshape(cores).contiguous(),
             den_c=total_ns / b if b else 0.0,
             q_max=spec.adc_saturation_uA * total_ns if cfg.adc_saturation else math.inf,
             c_max=float(spec.adc_max_count * self.phases),
             floor_counts=cfg.adc_quantization,
         )
         return out.reshape(*lead, rows, m)
+
+    def _noise_std(self, var: torch.Tensor) -> torch.Tensor:
+        """sqrt(max(var, 0)) as float32 in a reused work buffer (the fused kernel computes the same)."""
+        return self._buffer("std", var.shape, torch.float32).copy_(var).clamp_min_(0.0).sqrt_()
 
     def _fresh_noise_(
         self, out: torch.Tensor, tau_aux: torch.Tensor, gen: torch.Generator | None, scale: float = 1.0
@@ -395,7 +412,7 @@ class CoreReadout:
         if self.fresh_var is None or gen is None:
             return
         var = torch.matmul(tau_aux * tau_aux, self.fresh_var)
-        std = self._buffer("std", var.shape, torch.float32).copy_(var).clamp_min_(0.0).sqrt_()
+        std = self._noise_std(var)
         if scale != 1.0:
             std.mul_(scale)
         out.addcmul_(self._normals(std.shape, gen), std)
@@ -410,7 +427,7 @@ class CoreReadout:
         p = self._products(tau, gen)
         y, a = self._float_y(p), p.a
         if p.var is not None:
-            std = self._buffer("std", y.shape, torch.float32).copy_(p.var).clamp_min_(0.0).sqrt_()
+            std = self._noise_std(p.var)
             z = p.z if p.z is not None else self._normals(y.shape, gen, p.key)  # type: ignore[arg-type]
             y.add_(z.mul_(std))  # two roundings, as the fused kernel (addcmul_ may fuse them into one FMA)
         if a.dtype != torch.float32:
@@ -584,6 +601,12 @@ class ProgrammedCore:
         now = self._gdc_readout(readout, generator)
         return (self.gdc_reference[mode] / now)[..., None, None]
 
+    def ldpu_registers(self, phases: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LDPU's FP16 correction registers ``(..., 2, m)``: 1/alpha and -phases·beta/alpha, so that the
+        corrected charge of a count c collected over ``phases`` windows is c·(1/alpha) + bias."""
+        inv_a = self.adc.inv_alpha
+        return inv_a.to(torch.float16), ((-phases * self.adc.beta) * inv_a).to(torch.float16)
+
     def ldpu_combine(
         self,
         counts: torch.Tensor,
@@ -604,10 +627,9 @@ class ProgrammedCore:
             ``(..., B, m)`` FP16 values, as ``output_dtype``.
         """
         half = torch.float16
-        inv_a = self.adc.inv_alpha.unsqueeze(-2)
-        bias = (-phases * self.adc.beta).unsqueeze(-2) * inv_a
+        inv_a, bias = self.ldpu_registers(phases)
         q = counts.to(half)
-        torch.addcmul(bias.to(half), q, inv_a.to(half), out=q)  # corrected charge of each counter (fC)
+        torch.addcmul(bias.unsqueeze(-2), q, inv_a.unsqueeze(-2), out=q)  # corrected charge of each counter (fC)
         diff = torch.sub(q[..., 0, :, :], q[..., 1, :, :])
         return diff.mul_(out_scale.to(half)).to(output_dtype)
 

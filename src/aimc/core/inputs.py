@@ -38,6 +38,7 @@ class FourPhaseInputs(NamedTuple):
 
 
 if numba is not None:
+    from aimc.core.fused import _bf16_to_f32
 
     @numba.njit(inline="always", error_model="numpy")
     def _bf16_bits(v):  # pragma: no cover - compiled
@@ -80,7 +81,7 @@ if numba is not None:
                 width = min(n, k_in - k0)
                 if is_bf16:
                     for j in range(width):
-                        v[j] = np.int32(np.int32(s_row[k0 + j]) << 16).view(np.float32)
+                        v[j] = _bf16_to_f32(s_row[k0 + j])
                 else:
                     for j in range(width):
                         v[j] = np.float32(s_row[k0 + j])
@@ -110,7 +111,7 @@ if numba is not None:
                 k0 = blk * n
                 width = min(n, k_in - k0)
                 for j in range(width):
-                    v[j] = np.int32(np.int32(pixels[corner + offsets[k0 + j]]) << 16).view(np.float32)
+                    v[j] = _bf16_to_f32(pixels[corner + offsets[k0 + j]])
                 for j in range(width, n):
                     v[j] = np.float32(0.0)
                 _store_row(v, blk, row, out_i8, out_mag, out_sq, aux_bf16)
