@@ -117,6 +117,25 @@ def test_calibration_range_trades_low_current_accuracy_against_high_current_accu
     assert errors[0.25, "high"] > 2.0 * errors[1.0, "high"]
 
 
+def test_calibration_takes_one_range_per_core_and_rejects_bad_ranges():
+    """Per-core tops give each core the fit a fixed range of that size gives; non-positive tops are refused."""
+    from aimc.core import calibrate, sample_adc
+
+    cfg = CoreConfig()
+    adc = sample_adc((3,), 16, SPEC, cfg, torch.Generator().manual_seed(4))
+    tops = torch.tensor([10.0, 40.0, 100.0])
+    inv_a, beta = calibrate(adc.gain, adc.offset, SPEC, cfg, tops)
+    for i, top in enumerate(tops.tolist()):
+        one = CoreConfig(calibration_max_fraction=top / SPEC.adc_saturation_uA)
+        ref_a, ref_b = calibrate(adc.gain[i], adc.offset[i], SPEC, one)
+        assert torch.allclose(inv_a[i], ref_a, rtol=1e-5) and torch.allclose(beta[i], ref_b, rtol=1e-4, atol=1e-4)
+    for bad in (torch.tensor([0.0, 10.0, 10.0]), torch.tensor([float("nan")] * 3)):
+        with pytest.raises(ValidationError, match="top_uA"):
+            calibrate(adc.gain, adc.offset, SPEC, cfg, bad)
+    with pytest.raises(UnknownNameError, match="adc_calibration"):
+        CoreConfig(adc_calibration="auto")
+
+
 @pytest.fixture(scope="module")
 def paper_errors():
     """ε of the chip paper's MVM test for ODP/TDP x one-/four-phase at 1 h, two cores, one seed."""

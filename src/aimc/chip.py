@@ -52,15 +52,50 @@ def core_w_max(
 ) -> torch.Tensor:
     """Weight mapped to G_max on each core ``(r, c)``: the block's max |W|, raised where the calibration bit-line
     current would exceed ``CURRENT_HEADROOM`` x saturation (which lowers that core's G_max)."""
-    blocks = weight_blocks(layer)
-    w_max = blocks.abs().amax(dim=(-2, -1))
-    w_max = torch.where(w_max > 0, w_max, torch.ones_like(w_max))
-    if layer.load is None:
+    w_max = _block_w_max(layer)
+    current = _calibration_current(layer, device, strategy, config, spec)
+    if current is None:
         return w_max
-    full_scale = spec.input_levels * spec.pwm_ns_per_lsb / spec.integration_time_ns
-    current = config.read_voltage_V * polarity_g_max(device, strategy) * layer.load * full_scale
     limit = CURRENT_HEADROOM * spec.adc_saturation_uA
     return w_max * torch.clamp(current / limit, min=1.0)
+
+
+def core_adc_range(
+    layer: MappedLayer,
+    device: DeviceModel,
+    strategy: str,
+    config: CoreConfig,
+    spec: ChipSpec,
+    w_max: torch.Tensor,
+) -> torch.Tensor | None:
+    """Top of each core's ADC calibration currents ``(r, c)`` in uA, or None for the fixed range.
+
+    With ``config.adc_calibration == "operating"`` and a compiled ``load``: the largest bit-line current the core
+    carries on the compile step's calibration inputs at its programmed scale ``w_max``, at least
+    ``config.calibration_min_fraction`` x saturation (see :data:`aimc.core.config.ADC_CALIBRATION`).
+    """
+    current = _calibration_current(layer, device, strategy, config, spec)
+    if config.adc_calibration != "operating" or current is None:
+        return None
+    peak = current * (_block_w_max(layer) / w_max)  # a raised w_max lowers the core's conductances
+    return peak.clamp(min=config.calibration_min_fraction * spec.adc_saturation_uA, max=spec.adc_saturation_uA)
+
+
+def _block_w_max(layer: MappedLayer) -> torch.Tensor:
+    """Max |W| of each core's block ``(r, c)`` (1 for an all-zero block)."""
+    w_max = weight_blocks(layer).abs().amax(dim=(-2, -1))
+    return torch.where(w_max > 0, w_max, torch.ones_like(w_max))
+
+
+def _calibration_current(
+    layer: MappedLayer, device: DeviceModel, strategy: str, config: CoreConfig, spec: ChipSpec
+) -> torch.Tensor | None:
+    """Largest one-phase counter current (uA) of each core ``(r, c)`` on the calibration inputs with the block's max
+    |W| at G_max, or None where the mapping has no measured ``load``."""
+    if layer.load is None:
+        return None
+    full_scale = spec.input_levels * spec.pwm_ns_per_lsb / spec.integration_time_ns
+    return config.read_voltage_V * polarity_g_max(device, strategy) * layer.load * full_scale
 
 
 #: A callback that sees each analog layer's core outputs ``(r, c, R, m)`` during a run.
@@ -533,8 +568,9 @@ def program(
             config=config,
             w_max=w_max,
             faults=layer_faults,
+            adc_range_uA=core_adc_range(layer, model, strategy, config, mapping.spec, w_max),
         )
     return chip
 
 
-__all__ = ["CURRENT_HEADROOM", "ProgrammedChip", "core_w_max", "program"]
+__all__ = ["CURRENT_HEADROOM", "ProgrammedChip", "core_adc_range", "core_w_max", "program"]

@@ -184,7 +184,8 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Programm
         raise CorruptFileError(f"seed must be a non-negative int or null, got {seed!r}")
     if not isinstance(meta["config"], dict):
         raise CorruptFileError("config must be an object")
-    config = CoreConfig(**meta["config"])
+    # chips saved before CoreConfig.adc_calibration existed were calibrated over the fixed range
+    config = CoreConfig(**{"adc_calibration": "full", **meta["config"]})
     faults = None
     if meta.get("faults") is not None:
         faults = Faults.from_parts(meta["faults"], tensors)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from aimc.core.config import CoreConfig
+from aimc.errors import ValidationError
 from aimc.spec import ChipSpec
 
 
@@ -110,8 +111,11 @@ def sample_adc(
     config: CoreConfig,
     generator: torch.Generator,
     dtype: torch.dtype = torch.float32,
+    top_uA: torch.Tensor | None = None,
 ) -> AdcState:
     """Draw the CCO parameters of ``outputs`` ADCs (two counters each) per core and calibrate them.
+
+    ``top_uA``: the largest calibration current of each core, shape ``cores_shape`` (see :func:`calibrate`).
 
     Returns an :class:`AdcState` whose tensors have shape ``(*cores_shape, 2, outputs)``.
     """
@@ -120,23 +124,39 @@ def sample_adc(
     gain = spec.cco_gain_MHz_per_uA * (1.0 + spread * torch.randn(shape, generator=generator, dtype=dtype))
     gain = gain.clamp_min(0.05 * spec.cco_gain_MHz_per_uA)
     offset = config.cco_offset_MHz + config.cco_offset_spread_MHz * torch.randn(shape, generator=generator, dtype=dtype)
-    inv_alpha, beta = calibrate(gain, offset, spec, config)
+    inv_alpha, beta = calibrate(gain, offset, spec, config, top_uA)
     return AdcState(gain=gain, offset=offset, inv_alpha=inv_alpha, beta=beta)
 
 
 def calibrate(
-    gain: torch.Tensor, offset: torch.Tensor, spec: ChipSpec, config: CoreConfig
+    gain: torch.Tensor,
+    offset: torch.Tensor,
+    spec: ChipSpec,
+    config: CoreConfig,
+    top_uA: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit each counter's affine correction from its counts at currents evenly spaced over [0, saturation x
-    ``config.calibration_max_fraction``] (one window).
+    """Fit each counter's affine correction from its counts at currents evenly spaced over [0, top] (one window).
+
+    Args:
+        gain, offset: ``(*cores, 2, m)`` CCO parameters.
+        top_uA: ``cores`` (or broadcastable) largest calibration current of each core, in (0, saturation]; default
+            saturation x ``config.calibration_max_fraction`` for every core.
 
     Returns ``(inv_alpha, beta)`` of ``gain``'s shape; the LDPU estimates the charge as
     ``count*inv_alpha - beta*inv_alpha``.
     """
     window = spec.integration_time_ns
-    top = spec.adc_saturation_uA * config.calibration_max_fraction
-    currents = torch.linspace(0.0, top, config.calibration_points, dtype=gain.dtype)
-    charge = (currents * window).reshape(*([1] * gain.dim()), -1)  # (..., P)
+    if top_uA is None:
+        top = spec.adc_saturation_uA * config.calibration_max_fraction
+        currents = torch.linspace(0.0, top, config.calibration_points, dtype=gain.dtype, device=gain.device)
+    else:
+        top_t = torch.as_tensor(top_uA, dtype=gain.dtype)
+        if not bool(torch.isfinite(top_t).all()) or bool((top_t <= 0).any()):
+            raise ValidationError(f"top_uA must be finite and > 0 (uA), got {top_uA}")
+        top_t = top_t.clamp(max=spec.adc_saturation_uA).to(gain.device)
+        steps = torch.linspace(0.0, 1.0, config.calibration_points, dtype=gain.dtype, device=gain.device)
+        currents = steps * top_t.reshape(*top_t.shape, 1, 1, 1)  # (*cores, 1, 1, P): counter, output, point
+    charge = currents * window
     counts = cco_counts(charge, window, gain.unsqueeze(-1), offset.unsqueeze(-1), spec, config)
     q_mean = charge.mean(-1, keepdim=True)
     c_mean = counts.mean(-1, keepdim=True)

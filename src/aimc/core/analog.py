@@ -672,6 +672,7 @@ def program_core(
     config: CoreConfig | None = None,
     w_max: torch.Tensor | float | None = None,
     faults: CoreFaults | None = None,
+    adc_range_uA: torch.Tensor | float | None = None,
 ) -> ProgrammedCore:
     """Program a weight block (or a stack of blocks) into PCM conductances.
 
@@ -686,6 +687,8 @@ def program_core(
         w_max: weight mapped to G_max per core, ``(...,)`` or scalar; default max |W| of each core.
         faults: stuck devices and dead ADCs of these cores (:class:`aimc.faults.CoreFaults`, built by
             ``aimc.program(..., faults=...)``), applied before the drift-compensation reference is read.
+        adc_range_uA: largest current (uA) of each core's ADC calibration, ``(...,)`` or scalar (see
+            :func:`aimc.core.adc.calibrate`); default ``config.calibration_max_fraction`` x saturation.
 
     Returns:
         A :class:`ProgrammedCore`.
@@ -740,7 +743,7 @@ def program_core(
     asym = config.polarity_asymmetry_mean + config.polarity_asymmetry_std * torch.randn(
         targets.shape, generator=gen, dtype=dtype
     )
-    adc = sample_adc(tuple(weights.shape[:-2]), m, spec, config, gen, dtype)
+    adc = sample_adc(tuple(weights.shape[:-2]), m, spec, config, gen, dtype, adc_range_uA)
     if faults is not None:
         adc = faults.apply_to_adc(adc)
     core = ProgrammedCore(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from aimc._validation import check_number
+from aimc._validation import check_choice, check_number
 from aimc.errors import ValidationError
 
 #: Assumption: read voltage (V). SPEC §1 gives 0.1-0.4 V; at 0.1 V the chip paper's MVM test (uniform weights and
@@ -31,10 +31,21 @@ CCO_OFFSET_SPREAD_MHZ = 5.0
 #: ("affine correction", SPEC §1); a least-squares line through them is the correction the LDPU applies.
 CALIBRATION_POINTS = 16
 
-#: Assumption: the calibration currents span [0, this fraction x saturation]. 1.0 (the full range) is our default;
-#: a chip calibrated on the currents its layers actually carry would use less, which matters because the line fitted
-#: to the (mildly non-linear) CCO transfer leaves a current-dependent gain error (docs/validation.md, issue #5).
+#: Assumption: the calibration currents span [0, this fraction x saturation] wherever a core's operating range is
+#: unknown (a core programmed on its own, ``adc_calibration="full"``). The line fitted to the (mildly non-linear)
+#: CCO transfer leaves a current-dependent gain error, smallest over the range that is fitted (docs/validation.md).
 CALIBRATION_MAX_FRACTION = 1.0
+
+#: Assumption: how ``aimc.program`` chooses each core's calibration range. ``"operating"``: [0, the largest bit-line
+#: current the compiler measured on that core with its calibration inputs] — the affine correction is fitted where
+#: the core works (ResNet-9's cores peak at 6-27 uA of the 100 uA range); ``"full"``: [0, CALIBRATION_MAX_FRACTION x
+#: saturation] on every core. SPEC §1 says only that gain/offset are "measured once and corrected digitally".
+ADC_CALIBRATION = "operating"
+ADC_CALIBRATIONS = ("operating", "full")
+
+#: Assumption: the operating range is never narrower than this fraction of saturation (5 uA: about 22 counts of a
+#: 128 ns window), so that the fitted line is not dominated by the counters' one-count flooring.
+CALIBRATION_MIN_FRACTION = 0.05
 
 #: Assumption: PCM current-voltage polarity asymmetry: in one-phase mode a device read with the negative voltage
 #: conducts G·(1 + a), a ~ N(mean, std) per device (SPEC §1 "read modes"; not quantified in the papers).
@@ -60,7 +71,11 @@ class CoreConfig:
         cco_offset_MHz, cco_offset_spread_MHz: C of the CCO transfer and its spread across counters.
         cco_gain_spread: relative spread of the CCO gain A; ``None`` takes ``ChipSpec.cco_gain_spread`` (7%).
         calibration_points: number of currents used to fit each ADC's affine correction.
-        calibration_max_fraction: the fitted currents span [0, fraction x the saturation current].
+        calibration_max_fraction: the fitted currents span [0, fraction x the saturation current] where a core's
+            operating range is unknown or ``adc_calibration`` is ``"full"``.
+        adc_calibration: ``"operating"`` (each core fitted over its measured current range, at least
+            ``calibration_min_fraction`` x saturation) or ``"full"`` (see :data:`ADC_CALIBRATION`).
+        calibration_min_fraction: lower limit of an operating range, fraction of saturation.
         polarity_asymmetry_mean, polarity_asymmetry_std: one-phase negative-voltage conductance factor 1 + a.
         run_duration_s: split of 1/f read noise into a per-run and a per-MVM part.
         gdc_input_fraction: global-drift-compensation calibration input, fraction of full scale.
@@ -75,6 +90,8 @@ class CoreConfig:
     cco_gain_spread: float | None = None
     calibration_points: int = CALIBRATION_POINTS
     calibration_max_fraction: float = CALIBRATION_MAX_FRACTION
+    adc_calibration: str = ADC_CALIBRATION
+    calibration_min_fraction: float = CALIBRATION_MIN_FRACTION
     polarity_asymmetry_mean: float = POLARITY_ASYMMETRY_MEAN
     polarity_asymmetry_std: float = POLARITY_ASYMMETRY_STD
     run_duration_s: float = RUN_DURATION_S
@@ -92,6 +109,10 @@ class CoreConfig:
         check_number(self.calibration_points, "CoreConfig.calibration_points", low=2, integer=True)
         check_number(
             self.calibration_max_fraction, "CoreConfig.calibration_max_fraction", low=0.0, high=1.0, low_inclusive=False
+        )
+        check_choice(self.adc_calibration, "CoreConfig.adc_calibration", ADC_CALIBRATIONS)
+        check_number(
+            self.calibration_min_fraction, "CoreConfig.calibration_min_fraction", low=0.0, high=1.0, low_inclusive=False
         )
         check_number(self.polarity_asymmetry_mean, "CoreConfig.polarity_asymmetry_mean", low=-0.5, high=0.5)
         check_number(self.polarity_asymmetry_std, "CoreConfig.polarity_asymmetry_std", low=0.0, high=0.5)
