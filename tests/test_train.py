@@ -10,7 +10,7 @@ from aimc.devices import get
 from aimc.errors import ValidationError
 from aimc.train.checkpoint import load_checkpoint, save_checkpoint
 from aimc.train.cifar import PEAK_LR, augment, lr_at
-from aimc.train.hwa import clip_weights, noisy_weights, weight_noise_std
+from aimc.train.hwa import clip_weights, drift_factors, noisy_weights, weight_noise_std
 
 
 def test_augment_keeps_shape_and_applies_crop_flip_and_cutout():
@@ -78,3 +78,26 @@ def test_hwa_noise_follows_twice_the_programming_noise_and_is_removed_after_the_
     assert torch.equal(layer.weight.detach(), clean)
     clip_weights(model, 1.0)
     assert float(layer.weight.detach().abs().max()) <= float(clean.std()) + 1e-6
+
+
+def test_drift_aware_noise_follows_the_device_drift_with_global_compensation():
+    """drift_factors: the device model's conductance-dependent drift (SPEC §4b: small g drifts faster), rescaled so
+    that the layer's response to an all-equal input is unchanged (GDC); no drift at t = 0; restored after the step."""
+    device = get("hermes-2dev")
+    gen = torch.Generator().manual_seed(0)
+    w = torch.rand(300, 200, generator=gen) * 2 - 1
+    assert torch.allclose(drift_factors(w, device, 0.0, gen), torch.ones_like(w), atol=1e-6)
+    f = drift_factors(w, device, 3600.0, gen)
+    rows = w.reshape(300, -1)
+    assert float((rows * f).sum(1).abs().mean()) == pytest.approx(float(rows.sum(1).abs().mean()), rel=1e-5)
+    g = w.abs() / w.abs().max()
+    small, large = float(f[g < 0.1].mean()), float(f[g > 0.5].mean())
+    # nu_mean is 0.13 at small g and about 0.04-0.06 at g > 0.5: (3900/300)^(-0.07) = 0.84 between them
+    assert 0.75 < small / large < 0.92
+    layer = nn.Linear(200, 300, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    with noisy_weights(nn.Sequential(layer), gen, drift_window=(3600.0, 3600.0)):
+        moved = layer.weight.detach().clone()
+    assert torch.equal(layer.weight.detach(), w)
+    assert float((moved - w).abs().mean()) > 0.02

@@ -29,7 +29,7 @@ from aimc.core.fastmath import aux_dtype_for
 from aimc.data import cifar10_tensors
 from aimc.models import resnet9
 from aimc.train.checkpoint import load_checkpoint, save_checkpoint
-from aimc.train.hwa import analog_io, clip_weights, noisy_weights
+from aimc.train.hwa import DRIFT_WINDOW_S, analog_io, clip_weights, noisy_weights
 
 #: Recipe constants (our choice for a short CPU schedule; SPEC §3 gives the paper's longer one).
 PEAK_LR = 0.2
@@ -102,6 +102,7 @@ def train_resnet9(
     peak_lr: float = PEAK_LR,
     tag: str = "float",
     io_aware: bool = False,
+    drift_aware: bool = False,
 ) -> dict[str, Any]:
     """Train ResNet-9 on CIFAR-10; returns the final log record. Files go to ``out_dir``.
 
@@ -114,6 +115,8 @@ def train_resnet9(
         peak_lr: peak of the one-cycle schedule (SPEC §3 fine-tunes HWA at 0.05).
         io_aware: with ``hwa``, also 8-bit inputs and additive output noise in every analog layer
             (:func:`aimc.train.hwa.analog_io`, SPEC §3).
+        drift_aware: with ``hwa``, the noisy weights also drift to a random read time with global compensation
+            (:func:`aimc.train.hwa.drift_factors`, window :data:`aimc.train.hwa.DRIFT_WINDOW_S`).
         tag: name of the final weights file ``resnet9_{tag}.safetensors``.
     """
     out = Path(out_dir)
@@ -150,6 +153,7 @@ def train_resnet9(
         "tag": tag,
         "hwa": hwa,
         "io_aware": io_aware,
+        "drift_aware": drift_aware,
         "momentum": MOMENTUM,
         "weight_decay": WEIGHT_DECAY,
         "label_smoothing": LABEL_SMOOTHING,
@@ -169,7 +173,9 @@ def train_resnet9(
             yb = y_train[idx].to(device)
             opt.zero_grad(set_to_none=True)
             with (
-                noisy_weights(model, gen) if hwa else nullcontext(),
+                noisy_weights(model, gen, drift_window=DRIFT_WINDOW_S if drift_aware else None)
+                if hwa
+                else nullcontext(),
                 analog_io(model, gen) if hwa and io_aware else nullcontext(),
                 _autocast(device),
             ):

@@ -11,6 +11,7 @@ whose scale is not given), so that a few outliers do not set W_max for a whole l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from aimc.core.analog import polarity_g_max
-from aimc.devices.base import DeviceModel
+from aimc.devices.base import DeviceModel, DeviceState
 from aimc.devices.registry import get as get_device
 
 #: SPEC §3: weight noise = 2x the PCM programming-noise model (ResNet-9 HWA training).
@@ -38,15 +39,21 @@ def analog_layers(model: nn.Module) -> list[nn.Module]:
 
 @contextmanager
 def _perturbed(
-    weights: list[torch.nn.Parameter], stds: list[torch.Tensor | float], generator: torch.Generator
+    weights: list[torch.nn.Parameter],
+    stds: list[torch.Tensor | float],
+    generator: torch.Generator,
+    factors: list[torch.Tensor] | None = None,
 ) -> Iterator[None]:
-    """Within the block each weight carries fresh Gaussian noise of its std (a tensor of its shape or a number)."""
+    """Within the block each weight carries fresh Gaussian noise of its std (a tensor of its shape or a number),
+    then is multiplied by its ``factors`` entry (a tensor of its shape), if given."""
     saved = []
     with torch.no_grad():
-        for w, std in zip(weights, stds, strict=True):
+        for i, (w, std) in enumerate(zip(weights, stds, strict=True)):
             noise = torch.randn(w.shape, generator=generator).to(w.device) * std
             saved.append((w, w.detach().clone()))
             w.add_(noise.to(w.dtype))
+            if factors is not None:
+                w.mul_(factors[i].to(w.device, w.dtype))
     try:
         yield
     finally:
@@ -94,6 +101,35 @@ def weight_noise_std(w: torch.Tensor, device: DeviceModel, strategy: str, noise_
     return noise_scale * sigma_uS * (w_max / g_max)
 
 
+#: Our choice (drift-aware HWA, beyond SPEC §3's recipe): during training the weights are read at a time after
+#: programming drawn log-uniformly from this window (s), with the device model's drift and a global compensation.
+DRIFT_WINDOW_S = (60.0, 86400.0)
+
+
+def drift_factors(w: torch.Tensor, device: DeviceModel, t_seconds: float, generator: torch.Generator) -> torch.Tensor:
+    """Multiplicative drift of every weight of ``w`` read ``t_seconds`` after programming, after a global drift
+    compensation of the layer.
+
+    Each weight drifts as a device at g = |w|/max|w| with nu = |nu_mean(g) + nu_std(g)·N| (SPEC §4a/b, the device
+    model's statistics and its own ``drift``: (t_eff/t0)^(-nu) for the presets). The compensation (SPEC §4, GDC)
+    rescales the layer so that the mean |row sum| — the response to an all-equal calibration input — is what it was
+    at programming.
+
+    Returns:
+        Factors of ``w``'s shape.
+    """
+    g = (w.abs() / w.abs().max().clamp_min(1e-12)).clamp(0.0, 1.0)
+    n = torch.randn(w.shape, generator=generator).to(w.device)
+    nu = (device.drift_nu_mean(g) + device.drift_nu_std(g) * n).abs()
+    g_uS = (g * device.g_max_uS).clamp_min(1e-6)  # a zero weight stays zero whatever its factor
+    state = DeviceState(g_target=g_uS, g_prog=g_uS, nu=nu, stuck=torch.zeros_like(g, dtype=torch.bool))
+    factor = device.drift(state, t_seconds) / g_uS  # the model's own time axis (t0, offsets)
+    rows = w.reshape(w.shape[0], -1)
+    before = rows.sum(1).abs().mean()
+    after = (rows * factor.reshape(rows.shape)).sum(1).abs().mean().clamp_min(1e-12)
+    return factor * (before / after)
+
+
 @contextmanager
 def noisy_weights(
     model: nn.Module,
@@ -101,13 +137,23 @@ def noisy_weights(
     device: DeviceModel | str = "hermes-2dev",
     strategy: str = "tdp",
     noise_scale: float = RESNET9_NOISE_SCALE,
+    drift_window: tuple[float, float] | None = None,
 ) -> Iterator[None]:
-    """Within the block, every analog layer's weights carry fresh programming-like noise; restored on exit."""
+    """Within the block, every analog layer's weights carry fresh programming-like noise; restored on exit.
+
+    With ``drift_window`` (t_min, t_max) in seconds, the noisy weights also drift to one read time per step drawn
+    log-uniformly from the window (:func:`drift_factors`; drift-aware HWA, see :data:`DRIFT_WINDOW_S`).
+    """
     model_device = get_device(device) if isinstance(device, str) else device
     weights = [layer.weight for layer in analog_layers(model)]
+    factors = None
     with torch.no_grad():
         stds = [weight_noise_std(w.detach().float(), model_device, strategy, noise_scale) for w in weights]
-    with _perturbed(weights, stds, generator):
+        if drift_window is not None:
+            lo, hi = (math.log(t) for t in drift_window)
+            t = math.exp(lo + (hi - lo) * float(torch.rand((), generator=generator)))
+            factors = [drift_factors(w.detach().float(), model_device, t, generator) for w in weights]
+    with _perturbed(weights, stds, generator, factors):
         yield
 
 
