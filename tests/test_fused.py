@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numba
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from aimc.core import fused
 from aimc.core.fastmath import PLANE_LEVELS, int8_planes, int8_product
 from aimc.core.normals import fill_normal_
 from aimc.core.philox import draw_key, fill_normal_rows_
+from aimc.errors import ValidationError
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not installed")
 
@@ -80,16 +82,52 @@ def test_fused_and_float32_products_agree_with_the_exact_matmul_when_noise_free(
     assert float((with_planes - x @ w.T).std()) <= 0.01 * scale
 
 
-def test_round_f16_is_torch_float16_conversion():
+@pytest.mark.parametrize(
+    "x_lead", [(), (3, 1), (1, 2), (2, 3, 2)], ids=["shared-by-all", "row-blocks", "per-core", "extra-dim"]
+)
+def test_fused_kernel_gives_the_torch_paths_numbers_for_any_input_broadcast(x_lead):
+    """Cores that share an input are one oneDNN matmul; inputs with their own or extra leading dims are not."""
+    w, _ = _problem(9, (3, 2), 40, 64, 50)
+    x = torch.rand((*x_lead, 50, 64), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    readout = program_core(w, "hermes-2dev", "tdp", 0).prepare(3600.0, "four-phase", 1)
+    fast, slow = readout.mvm(x, 3, backend="fused"), readout.mvm(x, 3, backend="torch")
+    assert fast.shape == slow.shape == (*torch.broadcast_shapes(x_lead, (3, 2)), 50, 40)
+    _agree(fast, slow)
+
+
+def test_int_mm_planes_give_the_onednn_numbers(monkeypatch):
+    """Without oneDNN's int8 operator the planes multiply by torch._int_mm, scaled in PyTorch: the same numbers."""
+    from aimc.core import analog
+
+    w, x = _problem(10, (2, 1), 64, 100, 80)
+    readout = program_core(w, "hermes-2dev", "tdp", 0).prepare(3600.0, "four-phase", 1)
+    with_onednn = readout.mvm(x, 4)
+    monkeypatch.setattr(analog, "pack_scaled_planes", lambda *args: None)
+    fallback = dataclasses.replace(readout, _work={}, _registers={})
+    assert torch.equal(fallback.mvm(x, 4), with_onednn)
+    assert torch.equal(fallback.mvm(x, 4, backend="torch"), readout.mvm(x, 4, backend="torch"))
+
+
+def test_hot_path_counts_non_finite_inputs():
+    readout = program_core(torch.rand(8, 16), "hermes-2dev", "tdp", 0).prepare(60.0, "four-phase", 0)
+    x = torch.zeros(5, 16)
+    x[0, 3], x[2, 0], x[4, 15] = float("nan"), float("inf"), -float("inf")
+    with pytest.raises(ValidationError, match=r"x must be finite; it holds 3 NaN/Inf value\(s\)"):
+        readout.mvm(x, 1)
+    big = torch.full((2, 16), 1e30)  # finite, saturates the PWM input
+    assert torch.equal(readout.mvm(big, 1), readout.mvm(big, 1, backend="torch"))
+
+
+@pytest.mark.parametrize("rounding", ["_round_f16", "_round_f16_bits"])
+def test_round_f16_is_torch_float16_conversion(rounding):
     g = torch.Generator().manual_seed(0)
     mags = torch.pow(2.0, torch.empty(200_000).uniform_(-30, 17, generator=g))
     x = mags * torch.where(torch.rand(200_000, generator=g) < 0.5, -1.0, 1.0)
     ties = torch.arange(2048, 8192, dtype=torch.float32)  # integers past 2048: every other one is a tie
     edge = torch.tensor([0.0, -0.0, 65504.0, 65519.0, 65520.0, -65520.0, 6.1035e-05, 5.96e-08, 2.98e-08, 1e-9])
     x = torch.cat([x, ties, ties + 0.5, edge])
-    out = torch.empty_like(x)
-    for i, v in enumerate(x.numpy()):
-        out[i] = float(fused._round_f16(v))
+    convert = numba.njit(getattr(fused, rounding).py_func)
+    out = torch.tensor([float(convert(v)) for v in x.numpy()])
     assert torch.equal(out, x.half().float())
 
 

@@ -36,7 +36,16 @@ from aimc._validation import SeedLike, check_choice, check_finite_tensor, check_
 from aimc.core import fused
 from aimc.core.adc import AdcState, cco_counts, cco_counts_, sample_adc
 from aimc.core.config import CoreConfig
-from aimc.core.fastmath import _AUX_DTYPES, aux_dtype_for, int8_planes, int8_product, int8_products_for
+from aimc.core.fastmath import (
+    _AUX_DTYPES,
+    ScaledPlanes,
+    aux_dtype_for,
+    int8_planes,
+    int8_product,
+    int8_products_for,
+    pack_scaled_planes,
+    scaled_plane_products,
+)
 from aimc.core.inputs import FourPhaseInputs, prepare_four_phase
 from aimc.core.normals import fill_normal_
 from aimc.core.philox import draw_key, fill_normal_rows_
@@ -105,20 +114,43 @@ def _check_levels(x: torch.Tensor, limit: int, quantize: bool) -> None:
         )
 
 
-class _Products(NamedTuple):
-    """The products of one fast-path MVM, each ``(..., B, m)``.
+def _broadcast_lead(a: torch.Size, b: torch.Size) -> torch.Size:
+    """``torch.broadcast_shapes(a, b)`` without its overhead (tens of microseconds, on the hot path)."""
+    if a == b or not b:
+        return a
+    if not a:
+        return b
+    n = max(len(a), len(b))
+    a_p, b_p = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    if any(i != j and i != 1 and j != 1 for i, j in zip(a_p, b_p, strict=True)):
+        return torch.broadcast_shapes(a, b)  # raises its error
+    return torch.Size(max(i, j) if i != 1 and j != 1 else i * j for i, j in zip(a_p, b_p, strict=True))
 
-    y: half the (pos - neg) charge (fC), float32, without fresh noise; or None when it comes as ``y_int``:
-        (Y_hi, Y_lo int32, step ``(..., 1, 1)``) with y = (step·256)·Y_hi + step·Y_lo (:func:`int8_planes`).
-    a: half the (pos + neg) charge in ``aux_dtype``.
-    var: the fresh-noise variance of y (``aux_dtype``), or None without fresh noise.
+
+def _shared_dims(x_lead: torch.Size, lead: torch.Size) -> int:
+    """How many trailing dims of the cores' ``lead`` an input with leading dims ``x_lead`` broadcasts over (its
+    size there is 1, or the dim is missing): the cores of those dims take the same input."""
+    dims = 0
+    while dims < len(lead) and (dims >= len(x_lead) or x_lead[len(x_lead) - 1 - dims] == 1):
+        dims += 1
+    return dims
+
+
+class _Products(NamedTuple):
+    """The products of one fast-path MVM of C cores (leading dims ``lead``) and B rows.
+
+    y: half the (pos - neg) charge (fC) without fresh noise, float32 ``(G, B, S, W)`` for the C = G·S cores (core c
+        at ``[c // S, :, c % S]``): W = m, or with ``y_pair`` W = 2m and the charge is the sum of the two halves,
+        fl(256·step·Y_hi) + fl(step·Y_lo) of the int8 planes (:func:`int8_planes`).
+    a: half the (pos + neg) charge in ``aux_dtype``, ``(*lead, B, m)``.
+    var: the fresh-noise variance of y (``aux_dtype``, ``(*lead, B, m)``), or None without fresh noise.
     key: with numba, the words that determine this MVM's standard normals (:mod:`aimc.core.philox`; the fused
         kernel draws them itself), else None.
     z: without numba, this MVM's standard normals (float32), else None.
     """
 
-    y: torch.Tensor | None
-    y_int: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    y: torch.Tensor
+    y_pair: bool
     a: torch.Tensor
     var: torch.Tensor | None
     key: np.ndarray | None
@@ -208,15 +240,31 @@ class CoreReadout:
         """
         core = self.core
         n = core.shape[1]
+        scalar_range = isinstance(x_range, int | float)
+        if scalar_range:
+            check_number(x_range, "x_range", low=0.0, low_inclusive=False)
+        check_choice(backend, "backend", BACKENDS)
+        if (
+            not levels
+            and quantize
+            and not exact_phases
+            and scalar_range
+            and backend != "torch"
+            and self.takes_prepared_inputs
+            and isinstance(x, torch.Tensor)
+            and x.is_floating_point()
+            and x.dim() >= 2
+            and x.shape[-1] == n
+            and x.numel() > 0
+            and x.device.type == "cpu"
+        ):  # the hot path: the input pass also checks that x is finite
+            return self._mvm_values(x, generator, float(x_range), output_dtype)
         if levels:
             _check_levels(x, core.spec.input_levels, quantize)
         else:
             check_finite_tensor(x, "x")
         if x.dim() < 2 or x.shape[-1] != n:
             raise ValidationError(f"x must have shape (..., batch, {n}) for this core; got {tuple(x.shape)}")
-        if isinstance(x_range, int | float):
-            check_number(x_range, "x_range", low=0.0, low_inclusive=False)
-        check_choice(backend, "backend", BACKENDS)
         spec = core.spec
         gen = make_generator(generator, "generator") if self.fresh_var is not None else None
         if not quantize:
@@ -226,7 +274,7 @@ class CoreReadout:
             half_charge = 0.5 * core.config.read_voltage_V * spec.pwm_ns_per_lsb  # fC / 2 per (uS · PWM level)
             self._fresh_noise_(y, levels_in.to(self.aux_dtype), gen, scale=spec.pwm_ns_per_lsb / half_charge)
             return y * (core.config.read_voltage_V * self.out_scale * x_range)
-        if self.takes_prepared_inputs and backend != "torch" and not exact_phases and isinstance(x_range, int | float):
+        if self.takes_prepared_inputs and backend != "torch" and not exact_phases and scalar_range:
             src = x.reshape(1, -1, n)  # all rows, in order, as one block of n inputs
             prepared = prepare_four_phase(
                 src, n, 1, self.aux_dtype, scale=None if levels else spec.input_levels / x_range
@@ -237,10 +285,28 @@ class CoreReadout:
         if exact_phases and self.mode == "four-phase":
             counts = self._exact_four_phase_counts(tau, gen)
         elif self._use_fused(backend, x_range):
-            return self._fused_mvm(tau, gen, self.out_scale * x_range).to(output_dtype)
+            return self._fused_mvm(tau, gen, float(x_range)).to(output_dtype)
         else:
             counts = self._fast_counts(tau, gen)
         return core.ldpu_combine(counts, self.phases, self.out_scale * x_range, output_dtype)
+
+    def _mvm_values(
+        self, x: torch.Tensor, generator: SeedLike, x_range: float, output_dtype: torch.dtype
+    ) -> torch.Tensor:
+        """:meth:`mvm` of input values on the hot path (:attr:`takes_prepared_inputs`): quantisation and the
+        finiteness check in the input pass, then :meth:`mvm_prepared`."""
+        n = self.core.shape[1]
+        src = x.reshape(1, -1, n)  # all rows, in order, as one block of n inputs (a view where x is contiguous)
+        nonfinite = np.zeros(src.shape[1], dtype=np.int32)
+        prepared = prepare_four_phase(
+            src, n, 1, self.aux_dtype, scale=self.core.spec.input_levels / x_range, nonfinite=nonfinite
+        )
+        if nonfinite.any():
+            raise ValidationError(f"x must be finite; it holds {int(nonfinite.sum())} NaN/Inf value(s)")
+        gen = make_generator(generator, "generator") if self.fresh_var is not None else None
+        shaped = FourPhaseInputs(*(v.view(x.shape) for v in prepared))
+        p = self._products_of(shaped.levels, shaped.magnitude, shaped.square, gen)
+        return self._fused_tail(p, x_range).to(output_dtype)
 
     def _use_fused(self, backend: str, x_range: float | torch.Tensor) -> bool:
         """Whether the converters and LDPU run as the fused kernel (:mod:`aimc.core.fused`)."""
@@ -271,28 +337,48 @@ class CoreReadout:
     ) -> _Products:
         """The products of the inputs of the pos - neg product ``y_in`` (levels; int8 with int8 planes), the
         pos + neg product ``a_in`` and the noise variance ``sq_in`` (squared levels), all ``(..., B, K)``."""
-        lead = torch.broadcast_shapes(y_in.shape[:-2], self.y_matrix.shape[:-2])
-        out_shape = torch.Size((*lead, y_in.shape[-2], self.y_matrix.shape[-1]))
+        lead = _broadcast_lead(y_in.shape[:-2], self.y_matrix.shape[:-2])
+        rows, m = y_in.shape[-2], self.y_matrix.shape[-1]
+        cores = math.prod(lead)
+        out_shape = torch.Size((*lead, rows, m))
         if self.y_planes is None:
             y_in = y_in.to(self.y_matrix.dtype)
             y = torch.matmul(y_in, self.y_matrix, out=self._buffer("y", out_shape, torch.float32))
-            y_int = None
+            y, pair = y.view(cores, rows, 1, m), False
         else:
-            hi, lo, step = self.y_planes
-            flat = (math.prod(lead), *out_shape[-2:])
-            y_hi, y_lo = self._buffer("y_hi", flat, torch.int32), self._buffer("y_lo", flat, torch.int32)
             if y_in.dtype != torch.int8:
                 y_in = self._buffer("x_int8", y_in.shape, torch.int8).copy_(y_in)
-            int8_product(y_in, hi, lo, y_hi, y_lo)
-            y_int = (y_hi.view(out_shape), y_lo.view(out_shape), step.expand(*lead, 1, 1))
-            y = None
-        a = torch.matmul(a_in, self.a_matrix)
+            packed = self._scaled_planes(tuple(lead), _shared_dims(y_in.shape[:-2], lead), rows)
+            if packed is not None:
+                y = scaled_plane_products(y_in, packed, tuple(lead))
+            else:  # int32 products, scaled here as oneDNN scales them
+                hi, lo, step = self.y_planes
+                flat = (cores, rows, m)
+                y_hi, y_lo = self._buffer("y_hi", flat, torch.int32), self._buffer("y_lo", flat, torch.int32)
+                int8_product(y_in, hi, lo, y_hi, y_lo)
+                y = self._buffer("y_pair", torch.Size((cores, rows, 1, 2 * m)), torch.float32)
+                step_c = step.expand(*lead, 1, 1).reshape(cores, 1, 1)
+                y[:, :, 0, :m] = y_hi * (step_c * 256.0)
+                y[:, :, 0, m:] = y_lo * step_c
+            pair = True
+        a = torch.matmul(a_in, self.a_matrix, out=self._buffer("a_prod", out_shape, self.aux_dtype))
         if self.fresh_var is None or gen is None or sq_in is None:
-            return _Products(y, y_int, a, None, None, None)
-        var = torch.matmul(sq_in, self.fresh_var)
+            return _Products(y, pair, a, None, None, None)
+        var = torch.matmul(sq_in, self.fresh_var, out=self._buffer("var_prod", out_shape, self.aux_dtype))
         if fused.available():
-            return _Products(y, y_int, a, var, draw_key(gen), None)
-        return _Products(y, y_int, a, var, None, self._normals(out_shape, gen))
+            return _Products(y, pair, a, var, draw_key(gen), None)
+        return _Products(y, pair, a, var, None, self._normals(out_shape, gen))
+
+    def _scaled_planes(self, lead: tuple[int, ...], shared_dims: int, rows: int) -> ScaledPlanes | None:
+        """:attr:`y_planes` of the cores ``lead`` (the planes broadcast to it) prepacked for oneDNN
+        (:func:`pack_scaled_planes`), the cores of the last ``shared_dims`` leading dims sharing their input;
+        computed once per readout, None without oneDNN."""
+        key = ("scaled_planes", lead, shared_dims)
+        if key not in self._registers:
+            hi, lo, step = self.y_planes  # type: ignore[misc]
+            planes = hi.expand(*lead, *hi.shape[-2:]), lo.expand(*lead, *lo.shape[-2:]), step.expand(*lead, 1, 1)
+            self._registers[key] = (pack_scaled_planes(*planes, shared_dims, rows),)
+        return self._registers[key][0]  # type: ignore[return-value]
 
     @property
     def takes_prepared_inputs(self) -> bool:
@@ -322,7 +408,7 @@ class CoreReadout:
             raise ValidationError("mvm_prepared needs a four-phase readout on the CPU with the fused kernel (numba)")
         gen = make_generator(generator, "generator") if self.fresh_var is not None else None
         p = self._products_of(inputs.levels, inputs.magnitude, inputs.square, gen)
-        return self._fused_tail(p, self.out_scale * x_range).to(output_dtype)
+        return self._fused_tail(p, x_range).to(output_dtype)
 
     def _normals(self, shape: torch.Size, gen: torch.Generator, key: np.ndarray | None = None) -> torch.Tensor:
         """This MVM's standard normals ``shape`` (float32, on the readout's device): with numba those of
@@ -336,17 +422,20 @@ class CoreReadout:
         return z.to(self.g_pos.device)
 
     def _float_y(self, p: _Products) -> torch.Tensor:
-        """Half the (pos - neg) charge as float32 ``(..., B, m)``, without fresh noise."""
-        if p.y is not None:
-            return p.y
-        y_hi, y_lo, step = p.y_int  # type: ignore[misc]
-        y = torch.mul(y_hi, step * 256.0, out=self._buffer("y", y_hi.shape, torch.float32))
-        return y.add_(torch.mul(y_lo, step))  # the same float32 operations as the fused kernel
+        """Half the (pos - neg) charge as float32 ``(..., B, m)`` (the shape of ``p.a``), without fresh noise."""
+        groups, rows, shared, width = p.y.shape
+        m = width // 2 if p.y_pair else width
+        y = self._buffer("y_float", torch.Size((groups, shared, rows, m)), torch.float32)
+        if p.y_pair:
+            torch.add(p.y[..., :m].transpose(1, 2), p.y[..., m:].transpose(1, 2), out=y)  # as the fused kernel
+        else:
+            y.copy_(p.y.transpose(1, 2))
+        return y.view(p.a.shape)
 
-    def _fused_mvm(self, tau: torch.Tensor, gen: torch.Generator | None, scale: torch.Tensor) -> torch.Tensor:
+    def _fused_mvm(self, tau: torch.Tensor, gen: torch.Generator | None, x_range: float) -> torch.Tensor:
         """:meth:`_fast_counts` and :meth:`ProgrammedCore.ldpu_combine` as one fused pass; ``(..., B, m)`` float32
         holding FP16 values."""
-        return self._fused_tail(self._products(tau, gen), scale)
+        return self._fused_tail(self._products(tau, gen), x_range)
 
     def _adc_registers(self, lead: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
         """Per-counter CCO terms (gk, ok of :func:`~aimc.core.adc.cco_counts_`) and the LDPU's FP16 correction
@@ -368,33 +457,42 @@ class CoreReadout:
             )
         return self._registers[key]
 
-    def _fused_tail(self, p: _Products, scale: torch.Tensor) -> torch.Tensor:
+    def _fused_scale(self, lead: tuple[int, ...], x_range: float) -> torch.Tensor:
+        """The LDPU's FP16 output scale (``out_scale·x_range``) of each core as float32 ``(C,)``; cached per
+        (cores, x_range) while ``out_scale`` is the same tensor."""
+        key = ("scale", lead, x_range, id(self.out_scale))
+        hit = self._registers.get(key)
+        if hit is None or hit[1] is not self.out_scale:
+            scale = (self.out_scale * x_range).to(torch.float16).float().expand(*lead, 1, 1)
+            hit = self._registers[key] = (scale.reshape(math.prod(lead)).contiguous(), self.out_scale)
+        return hit[0]
+
+    def _fused_tail(self, p: _Products, x_range: float) -> torch.Tensor:
         """The converters and LDPU of the products ``p`` in the fused kernel (:mod:`aimc.core.fused`)."""
         spec, cfg = self.core.spec, self.core.config
         shape = p.a.shape
-        lead, (rows, m) = shape[:-2], shape[-2:]
+        lead, (rows, m) = tuple(shape[:-2]), shape[-2:]
         cores = math.prod(lead)
         total_ns = spec.integration_time_ns * self.phases
         b = cfg.cco_nonlinearity_per_uA
-        gk, ok, inv_a, bias = self._adc_registers(tuple(lead))
+        gk, ok, inv_a, bias = self._adc_registers(lead)
         out = fused.adc_ldpu(
-            (p.y if p.y is not None else p.y_int[0]).reshape(cores, rows, m),  # type: ignore[index]
-            None if p.y_int is None else p.y_int[1].reshape(cores, rows, m),
-            None if p.y_int is None else p.y_int[2].reshape(cores).contiguous(),
-            p.a.reshape(cores, rows, m),
-            None if p.var is None else p.var.reshape(cores, rows, m),
+            p.y,
+            p.y_pair,
+            p.a.view(cores, rows, m),
+            None if p.var is None else p.var.view(cores, rows, m),
             p.key,
             gk,
             ok,
             inv_a,
             bias,
-            scale.to(torch.float16).float().expand(*lead, 1, 1).reshape(cores).contiguous(),
+            self._fused_scale(lead, x_range),
             den_c=total_ns / b if b else 0.0,
             q_max=spec.adc_saturation_uA * total_ns if cfg.adc_saturation else math.inf,
             c_max=float(spec.adc_max_count * self.phases),
             floor_counts=cfg.adc_quantization,
         )
-        return out.reshape(*lead, rows, m)
+        return out.view(*lead, rows, m)
 
     def _noise_std(self, var: torch.Tensor) -> torch.Tensor:
         """sqrt(max(var, 0)) as float32 in a reused work buffer (the fused kernel computes the same)."""

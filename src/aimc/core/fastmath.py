@@ -12,12 +12,20 @@ the PWM input levels are integers in [-127, 127], exactly int8, and the matrix i
 step·(256·hi + lo) with int8 planes hi and lo (:func:`int8_planes`), i.e. rounded to 1/32,639 of the core's largest
 entry (15 bits; the conductances it encodes carry percent-level programming and read noise). The int32 sums are
 exact, so y = step·(256·Y_hi + Y_lo) differs from the float32 product only by that rounding of the matrix.
+
+Where PyTorch has oneDNN's quantised linear operator (x86 CPU builds), both planes of a core, and of all cores that
+share an input, are one prepacked int8 matmul (AMX where the CPU has it) that writes the two scaled parts
+fl(256·step·Y_hi) and fl(step·Y_lo) as float32 (:func:`pack_scaled_planes`, :func:`scaled_plane_products`): the
+int32 sums are exact and each is rounded once, which is what multiplying the int32 results by the scales gives.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -85,3 +93,91 @@ def int8_product(
     for i in range(xi.shape[0]):
         torch._int_mm(xi[i], hi[i], out=out_hi[i])
         torch._int_mm(xi[i], lo[i], out=out_lo[i])
+
+
+@functools.lru_cache(maxsize=1)
+def _onednn_int8_available() -> bool:
+    """Whether PyTorch has oneDNN's prepacked int8 linear operator (CPU builds with oneDNN)."""
+    try:
+        ops = torch.ops.onednn
+        return bool(torch.backends.mkldnn.is_available()) and all(
+            hasattr(ops, name) for name in ("qlinear_prepack", "qlinear_pointwise")
+        )
+    except (AttributeError, RuntimeError):  # pragma: no cover - a build without oneDNN
+        return False
+
+
+class ScaledPlanes(NamedTuple):
+    """int8 planes prepacked for oneDNN, one matmul per group of cores that share an input.
+
+    weights: per group, the prepacked ``(S·2m, K)`` int8 matrix [hi_1^T; lo_1^T; ...; hi_S^T; lo_S^T] of its S cores.
+    scales: per group, ``(S·2m,)`` float32 output scales: 256·step_s for the hi rows, step_s for the lo rows.
+    groups, shared: the cores ``(..., K, m)`` flattened as (groups, shared): the cores of the last ``shared_dims``
+        leading dims (``shared`` of them per group) take the same input.
+    zero_points: ``(S·2m,)`` int64 zeros (the weights are symmetric).
+    """
+
+    weights: tuple[torch.Tensor, ...]
+    scales: tuple[torch.Tensor, ...]
+    groups: int
+    shared: int
+    shared_dims: int
+    zero_points: torch.Tensor
+
+
+def pack_scaled_planes(
+    hi: torch.Tensor, lo: torch.Tensor, step: torch.Tensor, shared_dims: int, rows_hint: int
+) -> ScaledPlanes | None:
+    """Prepack the planes of :func:`int8_planes` (``(..., K, m)`` int8, ``step`` ``(..., 1, 1)``) for
+    :func:`scaled_plane_products`, the cores of the last ``shared_dims`` leading dims in one matmul per group.
+
+    Returns None where oneDNN's int8 linear operator is missing or refuses the weights (the caller then multiplies
+    with :func:`int8_product`).
+    """
+    if hi.device.type != "cpu" or not _onednn_int8_available():
+        return None
+    k, m = hi.shape[-2:]
+    lead = tuple(hi.shape[:-2])
+    shared = math.prod(lead[len(lead) - shared_dims :]) if shared_dims else 1
+    groups = math.prod(lead) // shared
+    hi_f, lo_f = hi.reshape(groups, shared, k, m), lo.reshape(groups, shared, k, m)
+    step_f = step.reshape(groups, shared).float()
+    weights, scales = [], []
+    try:
+        for g in range(groups):
+            w = torch.cat([torch.cat([hi_f[g, s].T, lo_f[g, s].T]) for s in range(shared)]).contiguous()
+            sc = torch.stack([step_f[g] * 256.0, step_f[g]], dim=1).flatten().repeat_interleave(m)
+            weights.append(torch.ops.onednn.qlinear_prepack(w, [max(1, rows_hint), k]))
+            scales.append(sc.contiguous())
+    except RuntimeError:  # pragma: no cover - an operator that refuses these weights: use _int_mm
+        return None
+    zeros = torch.zeros(shared * 2 * m, dtype=torch.int64)
+    return ScaledPlanes(tuple(weights), tuple(scales), groups, shared, shared_dims, zeros)
+
+
+def scaled_plane_products(x: torch.Tensor, planes: ScaledPlanes, lead: tuple[int, ...]) -> torch.Tensor:
+    """The two scaled parts of y = step·(256·(x @ hi) + x @ lo) for every core, from :func:`pack_scaled_planes`.
+
+    Args:
+        x: ``(..., B, K)`` int8, leading dims broadcasting to the cores' ``lead``; constant over the shared dims.
+
+    Returns:
+        ``(groups, B, shared, 2m)`` float32: ``[..., :m]`` is fl(256·step·(x @ hi)), ``[..., m:]`` fl(step·(x @ lo)).
+    """
+    rows, k = x.shape[-2:]
+    xe = x.expand(*lead, rows, k)  # a view: no copy of a broadcast input
+    group_lead = lead[: len(lead) - planes.shared_dims]
+    first_shared = (0,) * planes.shared_dims
+    outs = []
+    for g, idx in enumerate(itertools.product(*map(range, group_lead))):
+        xg = xe[idx + first_shared]  # (B, K): the input of every core of group g
+        outs.append(_qlinear(xg, planes.weights[g], planes.scales[g], planes.zero_points))
+    out = outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)
+    return out.view(planes.groups, rows, planes.shared, -1)
+
+
+def _qlinear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor) -> torch.Tensor:
+    """oneDNN's int8 linear operator: ``x`` ``(B, K)`` int8 (scale 1, zero point 0) and a prepacked ``(N, K)`` int8
+    ``weight`` -> ``(B, N)`` float32 fl(scales_j·sum_k x_k·w_jk), the int32 sum exact."""
+    args = (x, 1.0, 0, weight, scales, zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+    return torch.ops.onednn.qlinear_pointwise(*args)

@@ -18,6 +18,7 @@ PyTorch path.
 from __future__ import annotations
 
 import os
+import platform
 
 import numpy as np
 import torch
@@ -27,8 +28,24 @@ from aimc.core.rowpar import run_rows
 
 try:  # numba is a dependency, but a platform without its wheels still runs (on the PyTorch path)
     import numba
+    from llvmlite import ir as llvm_ir
+    from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
+
+
+def _has_f16_conversions() -> bool:
+    """Whether LLVM can convert float32 <-> float16 in hardware on this CPU (x86 F16C; every 64-bit ARM)."""
+    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:  # numba compiles for a CPU named by the user
+        return "+f16c" in (numba.config.CPU_FEATURES or "")
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    import llvmlite.binding as llvm
+
+    try:
+        return bool(llvm.get_host_cpu_features().get("f16c", False))
+    except RuntimeError:  # pragma: no cover - features unavailable: take the portable emulation
+        return False
 
 
 def available() -> bool:
@@ -39,9 +56,9 @@ def available() -> bool:
 if numba is not None:
 
     @numba.njit(inline="always", error_model="numpy")
-    def _round_f16(x: np.float32) -> np.float32:  # pragma: no cover - compiled
-        """Nearest FP16 value of a float32 (ties to even), as float32; overflow gives +-inf. Branch-free, so that
-        the loops using it vectorise."""
+    def _round_f16_bits(x: np.float32) -> np.float32:  # pragma: no cover - compiled
+        """Nearest FP16 value of a float32 (ties to even), as float32; overflow gives +-inf. Integer operations on
+        the bits, branch-free (so that the loops using it vectorise): for CPUs without float16 conversions."""
         bits = np.float32(x).view(np.int32)
         normal = np.int32((bits + np.int32(0x0FFF) + ((bits >> 13) & 1)) & np.int32(-8192)).view(np.float32)
         subnormal = np.float32(np.rint(x * np.float32(16777216.0)) * np.float32(5.9604644775390625e-08))
@@ -49,6 +66,24 @@ if numba is not None:
         r = normal if ax >= np.float32(6.103515625e-05) else subnormal  # FP16 subnormals: a fixed quantum 2^-24
         inf = np.float32(np.inf) if x > np.float32(0.0) else np.float32(-np.inf)
         return inf if ax >= np.float32(65520.0) else r  # beyond the midpoint of 65504 and 2^16: infinity
+
+    @intrinsic
+    def _f16_convert(typingctx, x):  # pragma: no cover - compiled
+        """float32 -> float16 -> float32 as two LLVM conversions (one vcvtps2ph/vcvtph2ps pair with F16C)."""
+
+        def codegen(context, builder, signature, args):
+            return builder.fpext(builder.fptrunc(args[0], llvm_ir.HalfType()), llvm_ir.FloatType())
+
+        return numba.types.float32(numba.types.float32), codegen
+
+    @numba.njit(inline="always", error_model="numpy")
+    def _round_f16_hw(x: np.float32) -> np.float32:  # pragma: no cover - compiled
+        """:func:`_round_f16_bits` by the CPU's float16 conversion instructions (IEEE round to nearest even)."""
+        return _f16_convert(np.float32(x))
+
+    #: The FP16 rounding the kernels use: the CPU's conversion instructions where it has them (x86 F16C, any
+    #: 64-bit ARM), otherwise the integer emulation (a library call for the conversion might not be linked).
+    _round_f16 = _round_f16_hw if _has_f16_conversions() else _round_f16_bits
 
     @numba.njit(inline="always", error_model="numpy")
     def _bf16_to_f32(bits: np.int16) -> np.float32:  # pragma: no cover - compiled
@@ -68,10 +103,7 @@ if numba is not None:
     @numba.njit(nogil=True, cache=True, error_model="numpy")
     def _kernel(
         y,
-        y_hi,
-        y_lo,
-        y_step,
-        y_int,
+        y_pair,
         a,
         a_bf16,
         var,
@@ -91,32 +123,25 @@ if numba is not None:
         r0,
         r1,
     ):  # pragma: no cover - compiled
-        """Rows r0..r1 of the flattened (C*B) outputs; see :func:`adc_ldpu` for the arguments. Each row runs as
-        three simple loops (charge pos + neg, noisy pos - neg, the rest) that the compiler vectorises."""
+        """Rows r0..r1 of the flattened (C*B) outputs; see :func:`adc_ldpu` for the arguments. Each row runs as a
+        few simple loops (the charges, the noise, then both counters and the LDPU) that the compiler vectorises."""
         n_b = out.shape[1]
         m = out.shape[2]
+        shared = y.shape[2]
         s_a = np.empty(m, dtype=np.float32)
         s_y = np.empty(m, dtype=np.float32)
-        s_p = np.empty(m, dtype=np.float32)
-        s_n = np.empty(m, dtype=np.float32)
         s_z = np.empty(4 * ((m + 3) // 4), dtype=np.float32)
         for r in range(r0, r1):
             c = r // n_b
             b = r - c * n_b
-            a_row = a[c, b]
-            if y_int:
-                s1 = y_step[c]
-                s256 = s1 * np.float32(256.0)
-                h_row = y_hi[c, b]
-                l_row = y_lo[c, b]
+            y_row = y[c // shared, b, c - (c // shared) * shared]
+            if y_pair:
                 for j in range(m):
-                    s_y[j] = np.float32(h_row[j]) * s256
-                for j in range(m):
-                    s_y[j] = s_y[j] + np.float32(l_row[j]) * s1
+                    s_y[j] = y_row[j] + y_row[m + j]
             else:
-                y_row = y[c, b]
                 for j in range(m):
                     s_y[j] = y_row[j]
+            a_row = a[c, b]
             if a_bf16:
                 for j in range(m):
                     s_a[j] = _bf16_to_f32(a_row[j])
@@ -126,48 +151,38 @@ if numba is not None:
             if noise:
                 v_row = var[c, b]
                 normal_row(key, r, s_z)
-                z_row = s_z
                 # noise = z·sqrt(var), then y + noise, in two loops: the product is rounded before the sum (as
                 # on the PyTorch path), never fused into one multiply-add by the compiler
                 if var_bf16:
                     for j in range(m):
-                        z_row[j] = z_row[j] * np.float32(np.sqrt(max(_bf16_to_f32(v_row[j]), np.float32(0.0))))
+                        s_z[j] = s_z[j] * np.float32(np.sqrt(max(_bf16_to_f32(v_row[j]), np.float32(0.0))))
                 else:
                     for j in range(m):
-                        z_row[j] = z_row[j] * np.float32(np.sqrt(max(np.float32(v_row[j]), np.float32(0.0))))
+                        s_z[j] = s_z[j] * np.float32(np.sqrt(max(np.float32(v_row[j]), np.float32(0.0))))
                 for j in range(m):
-                    s_y[j] = s_y[j] + z_row[j]
+                    s_y[j] = s_y[j] + s_z[j]
             o_row = out[c, b]
             s = scale[c]
-            _counter(s_a, s_y, np.float32(1.0), gk[c, 0], ok[c, 0], den_c, q_max, c_max, floor_counts, s_p)
-            _counter(s_a, s_y, np.float32(-1.0), gk[c, 1], ok[c, 1], den_c, q_max, c_max, floor_counts, s_n)
-            _correct(s_p, ia[c, 0], bias[c, 0])
-            _correct(s_n, ia[c, 1], bias[c, 1])
+            gk_p, gk_n, ok_p, ok_n = gk[c, 0], gk[c, 1], ok[c, 0], ok[c, 1]
+            ia_p, ia_n, bias_p, bias_n = ia[c, 0], ia[c, 1], bias[c, 0], bias[c, 1]
             for j in range(m):
-                o_row[j] = _round_f16(_round_f16(s_p[j] - s_n[j]) * s)
+                cnt_p = _count(s_a[j] + s_y[j], gk_p[j], ok_p[j], den_c, q_max, c_max, floor_counts)
+                cnt_n = _count(s_a[j] - s_y[j], gk_n[j], ok_n[j], den_c, q_max, c_max, floor_counts)
+                # the LDPU: FP16 counts, affine correction bias + count·(1/alpha), subtraction, scale
+                q_p = _round_f16(bias_p[j] + _round_f16(cnt_p) * ia_p[j])
+                q_n = _round_f16(bias_n[j] + _round_f16(cnt_n) * ia_n[j])
+                o_row[j] = _round_f16(_round_f16(q_p - q_n) * s)
 
     @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
     def _kernel_par(
-        y, y_hi, y_lo, y_step, y_int, a, a_bf16, var, var_bf16, key, noise,
+        y, y_pair, a, a_bf16, var, var_bf16, key, noise,
         gk, ok, ia, bias, scale, den_c, q_max, c_max, floor_counts, out, rows, chunks,
     ):  # fmt: skip  # pragma: no cover - compiled
         for c in numba.prange(chunks):
             _kernel(
-                y, y_hi, y_lo, y_step, y_int, a, a_bf16, var, var_bf16, key, noise, gk, ok, ia, bias, scale,
+                y, y_pair, a, a_bf16, var, var_bf16, key, noise, gk, ok, ia, bias, scale,
                 den_c, q_max, c_max, floor_counts, out, rows * c // chunks, rows * (c + 1) // chunks,
             )  # fmt: skip
-
-    @numba.njit(inline="always", error_model="numpy")
-    def _counter(s_a, s_y, sign, gk, ok, den_c, q_max, c_max, floor_counts, out):  # pragma: no cover - compiled
-        """Counts of one counter of a row: charge a + sign·y (each loop touches few arrays, so it vectorises)."""
-        for j in range(out.shape[0]):
-            out[j] = _count(s_a[j] + sign * s_y[j], gk[j], ok[j], den_c, q_max, c_max, floor_counts)
-
-    @numba.njit(inline="always", error_model="numpy")
-    def _correct(counts, inv_alpha, bias):  # pragma: no cover - compiled
-        """The LDPU's FP16 affine correction of a row of counts, in place: bias + FP16(count)·inv_alpha."""
-        for j in range(counts.shape[0]):
-            counts[j] = _round_f16(bias[j] + _round_f16(counts[j]) * inv_alpha[j])
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -177,8 +192,7 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray:
 
 def adc_ldpu(
     y: torch.Tensor,
-    y_lo: torch.Tensor | None,
-    y_step: torch.Tensor | None,
+    y_pair: bool,
     a: torch.Tensor,
     var: torch.Tensor | None,
     key: np.ndarray | None,
@@ -191,13 +205,14 @@ def adc_ldpu(
     q_max: float,
     c_max: float,
     floor_counts: bool,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fresh noise, both counters, the CCO and the FP16 LDPU for every output, in one pass.
 
     Args:
-        y: ``(C, B, m)`` float32 half (pos - neg) charge (fC) without fresh noise; or, with ``y_lo`` and
-            ``y_step`` ``(C,)``, its int32 high plane: the charge is (256·step)·y + step·y_lo
-            (:func:`aimc.core.fastmath.int8_planes`).
+        y: ``(G, B, S, W)`` float32 half (pos - neg) charge (fC) without fresh noise of the C = G·S cores (core c is
+            ``y[c // S, :, c % S]``): W = m, or with ``y_pair`` W = 2m and the charge is the sum of the two halves
+            (the scaled int8 plane products of :func:`aimc.core.fastmath.scaled_plane_products`).
         a: ``(C, B, m)`` half (pos + neg) charge, float32 or bfloat16.
         var: ``(C, B, m)`` fresh-noise variance of ``y`` (float32 or bfloat16), or None without fresh noise.
         key: the four words of this MVM's normals (:func:`aimc.core.philox.draw_key`): output (c, b, j) gets
@@ -209,27 +224,23 @@ def adc_ldpu(
         scale: ``(C,)`` float32 value of the FP16 output scale.
         q_max: charge at saturation (``inf`` without saturation); c_max: largest count.
         floor_counts: count whole CCO cycles.
+        out: optional ``(C, B, m)`` float32 result tensor (contiguous).
 
     Returns:
         ``(C, B, m)`` float32 holding the LDPU's FP16 results.
     """
-    cores, rows, m = y.shape
-    out = torch.empty((cores, rows, m), dtype=torch.float32)
+    cores, rows, m = a.shape
+    if out is None:
+        out = torch.empty((cores, rows, m), dtype=torch.float32)
     noise = var is not None and key is not None
-    dummy = np.zeros((1, 1, 1), dtype=np.float32)
-    y_int = y_lo is not None and y_step is not None
-    dummy_i = np.zeros((1, 1, 1), dtype=np.int32)
     args = (
-        dummy if y_int else y.numpy(),
-        y.numpy() if y_int else dummy_i,
-        y_lo.numpy() if y_int else dummy_i,
-        y_step.numpy() if y_int else np.zeros(1, dtype=np.float32),
-        y_int,
+        y.numpy(),
+        y_pair,
         _as_numpy(a),
         a.dtype == torch.bfloat16,
-        _as_numpy(var) if noise else dummy,
+        _as_numpy(var) if noise else _DUMMY_F32,
         noise and var.dtype == torch.bfloat16,
-        key if noise else np.zeros(4, dtype=np.uint32),
+        key if noise else _DUMMY_KEY,
         noise,
         gk.numpy(),
         ok.numpy(),
@@ -244,3 +255,7 @@ def adc_ldpu(
     )
     run_rows(_kernel, _kernel_par, args, cores * rows, cores * rows * m)
     return out
+
+
+_DUMMY_F32 = np.zeros((1, 1, 1), dtype=np.float32)
+_DUMMY_KEY = np.zeros(4, dtype=np.uint32)

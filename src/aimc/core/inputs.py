@@ -63,11 +63,32 @@ if numba is not None:
             for j in range(v.shape[0]):
                 o_sq[j] = v[j] * v[j]
 
+    @numba.njit(inline="always", error_model="numpy")
+    def _store_quantized(v, scale, limit, blk, row, out_i8, out_mag, out_sq, aux_bf16):  # pragma: no cover
+        """:func:`_store_row` of the levels clip(round(v·scale), -limit, limit): rounded straight into the int8
+        output, whose (integer) values the magnitude and square loops then read (faster loops, the same numbers)."""
+        o_i8, o_mag, o_sq = out_i8[blk, row], out_mag[blk, row], out_sq[blk, row]
+        for j in range(v.shape[0]):
+            o_i8[j] = np.int8(min(max(np.float32(np.rint(v[j] * scale)), -limit), limit))
+        if aux_bf16:
+            for j in range(v.shape[0]):
+                o_mag[j] = _bf16_bits(abs(np.float32(o_i8[j])))
+            for j in range(v.shape[0]):
+                q = np.float32(o_i8[j])
+                o_sq[j] = _bf16_bits(q * q)
+        else:
+            for j in range(v.shape[0]):
+                o_mag[j] = abs(np.float32(o_i8[j]))
+            for j in range(v.shape[0]):
+                q = np.float32(o_i8[j])
+                o_sq[j] = q * q
+
     @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def _prepare(src, is_bf16, scale, limit, quantize, n, out_i8, out_mag, out_sq, aux_bf16, r0, r1):
+    def _prepare(src, is_bf16, scale, limit, quantize, n, nonfinite, out_i8, out_mag, out_sq, aux_bf16, r0, r1):
         # pragma: no cover - compiled
         """Rows r0..r1 of src ``(A, B, K)`` (row = a·B + b; int16 bfloat16 bits or float32) into the ``(r, A·B, n)``
-        outputs; columns k >= K are zero (the padding of the last row block)."""
+        outputs; columns k >= K are zero (the padding of the last row block). When quantising, ``nonfinite[row]``
+        gets the row's count of NaN/Inf values (all exponent bits set)."""
         n_b = src.shape[1]
         k_in = src.shape[2]
         blocks = out_i8.shape[0]
@@ -88,9 +109,14 @@ if numba is not None:
                 for j in range(width, n):
                     v[j] = np.float32(0.0)
                 if quantize:
-                    for j in range(n):
-                        v[j] = min(max(np.float32(np.rint(v[j] * scale)), -limit), limit)
-                _store_row(v, blk, row, out_i8, out_mag, out_sq, aux_bf16)
+                    bad = np.int32(0)
+                    for j in range(width):
+                        bits = np.float32(v[j]).view(np.int32)
+                        bad += np.int32((bits & np.int32(0x7F800000)) == np.int32(0x7F800000))
+                    nonfinite[row] += bad
+                    _store_quantized(v, scale, limit, blk, row, out_i8, out_mag, out_sq, aux_bf16)
+                else:
+                    _store_row(v, blk, row, out_i8, out_mag, out_sq, aux_bf16)
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")
     def _prepare_conv(img, offsets, h_out, w_out, w_pad, s_h, s_w, n, out_i8, out_mag, out_sq, aux_bf16, r0, r1):
@@ -120,11 +146,12 @@ if numba is not None:
 if numba is not None:
 
     @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
-    def _prepare_par(src, is_bf16, scale, limit, quantize, n, out_i8, out_mag, out_sq, aux_bf16, rows, chunks):
-        # pragma: no cover - compiled
+    def _prepare_par(
+        src, is_bf16, scale, limit, quantize, n, nonfinite, out_i8, out_mag, out_sq, aux_bf16, rows, chunks
+    ):  # pragma: no cover - compiled
         for c in numba.prange(chunks):
             r0, r1 = rows * c // chunks, rows * (c + 1) // chunks
-            _prepare(src, is_bf16, scale, limit, quantize, n, out_i8, out_mag, out_sq, aux_bf16, r0, r1)
+            _prepare(src, is_bf16, scale, limit, quantize, n, nonfinite, out_i8, out_mag, out_sq, aux_bf16, r0, r1)
 
     @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
     def _prepare_conv_par(
@@ -185,7 +212,13 @@ def prepare_conv_four_phase(
 
 
 def prepare_four_phase(
-    src: torch.Tensor, n: int, blocks: int, aux_dtype: torch.dtype, scale: float | None = None, limit: int = 127
+    src: torch.Tensor,
+    n: int,
+    blocks: int,
+    aux_dtype: torch.dtype,
+    scale: float | None = None,
+    limit: int = 127,
+    nonfinite: np.ndarray | None = None,
 ) -> FourPhaseInputs:
     """The int8 levels, |levels| and levels^2 of ``src`` in row blocks of ``n`` inputs.
 
@@ -196,6 +229,9 @@ def prepare_four_phase(
         aux_dtype: ``torch.bfloat16`` or ``torch.float32``, the dtype of magnitude and square.
         scale: quantise ``src`` as levels = clip(round(src·scale), -limit, limit) (``quantize_input``'s
             ``levels / x_range``); None takes ``src`` as levels already.
+        nonfinite: with ``scale``, an optional ``(A·B,)`` int32 array of zeros that receives each row's count of
+            NaN/Inf values of ``src`` (whose levels are then meaningless): the caller's finiteness check, made
+            in the same pass.
 
     Returns:
         :class:`FourPhaseInputs`, each ``(blocks, A·B, n)``.
@@ -208,6 +244,7 @@ def prepare_four_phase(
     is_bf16 = src.dtype == torch.bfloat16
     src_np = src.view(torch.int16).numpy() if is_bf16 else src.float().numpy()
     scale_f = np.float32(scale if scale is not None else 1.0)
-    args = (src_np, is_bf16, scale_f, np.float32(limit), scale is not None, n, *arrays)
+    counts = nonfinite if nonfinite is not None else np.zeros(rows if scale is not None else 1, dtype=np.int32)
+    args = (src_np, is_bf16, scale_f, np.float32(limit), scale is not None, n, counts, *arrays)
     run_rows(_prepare, _prepare_par, args, rows, rows * blocks * n)
     return out
