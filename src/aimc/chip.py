@@ -23,7 +23,6 @@ from aimc.compiler.layout import (
     conv_output_size,
     from_column_blocks,
     layer_rows,
-    output_rows,
     weight_blocks,
 )
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
@@ -33,7 +32,9 @@ from aimc.core.inputs import FourPhaseInputs, prepare_conv_four_phase, prepare_f
 from aimc.core.pwm import quantize_input
 from aimc.devices.base import DeviceModel, check_time
 from aimc.devices.registry import get as get_device
+from aimc.digital import ldpu_fused
 from aimc.digital.gdpu import lstm_cell
+from aimc.digital.levels import pwm_levels_bf16
 from aimc.errors import AimcError, ArgumentTypeError, ValidationError
 from aimc.faults import Faults, check_mapping_faults, fault_generator
 from aimc.spec import READ_MODES, ChipSpec
@@ -392,21 +393,31 @@ def _mvm_rows(
     gen: torch.Generator,
     quantize: bool,
     levels: bool = False,
+    output_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """All cores of a layer on matrix rows ``(R, K)`` (values, or PWM levels with ``levels``) -> ``(r, c, R, m)``
-    MVM outputs."""
+    MVM outputs (FP16 values when ``quantize``, as ``output_dtype``: default float16, float32 when not
+    ``quantize``)."""
     xb = block_view(layer, rows).unsqueeze(1)  # (r, 1, R, n)
+    if output_dtype is None:
+        output_dtype = torch.float16 if quantize else torch.float32
     return readout.mvm(
         xb,
         gen,
         x_range=layer.x_range,
         quantize=quantize,
-        output_dtype=torch.float16 if quantize else torch.float32,
+        output_dtype=output_dtype,
         levels=levels,
     )
 
 
-def _mvm_prepared(layer: MappedLayer, readout: CoreReadout, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _mvm_prepared(
+    layer: MappedLayer,
+    readout: CoreReadout,
+    x: torch.Tensor,
+    gen: torch.Generator,
+    output_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
     """:func:`_mvm_rows` of PWM levels ``x`` (the layer's input) through :func:`prepare_four_phase`, which gathers
     each core's block of the im2col matrix without transposing it first -> ``(r, c, R, m)``."""
     t = layer.tiling
@@ -418,7 +429,48 @@ def _mvm_prepared(layer: MappedLayer, readout: CoreReadout, x: torch.Tensor, gen
     else:
         inputs = prepare_four_phase(x.reshape(1, -1, x.shape[-1]), t.block_inputs, t.row_blocks, readout.aux_dtype)
     inputs = FourPhaseInputs(*(v.unsqueeze(1) for v in inputs))  # (r, 1, R, n)
-    return readout.mvm_prepared(inputs, gen, x_range=layer.x_range, output_dtype=torch.float16)
+    return readout.mvm_prepared(inputs, gen, x_range=layer.x_range, output_dtype=output_dtype)
+
+
+def _fused_registers(layer: MappedLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's affine registers as :func:`aimc.digital.ldpu_fused.ldpu_chain` takes them: ``(c, m)`` float32
+    holding the FP16 values that :func:`_ldpu_chain` computes with (rounded once from the stored dtype)."""
+    t = layer.tiling
+    pad = t.col_blocks * t.block_outputs - t.outputs
+    return tuple(  # type: ignore[return-value]
+        F.pad(v, (0, pad)).reshape(t.col_blocks, t.block_outputs).to(torch.float16).float()
+        for v in (layer.scale, layer.bias)
+    )
+
+
+def _ldpu_rows(
+    layer: MappedLayer,
+    y: torch.Tensor,
+    addend: torch.Tensor | None,
+    quantize: bool,
+    out: torch.Tensor,
+    registers: tuple[torch.Tensor, torch.Tensor] | None,
+) -> None:
+    """The layer's LDPU chain of core outputs ``y`` ``(r, c, R, m)`` into output rows ``out`` ``(R, N)``.
+
+    ``addend``: ``(A, P, N)`` value added in the LDPUs for row ``a·P + p``, or None. With ``registers`` (from
+    :func:`_fused_registers`) the chain runs as one compiled pass (:mod:`aimc.digital.ldpu_fused`, same numbers),
+    else as :func:`_ldpu_chain`'s PyTorch operations.
+    """
+    if registers is not None:
+        ldpu_fused.ldpu_chain(
+            y.float(),
+            *registers,
+            addend,
+            out,
+            relu=layer.relu,
+            relu2=layer.relu2,
+            psum_range=layer.psum_range,
+            out_range=layer.out_range,
+        )
+        return
+    add_c = None if addend is None else column_blocks(layer, addend.reshape(-1, layer.tiling.outputs))
+    out.copy_(from_column_blocks(layer, _ldpu_chain(layer, y, add_c, quantize)))
 
 
 def _run_analog(
@@ -433,49 +485,63 @@ def _run_analog(
     """One analog layer (conv via im2col or linear) with its LDPU pipeline.
 
     The batch is processed in slices of about ``ELEMENTS_PER_STEP`` matrix elements, so that the im2col patches
-    and the work tensors of one slice stay small (memory) and cache-resident (speed).
+    and the work tensors of one slice stay small (memory) and cache-resident (speed). A conv layer's output is
+    written channels last (``(N, H, W, C)`` in memory, returned as an ``(N, C, H, W)`` view): one output row per
+    position, as the LDPUs produce it, and the layout PyTorch's max-pooling is fastest on.
     """
     x = x.float()
     t = layer.tiling
-    k = x.shape[-1] if layer.kind != "conv2d" else x.shape[1] * math.prod(layer.geometry["kernel"])
+    conv = layer.kind == "conv2d"
+    k = x.shape[-1] if not conv else x.shape[1] * math.prod(layer.geometry["kernel"])
     if k != t.inputs:
         raise ValidationError(
             f"layer {layer.name!r} takes {t.inputs} inputs per row (matrix {t.inputs}x{t.outputs}); the value "
             f"reaching it, shape {tuple(x.shape)}, gives {k}: the input does not fit the mapping"
         )
+    prepared = quantize and readout.takes_prepared_inputs
+    # the LDPU chain as one compiled pass where it can run (the same numbers as the PyTorch chain)
+    registers = _fused_registers(layer) if quantize and ldpu_fused.available() and x.device.type == "cpu" else None
+    y_dtype = torch.float32 if registers is not None else None  # the converters' FP16 values, no conversion pass
     if quantize:
         # PWM quantisation is element-wise, so it commutes with im2col: quantise the (k·k times smaller) image once
         # and gather its levels in bfloat16 (exact for |level| <= 255, half the bytes of float32)
-        x = quantize_input(x, layer.x_range, readout.core.spec).to(torch.bfloat16)
+        spec = readout.core.spec
+        if prepared and conv and x.dim() == 4 and spec.input_levels <= 255:
+            x = pwm_levels_bf16(x, layer.x_range, spec.input_levels)  # the same levels in one pass
+        else:
+            x = quantize_input(x, layer.x_range, spec).to(torch.bfloat16)
     step_rows = max(256, ELEMENTS_PER_STEP // (t.cores * max(t.block_inputs, t.block_outputs)))
-    if layer.kind == "conv2d":
+    if conv:
         h_out, w_out = conv_output_size(layer, x.shape[2], x.shape[3])
         per_item = h_out * w_out
-        out = torch.empty(x.shape[0], t.outputs, h_out, w_out, device=x.device)
+        out = torch.empty(x.shape[0], h_out, w_out, t.outputs, device=x.device)  # channels last
     else:
         per_item = 1
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
         out = torch.empty(x.shape[0], t.outputs, device=x.device)
+    out_rows = out.view(-1, t.outputs)
+    add_rows = None  # (A, P, N): row a·P + p of the output gets add_rows[a, p]
+    if addend is not None:
+        add_rows = addend.float()
+        add_rows = (
+            add_rows.permute(0, 2, 3, 1).reshape(add_rows.shape[0], -1, t.outputs)
+            if conv
+            else add_rows.reshape(-1, 1, t.outputs)
+        )
     items = max(1, step_rows // per_item)
-    prepared = quantize and readout.takes_prepared_inputs
     for start in range(0, x.shape[0], items):
         sl = slice(start, start + items)
         if prepared:
-            y = _mvm_prepared(layer, readout, x[sl], gen)
+            y = _mvm_prepared(layer, readout, x[sl], gen, y_dtype or torch.float16)
         else:
-            y = _mvm_rows(layer, readout, layer_rows(layer, x[sl]), gen, quantize, levels=quantize)
+            rows_in = layer_rows(layer, x[sl])
+            y = _mvm_rows(layer, readout, rows_in, gen, quantize, levels=quantize, output_dtype=y_dtype)
         if observe is not None:
             observe(layer, y)
-        add_c = None
-        if addend is not None:
-            add_c = column_blocks(layer, output_rows(layer, addend[sl].float()))
-        res = from_column_blocks(layer, _ldpu_chain(layer, y, add_c, quantize))
-        if layer.kind == "conv2d":
-            out[sl] = res.reshape(-1, h_out, w_out, t.outputs).permute(0, 3, 1, 2)
-        else:
-            out[sl] = res
-    return out if layer.kind == "conv2d" else out.reshape(*lead, t.outputs)
+        rows = out_rows[start * per_item : (start + items) * per_item]
+        _ldpu_rows(layer, y, None if add_rows is None else add_rows[sl], quantize, rows, registers)
+    return out.permute(0, 3, 1, 2) if conv else out.reshape(*lead, t.outputs)
 
 
 def _run_lstm(
@@ -493,14 +559,17 @@ def _run_lstm(
     inverse = torch.argsort(torch.tensor(layer.geometry["gate_order"], device=x.device))
     h = torch.zeros(batch, hidden, device=x.device)
     c = torch.zeros(batch, hidden, device=x.device)
+    registers = _fused_registers(layer) if quantize and ldpu_fused.available() and x.device.type == "cpu" else None
+    y_dtype = torch.float32 if registers is not None else None
     outs = []
     # the host scales the off-chip input to the PWM range of h; its weight columns were divided by the same factor
     x = x.float() * layer.geometry.get("input_scale", 1.0)
     for step in range(steps):
         rows = torch.cat([x[:, step], h], dim=-1)
-        y = _mvm_rows(layer, readout, rows, gen, quantize)
-        gates = from_column_blocks(layer, _ldpu_chain(layer, y, None, quantize))[:, inverse]
-        h, c = lstm_cell(gates, c, fp16=quantize)
+        y = _mvm_rows(layer, readout, rows, gen, quantize, output_dtype=y_dtype)
+        gates = torch.empty(batch, layer.tiling.outputs, device=x.device)
+        _ldpu_rows(layer, y, None, quantize, gates, registers)
+        h, c = lstm_cell(gates[:, inverse], c, fp16=quantize)
         if quantize:
             h = _int8_values(h, 1.0)
         outs.append(h)
