@@ -358,10 +358,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model == "resnet9":
         from aimc.train.cifar import train_resnet9
 
-        final = train_resnet9(args.out, io_aware=args.io_aware, **kwargs)
+        if args.drift_aware and not args.hwa:
+            raise ValidationError("--drift-aware is part of hardware-aware training: add --hwa")
+        final = train_resnet9(args.out, io_aware=args.io_aware, drift_aware=args.drift_aware, **kwargs)
     else:
-        if args.io_aware:
-            raise ValidationError("--io-aware applies to resnet9 only")
+        if args.io_aware or args.drift_aware:
+            raise ValidationError("--io-aware and --drift-aware apply to resnet9 only")
         from aimc.train.ptb import train_char_lstm
 
         final = train_char_lstm(args.out, **kwargs)
@@ -537,6 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hwa", action="store_true", help="hardware-aware fine-tuning (SPEC §3 noise and clipping)")
     p.add_argument("--io-aware", action="store_true", help="resnet9 HWA: also 8-bit inputs and output noise")
+    p.add_argument(
+        "--drift-aware",
+        action="store_true",
+        help="resnet9 HWA: also the device drift at a random read time (1 min-1 day) with global compensation",
+    )
     p.add_argument("--init", default=None, help="start from these weights (e.g. the float model for --hwa)")
     p.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
     p.add_argument("--tag", default=None, help="name of the final weights file (default float / hwa)")
