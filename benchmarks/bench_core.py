@@ -3,12 +3,16 @@
 One 256x256 core, batch 1024, four-phase with fresh read noise: the time of ``CoreReadout.mvm`` (what runs per
 batch; ``prepare`` runs once per (chip, t)) relative to ``x @ W.T`` measured in the same run. Target: <= 4x, aim 2x.
 
-Usage: ``python benchmarks/bench_core.py [--write]`` (``--write`` records the figures in docs/benchmarks.md).
+Usage: ``python benchmarks/bench_core.py [--write] [--threads N]`` (``--write`` records the figures in
+docs/benchmarks.md). With N > 1 the four-phase MVM is also timed on one thread (its reference too). The machine's
+load average is printed with the figures: other processes on the cores make the timings (most of all the
+multi-threaded ones, whose OpenMP threads then wait for each other) meaningless.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -39,7 +43,15 @@ def main() -> None:
     x = torch.rand((1024, 256), generator=g) * 2 - 1
     core = program_core(w, "hermes-2dev", "tdp", 0)
     rows = []
-    for mode, backend in (("four-phase", "auto"), ("one-phase", "auto"), ("four-phase", "torch")):
+    cases = [
+        ("four-phase", "auto", args.threads),
+        ("one-phase", "auto", args.threads),
+        ("four-phase", "torch", args.threads),
+    ]
+    if args.threads > 1:
+        cases.insert(1, ("four-phase", "auto", 1))
+    for mode, backend, threads in cases:
+        torch.set_num_threads(threads)
         readout = core.prepare(3600.0, mode, 1)
         gen = torch.Generator().manual_seed(2)
         t_ref = median_time(lambda: x @ w.T, args.repeats)
@@ -48,14 +60,18 @@ def main() -> None:
         )
         t_prep = median_time(lambda mode=mode: core.prepare(3600.0, mode, 1), max(5, args.repeats // 3))
         label = mode if backend == "auto" else f"{mode}, PyTorch path (`backend='torch'`)"
+        if threads != args.threads:
+            label += f", {threads} thread (reference too)"
         rows.append((label, t_ref, t_mvm, t_prep))
+    torch.set_num_threads(args.threads)
     buf = torch.empty(1024, 256)
     gen = torch.Generator().manual_seed(3)
     t_rng = median_time(lambda: buf.normal_(generator=gen), args.repeats)
     key = draw_key(gen)
     t_philox = median_time(lambda: fill_normal_rows_(buf, key), args.repeats)
     table = [
-        f"Machine: {machine()}. Date: {today()}. Median of {args.repeats} runs each. Fused kernels: "
+        f"Machine: {machine()}; load average {os.getloadavg()[0]:.2f} at the end. Date: {today()}. "
+        f"Median of {args.repeats} runs each. Fused kernels: "
         f"{'numba ' + numba_version() if fused.available() else 'not available'}; int8 product planes: "
         f"{'yes' if int8_products_for(torch.device('cpu')) else 'no'}.",
         "",

@@ -120,12 +120,14 @@ if numba is not None:
         c_max,
         floor_counts,
         out,
+        b_off,
         r0,
         r1,
     ):  # pragma: no cover - compiled
         """Rows r0..r1 of the flattened (C*B) outputs; see :func:`adc_ldpu` for the arguments. Each row runs as a
         few simple loops (the charges, the noise, then both counters and the LDPU) that the compiler vectorises."""
-        n_b = out.shape[1]
+        n_b = a.shape[1]  # rows of this part: batch rows b_off .. b_off + n_b of every core
+        n_total = out.shape[1]
         m = out.shape[2]
         shared = y.shape[2]
         s_a = np.empty(m, dtype=np.float32)
@@ -150,7 +152,7 @@ if numba is not None:
                     s_a[j] = a_row[j]
             if noise:
                 v_row = var[c, b]
-                normal_row(key, r, s_z)
+                normal_row(key, c * n_total + b_off + b, s_z)
                 # noise = z·sqrt(var), then y + noise, in two loops: the product is rounded before the sum (as
                 # on the PyTorch path), never fused into one multiply-add by the compiler
                 if var_bf16:
@@ -161,7 +163,7 @@ if numba is not None:
                         s_z[j] = s_z[j] * np.float32(np.sqrt(max(np.float32(v_row[j]), np.float32(0.0))))
                 for j in range(m):
                     s_y[j] = s_y[j] + s_z[j]
-            o_row = out[c, b]
+            o_row = out[c, b_off + b]
             s = scale[c]
             gk_p, gk_n, ok_p, ok_n = gk[c, 0], gk[c, 1], ok[c, 0], ok[c, 1]
             ia_p, ia_n, bias_p, bias_n = ia[c, 0], ia[c, 1], bias[c, 0], bias[c, 1]
@@ -176,12 +178,12 @@ if numba is not None:
     @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
     def _kernel_par(
         y, y_pair, a, a_bf16, var, var_bf16, key, noise,
-        gk, ok, ia, bias, scale, den_c, q_max, c_max, floor_counts, out, rows, chunks,
+        gk, ok, ia, bias, scale, den_c, q_max, c_max, floor_counts, out, b_off, rows, chunks,
     ):  # fmt: skip  # pragma: no cover - compiled
         for c in numba.prange(chunks):
             _kernel(
                 y, y_pair, a, a_bf16, var, var_bf16, key, noise, gk, ok, ia, bias, scale,
-                den_c, q_max, c_max, floor_counts, out, rows * c // chunks, rows * (c + 1) // chunks,
+                den_c, q_max, c_max, floor_counts, out, b_off, rows * c // chunks, rows * (c + 1) // chunks,
             )  # fmt: skip
 
 
@@ -206,6 +208,7 @@ def adc_ldpu(
     c_max: float,
     floor_counts: bool,
     out: torch.Tensor | None = None,
+    batch_offset: int = 0,
 ) -> torch.Tensor:
     """Fresh noise, both counters, the CCO and the FP16 LDPU for every output, in one pass.
 
@@ -216,7 +219,7 @@ def adc_ldpu(
         a: ``(C, B, m)`` half (pos + neg) charge, float32 or bfloat16.
         var: ``(C, B, m)`` fresh-noise variance of ``y`` (float32 or bfloat16), or None without fresh noise.
         key: the four words of this MVM's normals (:func:`aimc.core.philox.draw_key`): output (c, b, j) gets
-            element j of :func:`~aimc.core.philox.normal_row` (key, c·B + b), as
+            element j of :func:`~aimc.core.philox.normal_row` (key, c·B_out + b) for output row b of ``out``, as
             :func:`~aimc.core.philox.fill_normal_rows_` gives them.
         gk, ok: ``(C, 2, m)`` float32 CCO slope and offset terms of each counter (as in ``cco_counts_``: counts =
             gk·q/(q + den_c) + ok, or gk·q + ok when ``den_c`` is 0).
@@ -224,14 +227,20 @@ def adc_ldpu(
         scale: ``(C,)`` float32 value of the FP16 output scale.
         q_max: charge at saturation (``inf`` without saturation); c_max: largest count.
         floor_counts: count whole CCO cycles.
-        out: optional ``(C, B, m)`` float32 result tensor (contiguous).
+        out: optional ``(C, B_out, m)`` float32 result tensor (contiguous).
+        batch_offset: the rows given (``y``, ``a``, ``var``) are rows ``batch_offset`` .. ``batch_offset + B`` of
+            ``out``'s batch (a part of a larger MVM): their results and their normals are those of these rows.
 
     Returns:
-        ``(C, B, m)`` float32 holding the LDPU's FP16 results.
+        ``out``: ``(C, B_out, m)`` float32 holding the LDPU's FP16 results.
     """
     cores, rows, m = a.shape
     if out is None:
         out = torch.empty((cores, rows, m), dtype=torch.float32)
+    if out.shape[0] != cores or out.shape[2] != m or not 0 <= batch_offset <= out.shape[1] - rows:
+        raise ValueError(
+            f"out {tuple(out.shape)} cannot take rows {batch_offset}..{batch_offset + rows} of {cores} cores"
+        )
     noise = var is not None and key is not None
     args = (
         y.numpy(),
@@ -252,6 +261,7 @@ def adc_ldpu(
         np.float32(c_max),
         floor_counts,
         out.numpy(),
+        batch_offset,
     )
     run_rows(_kernel, _kernel_par, args, cores * rows, cores * rows * m)
     return out

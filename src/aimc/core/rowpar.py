@@ -1,9 +1,14 @@
-"""Running a compiled row kernel on all of PyTorch's threads (simulation numerics, not physics).
+"""Running a compiled row kernel, or a whole MVM, on all of PyTorch's threads (simulation numerics, not physics).
 
 The fused kernels of the MVM (:mod:`aimc.core.inputs`, :mod:`aimc.core.fused`, :mod:`aimc.core.philox`) treat
 each row independently. :func:`run_rows` runs such a kernel either serially or, through a ``numba.prange`` driver,
 on ``torch.get_num_threads()`` threads. Rows never depend on which thread computes them, so the results are the
 same either way.
+
+:func:`run_parts` runs the parts of a larger job (e.g. an MVM split by batch rows: input pass, products and fused
+pass of each part) on that many Python threads at once, PyTorch set to one thread meanwhile. PyTorch's OpenMP
+threads and numba's (a second OpenMP runtime) each keep spinning for milliseconds after their parallel regions and
+take a core from the other's next region; with one thread per part neither runtime starts a parallel region.
 
 numba's parallel runtime is used only where it is safe: with a thread-safe threading layer (OpenMP or TBB; numba is
 asked for one, ``"threadsafe"``), one launch at a time, and not in a process forked after a launch (a forked GNU
@@ -14,7 +19,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -30,6 +36,8 @@ CHUNKS_PER_THREAD = 4
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"pid": None, "usable": True}
+_parts_lock = threading.Lock()
+_pool: dict[str, object] = {"pid": None, "workers": 0, "executor": None}
 
 
 def _parallel_usable() -> bool:
@@ -67,3 +75,37 @@ def run_rows(
         except (ValueError, RuntimeError, numba.core.errors.NumbaError):  # no thread-safe layer here
             _state["usable"] = False
     serial(*args, 0, rows)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads for :func:`run_parts` (re-created after a fork or for another size)."""
+    if _pool["pid"] != os.getpid() or _pool["workers"] != workers:
+        _pool.update(
+            pid=os.getpid(),
+            workers=workers,
+            executor=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aimc-part"),
+        )
+    return _pool["executor"]  # type: ignore[return-value]
+
+
+def run_parts(jobs: Sequence[Callable[[], None]]) -> None:
+    """Run ``jobs`` at once, ``jobs[0]`` on the calling thread and the others on worker threads, with PyTorch's
+    thread count set to 1 meanwhile (restored after; one such run at a time in a process). The jobs must not
+    depend on each other; an exception of any job is raised after all have finished."""
+    if len(jobs) == 1:
+        jobs[0]()
+        return
+    with _parts_lock:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            pending = [_executor(len(jobs) - 1).submit(job) for job in jobs[1:]]
+            try:
+                jobs[0]()
+            finally:
+                errors = [f.exception() for f in pending]
+            for error in errors:
+                if error is not None:
+                    raise error
+        finally:
+            torch.set_num_threads(threads)
