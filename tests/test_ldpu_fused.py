@@ -126,10 +126,15 @@ def test_input_levels_equal_quantize_input_in_bfloat16():
             out = pwm_levels_bf16(v, x_range, spec.input_levels)
             assert out.is_contiguous()
             assert torch.equal(out.view(torch.int16), expect.contiguous().view(torch.int16))
+            for ph, pw in ((1, 1), (2, 0), (0, 3)):  # with a convolution's zero padding
+                out = pwm_levels_bf16(v, x_range, spec.input_levels, (ph, pw))
+                assert torch.equal(out.view(torch.int16), F.pad(expect, (pw, pw, ph, ph)).view(torch.int16))
     with pytest.raises(ArgumentTypeError, match="4-d float32 CPU tensor"):
         pwm_levels_bf16(x.double(), 1.0)
     with pytest.raises(ValidationError, match="x_range must be a finite number > 0"):
         pwm_levels_bf16(x, -1.0)
+    with pytest.raises(ValidationError, match="padding must be two ints"):
+        pwm_levels_bf16(x, 1.0, 127, (1, -1))
 
 
 class _Blocks(nn.Module):

@@ -417,14 +417,17 @@ def _mvm_prepared(
     x: torch.Tensor,
     gen: torch.Generator,
     output_dtype: torch.dtype = torch.float16,
+    padded: bool = False,
 ) -> torch.Tensor:
-    """:func:`_mvm_rows` of PWM levels ``x`` (the layer's input) through :func:`prepare_four_phase`, which gathers
-    each core's block of the im2col matrix without transposing it first -> ``(r, c, R, m)``."""
+    """:func:`_mvm_rows` of PWM levels ``x`` (the layer's input; a conv layer's already zero-padded with
+    ``padded``) through :func:`prepare_four_phase`, which gathers each core's block of the im2col matrix without
+    transposing it first -> ``(r, c, R, m)``."""
     t = layer.tiling
     if layer.kind == "conv2d":
         g = layer.geometry
+        padding = (0, 0) if padded else g["padding"]
         inputs = prepare_conv_four_phase(
-            x, g["kernel"], g["stride"], g["padding"], g["dilation"], t.block_inputs, t.row_blocks, readout.aux_dtype
+            x, g["kernel"], g["stride"], padding, g["dilation"], t.block_inputs, t.row_blocks, readout.aux_dtype
         )
     else:
         inputs = prepare_four_phase(x.reshape(1, -1, x.shape[-1]), t.block_inputs, t.row_blocks, readout.aux_dtype)
@@ -502,17 +505,21 @@ def _run_analog(
     # the LDPU chain as one compiled pass where it can run (the same numbers as the PyTorch chain)
     registers = _fused_registers(layer) if quantize and ldpu_fused.available() and x.device.type == "cpu" else None
     y_dtype = torch.float32 if registers is not None else None  # the converters' FP16 values, no conversion pass
+    if conv:
+        h_out, w_out = conv_output_size(layer, x.shape[2], x.shape[3])
+    padded = False
     if quantize:
         # PWM quantisation is element-wise, so it commutes with im2col: quantise the (k·k times smaller) image once
         # and gather its levels in bfloat16 (exact for |level| <= 255, half the bytes of float32)
         spec = readout.core.spec
         if prepared and conv and x.dim() == 4 and spec.input_levels <= 255:
-            x = pwm_levels_bf16(x, layer.x_range, spec.input_levels)  # the same levels in one pass
+            # the same levels in one pass, written with the convolution's zero padding
+            x = pwm_levels_bf16(x, layer.x_range, spec.input_levels, tuple(layer.geometry["padding"]))
+            padded = True
         else:
             x = quantize_input(x, layer.x_range, spec).to(torch.bfloat16)
     step_rows = max(256, ELEMENTS_PER_STEP // (t.cores * max(t.block_inputs, t.block_outputs)))
     if conv:
-        h_out, w_out = conv_output_size(layer, x.shape[2], x.shape[3])
         per_item = h_out * w_out
         out = torch.empty(x.shape[0], h_out, w_out, t.outputs, device=x.device)  # channels last
     else:
@@ -533,7 +540,7 @@ def _run_analog(
     for start in range(0, x.shape[0], items):
         sl = slice(start, start + items)
         if prepared:
-            y = _mvm_prepared(layer, readout, x[sl], gen, y_dtype or torch.float16)
+            y = _mvm_prepared(layer, readout, x[sl], gen, y_dtype or torch.float16, padded)
         else:
             rows_in = layer_rows(layer, x[sl])
             y = _mvm_rows(layer, readout, rows_in, gen, quantize, levels=quantize, output_dtype=y_dtype)
