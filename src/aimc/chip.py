@@ -194,9 +194,10 @@ class ProgrammedChip:
             for name, core in self.cores.items()
         }
         env: dict[str, torch.Tensor] = {}
+        last_use = self._last_uses()
         it = iter(inputs)
         with torch.no_grad():
-            for op in self.mapping.ops:
+            for i, op in enumerate(self.mapping.ops):
                 if op.kind == "input":
                     env[op.name] = next(it).to(self.tensor_device)
                 elif op.kind == "output":
@@ -218,7 +219,22 @@ class ProgrammedChip:
                             f"the input (shape {shapes}) does not fit the mapping: op {op.name!r} ({op.kind}) "
                             f"failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
                         ) from None
+                    for name in [n for n in env if last_use.get(n, -1) == i]:  # values no later op reads
+                        del env[name]
         raise ValidationError("the mapping has no output op")
+
+    def _last_uses(self) -> dict[str, int]:
+        """Index of the last op reading each value (an op's inputs, an analog layer's LDPU addend), so that a run
+        frees intermediate values as soon as they are dead (peak memory; freed memory is reused)."""
+        last: dict[str, int] = {}
+        for i, op in enumerate(self.mapping.ops):
+            names = list(op.inputs)
+            layer = self.mapping.layers.get(op.attrs.get("layer")) if op.kind == "analog" else None
+            if layer is not None and layer.add is not None:
+                names.append(layer.add)
+            for name in names:
+                last[name] = i
+        return last
 
     def _run_op(
         self,
