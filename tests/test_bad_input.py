@@ -231,6 +231,12 @@ CASES = [
         "read_voltage_V must be in (0, inf]",
     ),
     Case(
+        "unknown ADC calibration",
+        lambda e: aimc.CoreConfig(adc_calibration="auto"),
+        UnknownNameError,
+        "CoreConfig.adc_calibration must be one of 'operating', 'full'",
+    ),
+    Case(
         "negative seed",
         lambda e: aimc.program(e.mapping, "ideal", seed=-1),
         ValidationError,
@@ -450,6 +456,11 @@ CLI_CASES = [
             "/proc/aimc/x.json",
         ],
         "/proc/aimc",
+    ),
+    CliCase(
+        "`aimc train` drift-aware without --hwa",
+        ["train", "resnet9", "--out", "run", "--drift-aware"],
+        "--drift-aware is part of hardware-aware training",
     ),
     CliCase("unknown command", ["simulate"], "invalid choice"),
 ]
