@@ -180,6 +180,25 @@ def test_the_test_network_has_every_ldpu_variant(blocks_chip):
     assert (False, False, True, True, True) in variants  # relu, add, relu2 on one core
     assert any(lay.add_at_chain_head and lay.tiling.row_blocks > 1 for lay in layers.values())
     assert any(v[1] for v in variants) and any(v[0] and v[3] is False for v in variants)
+    assert [op.kind for op in blocks_chip[0]._fusable_pools(True).values()] == ["maxpool2d"]  # pooled in the pass
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [((2, 2), (2, 2)), ((3, 2), (2, 1)), ((4, 4), (4, 4))])
+def test_pooling_after_the_chain_equals_max_pool2d(kernel, stride):
+    g = torch.Generator().manual_seed(9)
+    src = torch.randint(-3, 4, (3, 8, 9, 19), generator=g).float() * 0.5  # many ties, zeros of both signs
+    src[src == 0] = torch.where(torch.rand(int((src == 0).sum()), generator=g) > 0.5, 0.0, -0.0)
+    src[0, 1, 2, :3] = float("nan")
+    ref = F.max_pool2d(src.permute(0, 3, 1, 2), kernel, stride).permute(0, 2, 3, 1)
+    out = torch.empty(ref.shape)
+    ldpu_fused.max_pool_channels_last(src, out, kernel, stride)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    keep = ~torch.isnan(ref)
+    assert torch.equal(_bits(out)[keep], _bits(ref)[keep])
+    with pytest.raises(ValidationError, match="out has shape"):
+        ldpu_fused.max_pool_channels_last(src, torch.empty(3, 1, 1, 19), kernel, stride)
+    with pytest.raises(ValidationError, match="kernel and stride must be two ints"):
+        ldpu_fused.max_pool_channels_last(src, out, (0, 2), stride)
 
 
 @pytest.mark.parametrize("mode", ["four-phase", "one-phase"])

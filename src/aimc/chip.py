@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -194,10 +195,12 @@ class ProgrammedChip:
             for name, core in self.cores.items()
         }
         env: dict[str, torch.Tensor] = {}
-        last_use = self._last_uses()
+        last_use, pools = self._last_uses(), self._fusable_pools(quantize)
         it = iter(inputs)
         with torch.no_grad():
             for i, op in enumerate(self.mapping.ops):
+                if i - 1 in pools:  # this max-pooling ran with the layer before it
+                    continue
                 if op.kind == "input":
                     env[op.name] = next(it).to(self.tensor_device)
                 elif op.kind == "output":
@@ -210,7 +213,9 @@ class ProgrammedChip:
                     return out
                 else:
                     try:
-                        env[op.name] = self._run_op(op, env, readouts, gen, quantize, recalibrate)
+                        pool = pools.get(i)
+                        value = self._run_op(op, env, readouts, gen, quantize, recalibrate, pool)
+                        env[op.name if pool is None else pool.name] = value
                     except AimcError:
                         raise
                     except (RuntimeError, IndexError, ValueError, TypeError) as err:
@@ -236,6 +241,33 @@ class ProgrammedChip:
                 last[name] = i
         return last
 
+    def _fusable_pools(self, quantize: bool) -> dict[int, Op]:
+        """Max-poolings (no padding) that can run in the compiled pass after the LDPU chain of the conv layer
+        before them, by that layer's op index: where the layer's output has no other reader and the chain runs
+        compiled (:mod:`aimc.digital.ldpu_fused`). The result is the same; the layer's unpooled output is then
+        never stored."""
+        if not (quantize and ldpu_fused.available() and self.tensor_device.type == "cpu"):
+            return {}
+        ops = self.mapping.ops
+        readers: dict[str, int] = {}
+        for op in ops:
+            layer = self.mapping.layers.get(op.attrs.get("layer")) if op.kind == "analog" else None
+            for name in [*op.inputs, *([layer.add] if layer is not None and layer.add is not None else [])]:
+                readers[name] = readers.get(name, 0) + 1
+        fusable = {}
+        for i, (op, nxt) in enumerate(pairwise(ops)):
+            layer = self.mapping.layers.get(op.attrs.get("layer")) if op.kind == "analog" else None
+            if (
+                layer is not None
+                and layer.kind == "conv2d"
+                and nxt.kind == "maxpool2d"
+                and list(nxt.inputs) == [op.name]
+                and readers.get(op.name) == 1
+                and not any(nxt.attrs.get("padding", [0, 0]))
+            ):
+                fusable[i] = nxt
+        return fusable
+
     def _run_op(
         self,
         op: Op,
@@ -244,6 +276,7 @@ class ProgrammedChip:
         gen: torch.Generator,
         quantize: bool,
         recalibrate: Recalibrator | None = None,
+        pool: Op | None = None,
     ) -> torch.Tensor:
         args = [env[i] for i in op.inputs]
         a = op.attrs
@@ -259,7 +292,8 @@ class ProgrammedChip:
                     _run_analog(current, readout, args[0], addend, gen, quantize, obs)
 
                 layer = recalibrate(layer, measure)
-            return _run_analog(layer, readout, args[0], addend, gen, quantize)
+            window = None if pool is None else (tuple(pool.attrs["kernel"]), tuple(pool.attrs["stride"]))
+            return _run_analog(layer, readout, args[0], addend, gen, quantize, pool=window)
         if op.kind == "lstm":
             layer = self.mapping.layers[a["layer"]]
             return _run_lstm(layer, readouts[layer.name], args[0], gen, quantize)
@@ -500,8 +534,13 @@ def _run_analog(
     gen: torch.Generator,
     quantize: bool,
     observe: Observer | None = None,
+    pool: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """One analog layer (conv via im2col or linear) with its LDPU pipeline.
+
+    ``pool``: ``(kernel, stride)`` of a max-pooling without padding applied to a conv layer's output (the layer's
+    output is then the pooled one); with the compiled LDPU chain it runs on each slice's rows while they are in
+    cache, and the unpooled output is never stored.
 
     The batch is processed in slices of about ``ELEMENTS_PER_STEP`` matrix elements, so that the im2col patches
     and the work tensors of one slice stay small (memory) and cache-resident (speed). A conv layer's output is
@@ -535,9 +574,19 @@ def _run_analog(
         else:
             x = quantize_input(x, layer.x_range, spec).to(torch.bfloat16)
     step_rows = max(256, ELEMENTS_PER_STEP // (t.cores * max(t.block_inputs, t.block_outputs)))
+    pooled = None
     if conv:
         per_item = h_out * w_out
-        out = torch.empty(x.shape[0], h_out, w_out, t.outputs, device=x.device)  # channels last
+        if pool is not None and registers is not None:
+            pooled = ldpu_fused.pool_output_size((h_out, w_out), *pool)
+            if min(pooled) < 1:
+                raise ValidationError(
+                    f"max-pooling with kernel {pool[0]} cannot follow layer {layer.name!r}: its output is only "
+                    f"{h_out}x{w_out}"
+                )
+            out = torch.empty(x.shape[0], *pooled, t.outputs, device=x.device)  # channels last
+        else:
+            out = torch.empty(x.shape[0], h_out, w_out, t.outputs, device=x.device)  # channels last
     else:
         per_item = 1
         lead = x.shape[:-1]
@@ -553,6 +602,7 @@ def _run_analog(
             else add_rows.reshape(-1, 1, t.outputs)
         )
     items = max(1, step_rows // per_item)
+    scratch = torch.empty(min(items, x.shape[0]) * per_item, t.outputs) if pooled is not None else None
     for start in range(0, x.shape[0], items):
         sl = slice(start, start + items)
         if prepared:
@@ -562,9 +612,18 @@ def _run_analog(
             y = _mvm_rows(layer, readout, rows_in, gen, quantize, levels=quantize, output_dtype=y_dtype)
         if observe is not None:
             observe(layer, y)
+        if scratch is not None and pool is not None:  # the slice's whole images, pooled from the cache
+            images = min(items, x.shape[0] - start)
+            rows = scratch[: images * per_item]
+            _ldpu_rows(layer, y, None if add_rows is None else add_rows[sl], quantize, rows, registers)
+            ldpu_fused.max_pool_channels_last(rows.view(images, h_out, w_out, t.outputs), out[sl], *pool)
+            continue
         rows = out_rows[start * per_item : (start + items) * per_item]
         _ldpu_rows(layer, y, None if add_rows is None else add_rows[sl], quantize, rows, registers)
-    return out.permute(0, 3, 1, 2) if conv else out.reshape(*lead, t.outputs)
+    if conv:
+        out = out.permute(0, 3, 1, 2)
+        return F.max_pool2d(out, *pool) if pool is not None and pooled is None else out
+    return out.reshape(*lead, t.outputs)
 
 
 def _run_lstm(

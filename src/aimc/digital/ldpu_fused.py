@@ -123,6 +123,37 @@ if numba is not None:
             r0, r1 = rows * c // chunks, rows * (c + 1) // chunks
             _chain(y, scale, bias, add, has_add, relu, relu2, q_psum, q_out, out, r0, r1)
 
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def _pool(src, kh, kw, sh, sw, out, r0, r1):  # pragma: no cover - compiled
+        """Output lines r0..r1 (line = image·H_out + y) of the max-pooling of ``src`` ``(N, H, W, C)`` into ``out``
+        ``(N, H_out, W_out, C)``: the window in row-major order, a larger value or a NaN replacing the maximum (as
+        PyTorch's ``max_pool2d``; equal values keep the first, so the sign of a zero is PyTorch's too)."""
+        h_out = out.shape[1]
+        w_out = out.shape[2]
+        channels = out.shape[3]
+        for line in range(r0, r1):
+            img = line // h_out
+            oy = line - img * h_out
+            for ox in range(w_out):
+                o = out[img, oy, ox]
+                first = src[img, oy * sh, ox * sw]
+                for c in range(channels):
+                    o[c] = first[c]
+                for dy in range(kh):
+                    for dx in range(kw):
+                        if dy == 0 and dx == 0:
+                            continue
+                        s_row = src[img, oy * sh + dy, ox * sw + dx]
+                        for c in range(channels):
+                            v = s_row[c]
+                            m = o[c]
+                            o[c] = v if (v > m or v != v) else m
+
+    @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
+    def _pool_par(src, kh, kw, sh, sw, out, rows, chunks):  # pragma: no cover - compiled
+        for c in numba.prange(chunks):
+            _pool(src, kh, kw, sh, sw, out, rows * c // chunks, rows * (c + 1) // chunks)
+
 
 def _check_tensor(v: object, name: str, ndim: int, dtype: torch.dtype) -> torch.Tensor:
     if not isinstance(v, torch.Tensor):
@@ -213,4 +244,47 @@ def ldpu_chain(
     return out
 
 
-__all__ = ["available", "ldpu_chain"]
+def pool_output_size(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """``(H_out, W_out)`` of a max-pooling without padding (floor mode) of an ``(H, W)`` image."""
+    return tuple((n - k) // s + 1 for n, k, s in zip(size, kernel, stride, strict=True))  # type: ignore[return-value]
+
+
+def max_pool_channels_last(
+    src: torch.Tensor, out: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
+) -> torch.Tensor:
+    """``F.max_pool2d`` without padding (the host's pooling after an LDPU chain), channels last, into ``out``.
+
+    Args:
+        src: ``(N, H, W, C)`` contiguous float32 CPU tensor (an LDPU chain's output rows of N whole images).
+        out: ``(N, H_out, W_out, C)`` contiguous float32 (:func:`pool_output_size`).
+        kernel, stride: window and step (rows, columns), each >= 1.
+
+    Returns:
+        ``out``, equal to ``F.max_pool2d(src.permute(0, 3, 1, 2), kernel, stride)`` (channels last), NaN included.
+    """
+    _check_tensor(src, "src", 4, torch.float32)
+    _check_tensor(out, "out", 4, torch.float32)
+    pairs = (kernel, stride)
+    if not all(
+        isinstance(p, tuple | list)
+        and len(p) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in p)
+        for p in pairs
+    ):
+        raise ValidationError(f"kernel and stride must be two ints >= 1; got {kernel!r} and {stride!r}")
+    size = pool_output_size((src.shape[1], src.shape[2]), kernel, stride)
+    if min(size) < 1 or tuple(out.shape) != (src.shape[0], *size, src.shape[3]):
+        raise ValidationError(
+            f"pooling {tuple(src.shape)} (N, H, W, C) with kernel {tuple(kernel)} and stride {tuple(stride)} gives "
+            f"(N, H_out, W_out, C) = {(src.shape[0], *size, src.shape[3])}; out has shape {tuple(out.shape)}"
+        )
+    if not (src.is_contiguous() and out.is_contiguous()):
+        raise ValidationError("src and out must be contiguous (N, H, W, C) tensors")
+    if numba is None:
+        raise ValidationError("max_pool_channels_last needs numba; use torch.nn.functional.max_pool2d")
+    args = (src.numpy(), kernel[0], kernel[1], stride[0], stride[1], out.numpy())
+    run_rows(_pool, _pool_par, args, out.shape[0] * out.shape[1], src.numel())
+    return out
+
+
+__all__ = ["available", "ldpu_chain", "max_pool_channels_last", "pool_output_size"]
