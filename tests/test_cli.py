@@ -132,6 +132,7 @@ def test_eval_reports_chip_accuracy_per_time_with_software_baseline(capsys, tmp_
     )
     payload = json.loads(capsys.readouterr().out)
     assert 0.0 <= payload["software"] <= 1.0
+    assert payload["settings"]["adc_calibration"] == "operating"  # recorded with the results
     points = payload["runs"][0]["points"]
     assert [p["t_seconds"] for p in points] == [60.0, 3600.0]
     assert all(len(p["per_seed"]) == 2 and 0.0 <= p["mean"] <= 1.0 for p in points)

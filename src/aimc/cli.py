@@ -248,6 +248,7 @@ def _task_of(model: str, arch: str | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``aimc eval``: a trained network's accuracy (ResNet-9) or BPC (char-LSTM) on the chip over time."""
     from aimc._provenance import provenance
+    from aimc.core.config import CoreConfig
     from aimc.experiments import evaluate as ev
     from aimc.experiments.accuracy import points_as_dicts
 
@@ -296,6 +297,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 use_adabs=use_adabs,
                 faults=faults,
                 progress=not args.json,
+                config=CoreConfig(adc_calibration=args.adc_calibration),
             )
             result["runs"].append(
                 {
@@ -522,6 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="test images (ResNet-9) or characters (char-LSTM) used (default: the whole test set)",
     )
     p.add_argument("--adabs", action="store_true", help="also evaluate with adaptive batch-norm statistics (AdaBS)")
+    p.add_argument(
+        "--adc-calibration",
+        default="operating",
+        choices=["operating", "full"],
+        help="ADC affine correction fitted over each core's measured current range (default) or the full 0-100 uA",
+    )
     p.add_argument(
         "--faults", default=None, help="hardware faults, e.g. 'stuck=0.01,dead_core=12,dead_link=3-4,dead_adc=5:17'"
     )

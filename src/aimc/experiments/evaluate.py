@@ -26,6 +26,7 @@ from aimc.adabs import adabs, reference_moments
 from aimc.chip import ProgrammedChip, program
 from aimc.compiler import compile as compile_network
 from aimc.compiler.mapping import Mapping
+from aimc.core.config import CoreConfig
 from aimc.errors import ValidationError
 from aimc.experiments.accuracy import AccuracyPoint
 from aimc.experiments.language import bpc_from_logits, windows
@@ -152,15 +153,19 @@ def metric_over_time(
     use_adabs: bool = False,
     faults: Any = None,
     progress: bool = True,
+    config: CoreConfig | None = None,
 ) -> list[AccuracyPoint]:
-    """The metric on chips programmed with each seed and read at each time: mean ± std over seeds per time."""
+    """The metric on chips programmed with each seed and read at each time: mean ± std over seeds per time.
+
+    ``config``: the cores' unpublished parameters (default :class:`~aimc.core.config.CoreConfig`).
+    """
     if not list(seeds) or not list(times):
         raise ValidationError(f"seeds and times must each list at least one value; got {list(seeds)}, {list(times)}")
     reference = reference_moments(mapping, data.x_cal) if use_adabs else None
     values: dict[float, list[float]] = {t: [] for t in times}
     start = time.time()
     for k, seed in enumerate(seeds):
-        chip = program(mapping, device, strategy, seed=seed, faults=faults)
+        chip = program(mapping, device, strategy, seed=seed, faults=faults, config=config)
         for j, t in enumerate(times):
             read_seed = 1_000_003 * seed + 7919 * j
             used = adabs(chip, data.x_cal, t, mode=mode, seed=read_seed + 1, reference=reference) if use_adabs else chip
