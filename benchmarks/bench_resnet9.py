@@ -2,8 +2,8 @@
 
 Batch 250, four-phase, read noise on, 2 threads; the reference is the plain PyTorch fp32 forward pass of the same
 network in the same run. Each side runs in its own subprocess so that its peak memory is measured alone: the growth
-of the peak resident set (VmHWM, reset through /proc/self/clear_refs after a warm-up pass) over the resident set
-before the timed passes. Also times ``aimc.program`` of the whole ResNet-9 chip.
+of the peak resident set (VmHWM, reset through /proc/self/clear_refs before a warm-up pass) over the resident set
+before the warm-up pass. Also times ``aimc.program`` of the whole ResNet-9 chip.
 Targets: chip time <= 3x PyTorch (aim 1.5x), peak memory <= 2x, program() < 5 s.
 
 Usage: ``python benchmarks/bench_resnet9.py [--write] [--data-dir DIR]``.
@@ -64,8 +64,10 @@ def worker(side: str, repeats: int, data_dir: str | None) -> dict[str, float]:
                 for i in range(0, 1000, 250):
                     model(x[i : i + 250])
 
-    run()  # warm-up
+    # the peak is measured from before the warm-up pass: memory the allocator keeps mapped after it (glibc reuses
+    # freed blocks without returning them) would otherwise hide the working set of the timed passes
     base = _reset_peak()
+    run()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

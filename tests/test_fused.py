@@ -164,7 +164,10 @@ def test_normal_draws_do_not_depend_on_the_thread_count():
     assert not torch.equal(fill_normal_(torch.empty(400_000), torch.Generator().manual_seed(10)), z)
 
 
-def test_same_seed_same_outputs_on_one_and_two_threads():
+@pytest.mark.parametrize("split", ["0", "1"])
+def test_same_seed_same_outputs_on_one_and_two_threads(split, monkeypatch):
+    """With and without the split into per-thread parts (``AIMC_THREAD_PARTS``), 1 and 2 threads agree."""
+    monkeypatch.setenv("AIMC_THREAD_PARTS", split)
     w, x = _problem(3, (2, 1), 200, 250, 400)
     core = program_core(w, "hermes-2dev", "tdp", 0)
     threads = torch.get_num_threads()
@@ -176,6 +179,13 @@ def test_same_seed_same_outputs_on_one_and_two_threads():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(outs[0], outs[1])
+    monkeypatch.setenv("AIMC_THREAD_PARTS", "1" if split == "0" else "0")
+    torch.set_num_threads(2)
+    try:
+        other = core.prepare(3600.0, "four-phase", 4).mvm(x, 11, backend="fused")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], other)
 
 
 def test_fused_backend_refuses_what_it_cannot_run():

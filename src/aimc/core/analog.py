@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
@@ -68,6 +69,12 @@ BACKENDS: tuple[str, ...] = ("auto", "fused", "torch")
 #: Batch rows per thread below which an MVM is not split into parts that run at once (each part makes three
 #: oneDNN calls of about 25 us fixed cost each; measured on a 2-core Xeon, 128 rows cost about 0.3 ms).
 PART_MIN_ROWS = 128
+
+#: Environment variable that turns the split into per-thread parts on (``"1"``). Off by default: on an idle
+#: 2-core Xeon the unsplit MVM (PyTorch's and numba's own thread pools) took 1.6 ms against 2.3 ms split; the split
+#: pays off only on a machine loaded by other processes, where the two pools' spinning idle workers take each other's
+#: cores (measured 55 ms -> 5 ms per MVM at load 4). Same numbers either way.
+THREAD_PARTS_ENV = "AIMC_THREAD_PARTS"
 
 #: Device-assignment strategies of SPEC §1: one device per polarity (ODP) or two (TDP).
 STRATEGIES: tuple[str, ...] = ("odp", "tdp")
@@ -331,16 +338,17 @@ class CoreReadout:
         output_dtype: torch.dtype,
     ) -> torch.Tensor:
         """The products and the fused pass of ``batch`` rows, whose inputs ``inputs(rows)`` gives for a slice of
-        rows, split into parts of rows that run at once on PyTorch's threads (:func:`~aimc.core.rowpar.run_parts`;
-        one part for small batches or one thread). Every output and its normal depend only on its row, so the
-        numbers do not depend on the split.
+        rows, split with ``AIMC_THREAD_PARTS=1`` into parts of rows that run at once on PyTorch's threads
+        (:func:`~aimc.core.rowpar.run_parts`; one part for small batches, one thread, or by default). Every output
+        and its normal depend only on its row, so the numbers do not depend on the split.
 
         Returns:
             ``(*lead, batch, m)`` in ``output_dtype``.
         """
         lead = tuple(_broadcast_lead(x_lead, self.y_matrix.shape[:-2]))
         m = self.y_matrix.shape[-1]
-        parts = max(1, min(torch.get_num_threads(), batch // PART_MIN_ROWS))
+        split = os.environ.get(THREAD_PARTS_ENV, "0") == "1"
+        parts = max(1, min(torch.get_num_threads(), batch // PART_MIN_ROWS)) if split else 1
         if parts == 1:
             given = inputs(slice(None))
             p = self._products_of(given.levels, given.magnitude, given.square, gen)
