@@ -193,10 +193,9 @@ def prepare_conv_four_phase(
     Returns:
         :class:`FourPhaseInputs`, each ``(blocks, N·H_out·W_out, n)``.
     """
-    if any(padding):
-        img = torch.nn.functional.pad(levels, (padding[1], padding[1], padding[0], padding[0]))
-    else:  # the chip hands over levels already padded: no copy
-        img = levels
+    # the chip hands over levels already padded (padding 0): no copy then
+    pads = (padding[1], padding[1], padding[0], padding[0])
+    img = torch.nn.functional.pad(levels, pads) if any(padding) else levels
     images, channels, h_pad, w_pad = img.shape
     h_out = (h_pad - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     w_out = (w_pad - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
