@@ -54,12 +54,7 @@ def core_w_max(
 ) -> torch.Tensor:
     """Weight mapped to G_max on each core ``(r, c)``: the block's max |W|, raised where the calibration bit-line
     current would exceed ``CURRENT_HEADROOM`` x saturation (which lowers that core's G_max)."""
-    w_max = _block_w_max(layer)
-    current = _calibration_current(layer, device, strategy, config, spec)
-    if current is None:
-        return w_max
-    limit = CURRENT_HEADROOM * spec.adc_saturation_uA
-    return w_max * torch.clamp(current / limit, min=1.0)
+    return _core_scales(layer, weight_blocks(layer), device, strategy, config, spec)[0]
 
 
 def core_adc_range(
@@ -76,16 +71,47 @@ def core_adc_range(
     carries on the compile step's calibration inputs at its programmed scale ``w_max``, at least
     ``config.calibration_min_fraction`` x saturation (see :data:`aimc.core.config.ADC_CALIBRATION`).
     """
+    return _adc_range(layer, _block_w_max(weight_blocks(layer)), w_max, device, strategy, config, spec)
+
+
+def _core_scales(
+    layer: MappedLayer,
+    blocks: torch.Tensor,
+    device: DeviceModel,
+    strategy: str,
+    config: CoreConfig,
+    spec: ChipSpec,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`core_w_max` and :func:`core_adc_range` of the layer's weight ``blocks`` ``(r, c, m, n)``, together."""
+    block_max = _block_w_max(blocks)
+    current = _calibration_current(layer, device, strategy, config, spec)
+    w_max = block_max
+    if current is not None:
+        limit = CURRENT_HEADROOM * spec.adc_saturation_uA
+        w_max = block_max * torch.clamp(current / limit, min=1.0)
+    return w_max, _adc_range(layer, block_max, w_max, device, strategy, config, spec)
+
+
+def _adc_range(
+    layer: MappedLayer,
+    block_max: torch.Tensor,
+    w_max: torch.Tensor,
+    device: DeviceModel,
+    strategy: str,
+    config: CoreConfig,
+    spec: ChipSpec,
+) -> torch.Tensor | None:
+    """:func:`core_adc_range` given the blocks' max |W|."""
     current = _calibration_current(layer, device, strategy, config, spec)
     if config.adc_calibration != "operating" or current is None:
         return None
-    peak = current * (_block_w_max(layer) / w_max)  # a raised w_max lowers the core's conductances
+    peak = current * (block_max / w_max)  # a raised w_max lowers the core's conductances
     return peak.clamp(min=config.calibration_min_fraction * spec.adc_saturation_uA, max=spec.adc_saturation_uA)
 
 
-def _block_w_max(layer: MappedLayer) -> torch.Tensor:
-    """Max |W| of each core's block ``(r, c)`` (1 for an all-zero block)."""
-    w_max = weight_blocks(layer).abs().amax(dim=(-2, -1))
+def _block_w_max(blocks: torch.Tensor) -> torch.Tensor:
+    """Max |W| of each core's block ``(r, c)`` of weight ``blocks`` ``(r, c, m, n)`` (1 for an all-zero block)."""
+    w_max = blocks.abs().amax(dim=(-2, -1))
     return torch.where(w_max > 0, w_max, torch.ones_like(w_max))
 
 
@@ -708,10 +734,11 @@ def program(
         faults=faults,
     )
     for layer in mapping.layers.values():
-        w_max = core_w_max(layer, model, strategy, config, mapping.spec)
+        blocks = weight_blocks(layer)
+        w_max, adc_range = _core_scales(layer, blocks, model, strategy, config, mapping.spec)
         layer_faults = faults.for_layer(layer, fault_gen) if faults is not None and fault_gen is not None else None
         chip.cores[layer.name] = program_core(
-            weight_blocks(layer),
+            blocks,
             model,
             strategy,
             gen,
@@ -719,7 +746,7 @@ def program(
             config=config,
             w_max=w_max,
             faults=layer_faults,
-            adc_range_uA=core_adc_range(layer, model, strategy, config, mapping.spec, w_max),
+            adc_range_uA=adc_range,
         )
     return chip
 

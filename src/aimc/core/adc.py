@@ -146,7 +146,7 @@ def calibrate(
     ``count*inv_alpha - beta*inv_alpha``.
     """
     window = spec.integration_time_ns
-    if top_uA is None:
+    if top_uA is None:  # one range for all cores, as linspace(0, top) (the per-core form rounds differently)
         top = spec.adc_saturation_uA * config.calibration_max_fraction
         currents = torch.linspace(0.0, top, config.calibration_points, dtype=gain.dtype, device=gain.device)
     else:
