@@ -231,6 +231,12 @@ CASES = [
         "read_voltage_V must be in (0, inf]",
     ),
     Case(
+        "read voltage outside the chip's 0.1-0.4 V",
+        lambda e: aimc.program_core(torch.ones(4, 4), config=aimc.CoreConfig(read_voltage_V=0.6)),
+        ValidationError,
+        "outside the chip's read voltages [0.1, 0.4] V",
+    ),
+    Case(
         "unknown ADC calibration",
         lambda e: aimc.CoreConfig(adc_calibration="auto"),
         UnknownNameError,
@@ -461,6 +467,11 @@ CLI_CASES = [
         "`aimc train` drift-aware without --hwa",
         ["train", "resnet9", "--out", "run", "--drift-aware"],
         "--drift-aware is part of hardware-aware training",
+    ),
+    CliCase(
+        "`aimc eval` with a read voltage the chip does not have",
+        ["eval", "resnet9", "--read-voltage", "0.05"],
+        "outside the chip's read voltages",
     ),
     CliCase("unknown command", ["simulate"], "invalid choice"),
 ]

@@ -67,10 +67,10 @@ def test_quantised_noise_free_resnet9_stays_close_to_pytorch(resnet, cifar):
 
 def test_adc_calibration_follows_each_cores_operating_range(resnet, cifar):
     """``CoreConfig.adc_calibration="operating"`` (the default) fits each core's ADCs over [0, its largest
-    calibration current], which for this network is well below the 100 uA range; the LDPU's affine correction is
-    then the one the fixed-range fit would give for that range, and the chip's converters distort less: the
-    quantised noise-free output is less than half as far from PyTorch as with the full-range fit (0.05 vs 0.13)."""
-    from aimc.chip import core_adc_range, core_w_max
+    calibration current], which the per-core G_max limit keeps below 90% of the 100 uA range; the LDPU's affine
+    correction is then the one the fixed-range fit would give for that range, and the chip's converters distort
+    less: the quantised noise-free output is closer to PyTorch than with the full-range fit (0.061 vs 0.094)."""
+    from aimc.chip import CURRENT_HEADROOM, core_adc_range, core_w_max
     from aimc.core import calibrate
     from aimc.core.config import CoreConfig
 
@@ -83,7 +83,9 @@ def test_adc_calibration_follows_each_cores_operating_range(resnet, cifar):
         w_max = core_w_max(layer, device, "tdp", cfg, mapping.spec)
         top = core_adc_range(layer, device, "tdp", cfg, mapping.spec, w_max)
         assert top is not None and top.shape == (layer.tiling.row_blocks, layer.tiling.col_blocks)
-        assert bool((top >= 5.0).all()) and bool((top <= 60.0).all())
+        # at least the 5 uA floor; at most the current the per-core G_max limit allows (measured 50-90 uA here)
+        limit = CURRENT_HEADROOM * mapping.spec.adc_saturation_uA + 1e-3
+        assert bool((top >= 5.0).all()) and bool((top <= limit).all())
         adc = chip.cores[layer.name].adc
         fixed = CoreConfig(calibration_max_fraction=float(top[0, 0]) / mapping.spec.adc_saturation_uA)
         inv_a, beta = calibrate(adc.gain[0, 0], adc.offset[0, 0], mapping.spec, fixed)
@@ -95,7 +97,7 @@ def test_adc_calibration_follows_each_cores_operating_range(resnet, cifar):
     for mode in ("operating", "full"):
         ideal = aimc.program(mapping, device="ideal", strategy="tdp", seed=0, config=CoreConfig(adc_calibration=mode))
         rel[mode] = float((ideal.run(x[:250]) - ref).norm() / ref.norm())
-    assert rel["operating"] < 0.5 * rel["full"]
+    assert rel["operating"] < 0.8 * rel["full"]
     full = aimc.program(
         mapping, device="hermes-2dev", strategy="tdp", seed=0, config=CoreConfig(adc_calibration="full")
     )

@@ -85,11 +85,24 @@ def _core_scales(
     """:func:`core_w_max` and :func:`core_adc_range` of the layer's weight ``blocks`` ``(r, c, m, n)``, together."""
     block_max = _block_w_max(blocks)
     current = _calibration_current(layer, device, strategy, config, spec)
-    w_max = block_max
-    if current is not None:
-        limit = CURRENT_HEADROOM * spec.adc_saturation_uA
-        w_max = block_max * torch.clamp(current / limit, min=1.0)
+    w_max = block_max if current is None else limited_w_max(block_max, current, spec)
     return w_max, _adc_range(layer, block_max, w_max, device, strategy, config, spec)
+
+
+def peak_current(
+    load: torch.Tensor, device: DeviceModel, strategy: str, config: CoreConfig, spec: ChipSpec
+) -> torch.Tensor:
+    """Largest one-phase counter current (uA) of each core with its max |W| at G_max, given its bit-line ``load``
+    (:func:`aimc.compiler.calibrate.bit_line_load` of its inputs): read voltage x G_max x load, at full PWM scale."""
+    full_scale = spec.input_levels * spec.pwm_ns_per_lsb / spec.integration_time_ns
+    return config.read_voltage_V * polarity_g_max(device, strategy) * load * full_scale
+
+
+def limited_w_max(block_max: torch.Tensor, current: torch.Tensor, spec: ChipSpec) -> torch.Tensor:
+    """The per-core G_max limit (SPEC §1 "max conductance"): the weight mapped to G_max is each core's max |W|
+    ``block_max``, raised by the factor its peak bit-line ``current`` (uA, at max |W| = G_max) exceeds
+    ``CURRENT_HEADROOM`` x saturation, which lowers that core's conductances and currents by the same factor."""
+    return block_max * torch.clamp(current / (CURRENT_HEADROOM * spec.adc_saturation_uA), min=1.0)
 
 
 def _adc_range(
@@ -120,10 +133,7 @@ def _calibration_current(
 ) -> torch.Tensor | None:
     """Largest one-phase counter current (uA) of each core ``(r, c)`` on the calibration inputs with the block's max
     |W| at G_max, or None where the mapping has no measured ``load``."""
-    if layer.load is None:
-        return None
-    full_scale = spec.input_levels * spec.pwm_ns_per_lsb / spec.integration_time_ns
-    return config.read_voltage_V * polarity_g_max(device, strategy) * layer.load * full_scale
+    return None if layer.load is None else peak_current(layer.load, device, strategy, config, spec)
 
 
 #: A callback that sees each analog layer's core outputs ``(r, c, R, m)`` during a run.
@@ -751,4 +761,12 @@ def program(
     return chip
 
 
-__all__ = ["CURRENT_HEADROOM", "ProgrammedChip", "core_adc_range", "core_w_max", "program"]
+__all__ = [
+    "CURRENT_HEADROOM",
+    "ProgrammedChip",
+    "core_adc_range",
+    "core_w_max",
+    "limited_w_max",
+    "peak_current",
+    "program",
+]

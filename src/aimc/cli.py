@@ -257,6 +257,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     times = _floats(args.times, "times")
     if args.seeds < 1:
         raise ValidationError(f"--seeds must be at least 1; got {args.seeds}")
+    config = CoreConfig(adc_calibration=args.adc_calibration)
+    if args.read_voltage is not None:
+        from aimc.core.analog import check_read_voltage
+        from aimc.spec import ChipSpec
+
+        config = dataclasses.replace(config, read_voltage_V=args.read_voltage)
+        check_read_voltage(config, ChipSpec.hermes())
     faults = None
     if args.faults:
         from aimc.faults import parse_faults
@@ -297,7 +304,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 use_adabs=use_adabs,
                 faults=faults,
                 progress=not args.json,
-                config=CoreConfig(adc_calibration=args.adc_calibration),
+                config=config,
             )
             result["runs"].append(
                 {
@@ -529,6 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="operating",
         choices=["operating", "full"],
         help="ADC affine correction fitted over each core's measured current range (default) or the full 0-100 uA",
+    )
+    p.add_argument(
+        "--read-voltage",
+        type=float,
+        default=None,
+        help="read voltage in V (SPEC: 0.1-0.4; default CoreConfig's, 0.2); a core whose currents would exceed "
+        "the ADC range gets a lower G_max",
     )
     p.add_argument(
         "--faults", default=None, help="hardware faults, e.g. 'stuck=0.01,dead_core=12,dead_link=3-4,dead_adc=5:17'"

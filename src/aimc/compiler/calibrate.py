@@ -106,12 +106,17 @@ def calibrate(
         layer.x_range = max(float(rows.abs().max()), MIN_RANGE)
         xb = block_view(layer, rows)  # (r, R, n)
         wb = weight_blocks(layer)  # (r, c, m, n)
-        layer.load = _bit_line_load(xb / layer.x_range, wb)
+        layer.load = bit_line_load(xb / layer.x_range, wb)
         layer.psum_range = _psum_range(layer, xb, wb, captured, values, ops_by_name)
 
 
-def _bit_line_load(xn: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    """Max over rows and outputs of each one-phase counter's sum_j (|w|/w_max)(|x|/x_range), per core (r, c)."""
+def bit_line_load(xn: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """Max over rows and outputs of each one-phase counter's sum_j (|w|/w_max)(|x|/x_range), per core ``(r, c)``.
+
+    Args:
+        xn: ``(r, R, n)`` inputs of each row block, divided by the input range (so within [-1, 1]).
+        wb: ``(r, c, m, n)`` weight blocks (w_max: each block's max |W|).
+    """
     w_max = wb.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
     wn = wb / w_max
     wp, wm = wn.clamp_min(0), (-wn).clamp_min(0)

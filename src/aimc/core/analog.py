@@ -841,6 +841,16 @@ class ProgrammedCore:
         )
 
 
+def check_read_voltage(config: CoreConfig, spec: ChipSpec) -> None:
+    """Refuse a ``config.read_voltage_V`` outside the chip's read voltages (SPEC §1: 0.1-0.4 V)."""
+    v = config.read_voltage_V
+    if not spec.read_voltage_min_V <= v <= spec.read_voltage_max_V:
+        raise ValidationError(
+            f"CoreConfig.read_voltage_V {v:g} V is outside the chip's read voltages "
+            f"[{spec.read_voltage_min_V:g}, {spec.read_voltage_max_V:g}] V (ChipSpec.read_voltage_min_V/_max_V)"
+        )
+
+
 def program_core(
     weights: torch.Tensor,
     device: DeviceModel | str = "hermes-2dev",
@@ -884,6 +894,7 @@ def program_core(
             f"device must be a preset name or an aimc.devices.DeviceModel, got {type(device).__name__}"
         )
     check_choice(strategy, "strategy", STRATEGIES)
+    check_read_voltage(config, spec)
     check_finite_tensor(weights, "weights")
     weights = weights.float()  # the core's state and hot path are float32 (DESIGN.md "Fast by construction")
     if weights.dim() < 2:

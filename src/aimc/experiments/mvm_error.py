@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from aimc._validation import check_choice, check_number, make_generator
-from aimc.core.analog import STRATEGIES, program_core
+from aimc._validation import SeedLike, check_choice, check_number, make_generator
+from aimc.chip import limited_w_max, peak_current
+from aimc.compiler.calibrate import bit_line_load
+from aimc.core.analog import STRATEGIES, ProgrammedCore, program_core
 from aimc.core.config import CoreConfig
 from aimc.devices.base import check_time
 from aimc.devices.registry import get as get_device
@@ -64,6 +66,28 @@ def error_metrics(y_exp: torch.Tensor, y_fp: torch.Tensor, x: torch.Tensor) -> t
         float((y_lin - y_fp).std()) / out_range,
         float((y_exp - y_lin).std()) / out_range,
     )
+
+
+def program_test_cores(
+    w: torch.Tensor,
+    x: torch.Tensor,
+    device: str,
+    strategy: str,
+    seed: SeedLike = 0,
+    *,
+    spec: ChipSpec | None = None,
+    config: CoreConfig | None = None,
+) -> ProgrammedCore:
+    """Program weights ``w`` ``(C, m, n)`` for the test inputs ``x`` ``(C, B, n)`` (within [-1, 1]) as the chip
+    would: each core's G_max limited so that its largest one-phase bit-line current on ``x`` stays below the ADC
+    limit (:func:`aimc.chip.limited_w_max`)."""
+    spec = spec or ChipSpec.hermes()
+    config = config or CoreConfig()
+    model = get_device(device)
+    load = bit_line_load(x, w.unsqueeze(1))[:, 0]  # (C,)
+    block_max = w.abs().amax(dim=(-2, -1))
+    w_max = limited_w_max(block_max, peak_current(load, model, strategy, config, spec), spec)
+    return program_core(w, model, strategy, seed, spec=spec, config=config, w_max=w_max)
 
 
 def mvm_error(
@@ -113,7 +137,7 @@ def mvm_error(
     rows = []
     for strategy in strategies:
         name = device or DEFAULT_DEVICE[strategy]
-        core = program_core(w, name, strategy, gen, spec=spec, config=config)
+        core = program_test_cores(w, x, name, strategy, gen, spec=spec, config=config)
         for mode in modes:
             for t in times:
                 y = core.mvm(x, t, mode, gen)
