@@ -155,7 +155,8 @@ class _Products(NamedTuple):
 
     y: half the (pos - neg) charge (fC) without fresh noise, float32 ``(G, B, S, W)`` for the C = G·S cores (core c
         at ``[c // S, :, c % S]``): W = m, or with ``y_pair`` W = 2m and the charge is the sum of the two halves,
-        fl(256·step·Y_hi) + fl(step·Y_lo) of the int8 planes (:func:`int8_planes`).
+        fl(256·step·Y_hi) + fl(step·Y_lo) of the int8 planes (:func:`int8_planes`); or a tuple of G such tensors
+        ``(1, B, S, W)``, one per group (:func:`scaled_plane_products` unstacked).
     a: half the (pos + neg) charge in ``aux_dtype``, ``(*lead, B, m)``.
     var: the fresh-noise variance of y (``aux_dtype``, ``(*lead, B, m)``), or None without fresh noise.
     key: with numba, the words that determine this MVM's standard normals (:mod:`aimc.core.philox`; the fused
@@ -163,7 +164,7 @@ class _Products(NamedTuple):
     z: without numba, this MVM's standard normals (float32), else None.
     """
 
-    y: torch.Tensor
+    y: torch.Tensor | tuple[torch.Tensor, ...]
     y_pair: bool
     a: torch.Tensor
     var: torch.Tensor | None
@@ -419,8 +420,8 @@ class CoreReadout:
             if y_in.dtype != torch.int8:
                 y_in = self._buffer("x_int8" + tag, y_in.shape, torch.int8).copy_(y_in)
             packed = self._scaled_planes(tuple(lead), _shared_dims(y_in.shape[:-2], lead), rows)
-            if packed is not None:
-                y = scaled_plane_products(y_in, packed, tuple(lead))
+            if packed is not None:  # the groups' products as they come where the fused kernel takes them
+                y = scaled_plane_products(y_in, packed, tuple(lead), stack=not fused.available())
             else:  # int32 products, scaled here as oneDNN scales them
                 hi, lo, step = self.y_planes
                 flat = (cores, rows, m)
@@ -499,13 +500,14 @@ class CoreReadout:
 
     def _float_y(self, p: _Products) -> torch.Tensor:
         """Half the (pos - neg) charge as float32 ``(..., B, m)`` (the shape of ``p.a``), without fresh noise."""
-        groups, rows, shared, width = p.y.shape
+        py = p.y if isinstance(p.y, torch.Tensor) else torch.cat(p.y)
+        groups, rows, shared, width = py.shape
         m = width // 2 if p.y_pair else width
         y = self._buffer("y_float", torch.Size((groups, shared, rows, m)), torch.float32)
         if p.y_pair:
-            torch.add(p.y[..., :m].transpose(1, 2), p.y[..., m:].transpose(1, 2), out=y)  # as the fused kernel
+            torch.add(py[..., :m].transpose(1, 2), py[..., m:].transpose(1, 2), out=y)  # as the fused kernel
         else:
-            y.copy_(p.y.transpose(1, 2))
+            y.copy_(py.transpose(1, 2))
         return y.view(p.a.shape)
 
     def _fused_mvm(self, tau: torch.Tensor, gen: torch.Generator | None, x_range: float) -> torch.Tensor:

@@ -155,11 +155,15 @@ def pack_scaled_planes(
     return ScaledPlanes(tuple(weights), tuple(scales), groups, shared, shared_dims, zeros)
 
 
-def scaled_plane_products(x: torch.Tensor, planes: ScaledPlanes, lead: tuple[int, ...]) -> torch.Tensor:
+def scaled_plane_products(
+    x: torch.Tensor, planes: ScaledPlanes, lead: tuple[int, ...], stack: bool = True
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """The two scaled parts of y = step·(256·(x @ hi) + x @ lo) for every core, from :func:`pack_scaled_planes`.
 
     Args:
         x: ``(..., B, K)`` int8, leading dims broadcasting to the cores' ``lead``; constant over the shared dims.
+        stack: False returns each group's product as it comes, ``(1, B, shared, 2m)``, without the copy that
+            stacking them takes.
 
     Returns:
         ``(groups, B, shared, 2m)`` float32: ``[..., :m]`` is fl(256·step·(x @ hi)), ``[..., m:]`` fl(step·(x @ lo)).
@@ -172,6 +176,8 @@ def scaled_plane_products(x: torch.Tensor, planes: ScaledPlanes, lead: tuple[int
     for g, idx in enumerate(itertools.product(*map(range, group_lead))):
         xg = xe[idx + first_shared]  # (B, K): the input of every core of group g
         outs.append(_qlinear(xg, planes.weights[g], planes.scales[g], planes.zero_points))
+    if not stack:
+        return tuple(o.view(1, rows, planes.shared, -1) for o in outs)
     out = outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)
     return out.view(planes.groups, rows, planes.shared, -1)
 

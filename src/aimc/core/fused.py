@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -121,11 +122,13 @@ if numba is not None:
         floor_counts,
         out,
         b_off,
+        core_off,
         r0,
         r1,
     ):  # pragma: no cover - compiled
-        """Rows r0..r1 of the flattened (C*B) outputs; see :func:`adc_ldpu` for the arguments. Each row runs as a
-        few simple loops (the charges, the noise, then both counters and the LDPU) that the compiler vectorises."""
+        """Rows r0..r1 of the flattened (cores of y x B) outputs; see :func:`adc_ldpu` for the arguments. Each row
+        runs as a few simple loops (the charges, the noise, then both counters and the LDPU) that the compiler
+        vectorises."""
         n_b = a.shape[1]  # rows of this part: batch rows b_off .. b_off + n_b of every core
         n_total = out.shape[1]
         m = out.shape[2]
@@ -134,9 +137,10 @@ if numba is not None:
         s_y = np.empty(m, dtype=np.float32)
         s_z = np.empty(4 * ((m + 3) // 4), dtype=np.float32)
         for r in range(r0, r1):
-            c = r // n_b
-            b = r - c * n_b
-            y_row = y[c // shared, b, c - (c // shared) * shared]
+            c_y = r // n_b  # the core's index in y
+            b = r - c_y * n_b
+            y_row = y[c_y // shared, b, c_y - (c_y // shared) * shared]
+            c = c_y + core_off  # and among all the MVM's cores
             if y_pair:
                 for j in range(m):
                     s_y[j] = y_row[j] + y_row[m + j]
@@ -178,12 +182,12 @@ if numba is not None:
     @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
     def _kernel_par(
         y, y_pair, a, a_bf16, var, var_bf16, key, noise,
-        gk, ok, ia, bias, scale, den_c, q_max, c_max, floor_counts, out, b_off, rows, chunks,
+        gk, ok, ia, bias, scale, den_c, q_max, c_max, floor_counts, out, b_off, core_off, rows, chunks,
     ):  # fmt: skip  # pragma: no cover - compiled
         for c in numba.prange(chunks):
             _kernel(
-                y, y_pair, a, a_bf16, var, var_bf16, key, noise, gk, ok, ia, bias, scale,
-                den_c, q_max, c_max, floor_counts, out, b_off, rows * c // chunks, rows * (c + 1) // chunks,
+                y, y_pair, a, a_bf16, var, var_bf16, key, noise, gk, ok, ia, bias, scale, den_c, q_max, c_max,
+                floor_counts, out, b_off, core_off, rows * c // chunks, rows * (c + 1) // chunks,
             )  # fmt: skip
 
 
@@ -193,7 +197,7 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def adc_ldpu(
-    y: torch.Tensor,
+    y: torch.Tensor | Sequence[torch.Tensor],
     y_pair: bool,
     a: torch.Tensor,
     var: torch.Tensor | None,
@@ -215,7 +219,9 @@ def adc_ldpu(
     Args:
         y: ``(G, B, S, W)`` float32 half (pos - neg) charge (fC) without fresh noise of the C = G·S cores (core c is
             ``y[c // S, :, c % S]``): W = m, or with ``y_pair`` W = 2m and the charge is the sum of the two halves
-            (the scaled int8 plane products of :func:`aimc.core.fastmath.scaled_plane_products`).
+            (the scaled int8 plane products of :func:`aimc.core.fastmath.scaled_plane_products`). A sequence of
+            such tensors holds consecutive cores (e.g. one ``(1, B, S, W)`` per group): each is passed on as it
+            is, without copying them into one.
         a: ``(C, B, m)`` half (pos + neg) charge, float32 or bfloat16.
         var: ``(C, B, m)`` fresh-noise variance of ``y`` (float32 or bfloat16), or None without fresh noise.
         key: the four words of this MVM's normals (:func:`aimc.core.philox.draw_key`): output (c, b, j) gets
@@ -242,8 +248,13 @@ def adc_ldpu(
             f"out {tuple(out.shape)} cannot take rows {batch_offset}..{batch_offset + rows} of {cores} cores"
         )
     noise = var is not None and key is not None
+    parts = (y,) if isinstance(y, torch.Tensor) else tuple(y)
+    offsets = [0]
+    for part in parts:
+        offsets.append(offsets[-1] + part.shape[0] * part.shape[2])
+    if offsets[-1] != cores:
+        raise ValueError(f"y holds {offsets[-1]} cores, a holds {cores}")
     args = (
-        y.numpy(),
         y_pair,
         _as_numpy(a),
         a.dtype == torch.bfloat16,
@@ -263,7 +274,9 @@ def adc_ldpu(
         out.numpy(),
         batch_offset,
     )
-    run_rows(_kernel, _kernel_par, args, cores * rows, cores * rows * m)
+    for part, core_off in zip(parts, offsets, strict=False):
+        part_cores = part.shape[0] * part.shape[2]
+        run_rows(_kernel, _kernel_par, (part.numpy(), *args, core_off), part_cores * rows, part_cores * rows * m)
     return out
 
 
