@@ -500,7 +500,7 @@ class CoreReadout:
 
     def _float_y(self, p: _Products) -> torch.Tensor:
         """Half the (pos - neg) charge as float32 ``(..., B, m)`` (the shape of ``p.a``), without fresh noise."""
-        py = p.y if isinstance(p.y, torch.Tensor) else torch.cat(p.y)
+        py = p.y if isinstance(p.y, torch.Tensor) else p.y[0] if len(p.y) == 1 else torch.cat(p.y)
         groups, rows, shared, width = py.shape
         m = width // 2 if p.y_pair else width
         y = self._buffer("y_float", torch.Size((groups, shared, rows, m)), torch.float32)
