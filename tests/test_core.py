@@ -329,3 +329,16 @@ def test_bfloat16_auxiliary_products_leave_the_error_statistics_unchanged():
         errs[aux] = error_metrics(y, y_fp, x)
     for e32, e16 in zip(errs["float32"], errs["bfloat16"], strict=True):
         assert abs(e16 / e32 - 1) < 0.02
+
+
+def test_mvm_test_lowers_g_max_only_where_currents_would_exceed_the_adc_range():
+    """At 0.2 V the MVM test's inputs would drive TDP's bit lines to ~150 uA at full G_max: its G_max is lowered
+    (w_max raised); ODP's peaks (~80 uA) stay under CURRENT_HEADROOM x 100 uA and keep the block's max |W|."""
+    w, x, _ = paper_mvm_problem(cores=2, batch=512)
+    block_max = w.abs().amax(dim=(-2, -1))
+    tdp = program_test_cores(w, x, "hermes-2dev", "tdp", 0)
+    odp = program_test_cores(w, x, "hermes-1dev", "odp", 0)
+    assert bool((tdp.w_max > 1.3 * block_max).all()) and bool((tdp.w_max < 2.0 * block_max).all())
+    assert torch.equal(odp.w_max, block_max)
+    zero = program_test_cores(torch.zeros(1, 4, 4), torch.ones(1, 8, 4), "hermes-2dev", "tdp", 0)
+    assert float(zero.w_max) == 1.0  # an all-zero core takes any scale

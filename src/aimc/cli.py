@@ -280,6 +280,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     software = ev.software_metric(model, data)
     settings = {k: v for k, v in vars(args).items() if k != "func"}
+    settings["read_voltage"] = config.read_voltage_V  # the voltage used, also where the default was taken
     result: dict[str, Any] = {
         "task": task,
         "metric": data.metric,

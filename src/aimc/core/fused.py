@@ -274,7 +274,7 @@ def adc_ldpu(
         out.numpy(),
         batch_offset,
     )
-    for part, core_off in zip(parts, offsets, strict=False):
+    for part, core_off in zip(parts, offsets[:-1], strict=True):
         part_cores = part.shape[0] * part.shape[2]
         run_rows(_kernel, _kernel_par, (part.numpy(), *args, core_off), part_cores * rows, part_cores * rows * m)
     return out

@@ -86,6 +86,7 @@ def program_test_cores(
     model = get_device(device)
     load = bit_line_load(x, w.unsqueeze(1))[:, 0]  # (C,)
     block_max = w.abs().amax(dim=(-2, -1))
+    block_max = torch.where(block_max > 0, block_max, torch.ones_like(block_max))  # an all-zero core: any scale
     w_max = limited_w_max(block_max, peak_current(load, model, strategy, config, spec), spec)
     return program_core(w, model, strategy, seed, spec=spec, config=config, w_max=w_max)
 
