@@ -18,7 +18,8 @@ from aimc.errors import ValidationError
 #: carry at most 3-14 uA (ODP; 13-60 counts), and the converters alone then cost ODP 2.2 points, more than the chip
 #: paper's whole ODP loss (1.44): in this model the chip could not have reached its ODP result at 0.1 V. At 0.2 V
 #: they cost ODP what they cost TDP (docs/validation.md). Where a core's currents would exceed the ADC range, its
-#: G_max is lowered instead (``aimc.chip.limited_w_max``; in the chip paper's MVM test it is, for TDP).
+#: G_max is lowered instead (``aimc.chip.limited_w_max``; at 0.2 V so it is for TDP in the chip paper's MVM test and
+#: in the char-LSTM, not in ResNet-9).
 READ_VOLTAGE_V = 0.2
 
 #: Assumption: CCO non-linearity B (1/uA) in f = A·i/(1+B·i) + C (SPEC §1 "mild non-linearity"): 5% gain
