@@ -8,7 +8,7 @@ import pytest
 
 from aimc.cli import main
 from aimc.errors import ValidationError
-from aimc.experiments.reproduce import Settings, format_tables, reproduce
+from aimc.experiments.reproduce import Settings, _Store, code_fingerprint, format_tables, reproduce
 
 TINY = Settings(images=40, chars=600, streams=8, seeds=1, adabs_inputs=24)
 
@@ -35,6 +35,21 @@ def test_reproduce_resnet9_writes_report_and_resumes(tmp_path):
     # other settings never overwrite the stored points
     with pytest.raises(ValidationError, match="other settings"):
         reproduce(str(tmp_path), settings=Settings(images=41, seeds=1), tasks=("resnet9",), log=logs.append)
+
+
+def test_reproduce_store_of_other_code_is_kept_aside_not_reused(tmp_path):
+    """Blocks computed by other aimc code (another fingerprint of the package's sources and weights) are not taken:
+    the file is moved aside, nothing is lost, and the run starts afresh."""
+    path = tmp_path / "points.json"
+    path.write_text(json.dumps({"settings": TINY.__dict__, "code": "0123abcd", "blocks": {"resnet9/software": 0.9}}))
+    logs: list[str] = []
+    store = _Store(path, TINY, logs.append)
+    assert store.get("resnet9/software") is None and not path.exists()
+    assert json.loads((tmp_path / "points.0123abcd.json").read_text())["blocks"] == {"resnet9/software": 0.9}
+    assert "other aimc code" in logs[0]
+    store.put("resnet9/software", 0.8)  # the same code then reuses its own blocks
+    assert json.loads(path.read_text())["code"] == code_fingerprint() == store.code
+    assert _Store(path, TINY, logs.append).get("resnet9/software") == 0.8
 
 
 def test_reproduce_rejects_unknown_task(tmp_path):

@@ -10,6 +10,7 @@ the output folder as soon as it is done, so an interrupted run resumes where it 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -43,12 +44,28 @@ class Settings:
         return cls(images=None, chars=None, streams=256, seeds=10, adabs_inputs=1000)
 
 
-class _Store:
-    """Finished blocks by key in a JSON file, written atomically after each block."""
+def code_fingerprint() -> str:
+    """sha256 (16 hex digits) of the installed aimc package's Python sources and shipped weights: the code that
+    computed a stored block (the version number alone does not change between commits)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for f in sorted([*root.rglob("*.py"), *root.rglob("*.safetensors")]):
+        digest.update(str(f.relative_to(root)).encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
 
-    def __init__(self, path: Path, settings: Settings) -> None:
+
+class _Store:
+    """Finished blocks by key in a JSON file, written atomically after each block.
+
+    Blocks are reused only by the same settings and the same code (:func:`code_fingerprint`): a store written by
+    other code is moved aside to ``<name>.<its fingerprint>.json`` (kept, not reused) and the run starts afresh.
+    """
+
+    def __init__(self, path: Path, settings: Settings, log: Any = print) -> None:
         self.path = path
         self.data: dict[str, Any] = {}
+        self.code = code_fingerprint()
         if path.is_file():
             try:
                 loaded = json.loads(path.read_text())
@@ -59,7 +76,16 @@ class _Store:
                     f"{str(path)!r} holds results of other settings ({loaded.get('settings')}); use another --out "
                     "folder or delete it"
                 )
-            self.data = loaded.get("blocks", {})
+            old_code = str(loaded.get("code", "unknown"))
+            old_code = old_code if old_code.isalnum() and len(old_code) <= 64 else "unknown"  # a file name part
+            if old_code != self.code:
+                aside = path.with_name(f"{path.stem}.{old_code}.json")
+                os.replace(path, aside)
+                log(
+                    f"  {path.name} was computed by other aimc code ({old_code}, now {self.code}): kept as {aside.name}"
+                )
+            else:
+                self.data = loaded.get("blocks", {})
         self.settings = settings
 
     def get(self, key: str) -> Any:
@@ -68,7 +94,9 @@ class _Store:
     def put(self, key: str, value: Any) -> None:
         self.data[key] = value
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"settings": self.settings.__dict__, "blocks": self.data}, indent=1))
+        tmp.write_text(
+            json.dumps({"settings": self.settings.__dict__, "code": self.code, "blocks": self.data}, indent=1)
+        )
         os.replace(tmp, self.path)
 
 
@@ -124,11 +152,11 @@ def reproduce(
         ev.check_task(task)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    store = _Store(out / "points.json", settings)
+    store = _Store(out / "points.json", settings, log)
     start = time.time()
     results = {
         "settings": settings.__dict__,
-        "provenance": provenance(),
+        "provenance": {**provenance(), "aimc_code": store.code},
         "tasks": {},
     }
     for task in tasks:
