@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from aimc._provenance import code_fingerprint
 from aimc.cli import main
 from aimc.errors import ValidationError
-from aimc.experiments.reproduce import Settings, _Store, code_fingerprint, format_tables, reproduce
+from aimc.experiments.reproduce import Settings, _Store, format_tables, reproduce
 
 TINY = Settings(images=40, chars=600, streams=8, seeds=1, adabs_inputs=24)
 

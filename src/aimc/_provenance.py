@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import platform
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,3 +26,14 @@ def provenance() -> dict[str, str]:
         "torch_threads": str(torch.get_num_threads()),
         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def code_fingerprint() -> str:
+    """sha256 (16 hex digits) of the installed aimc package's Python sources and shipped weights: the code that
+    computed a stored block (the version number alone does not change between commits)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for f in sorted([*root.rglob("*.py"), *root.rglob("*.safetensors")]):
+        digest.update(str(f.relative_to(root)).encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]

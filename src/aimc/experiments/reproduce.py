@@ -10,7 +10,6 @@ the output folder as soon as it is done, so an interrupted run resumes where it 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aimc._provenance import provenance
+from aimc._provenance import code_fingerprint, provenance
 from aimc.errors import ValidationError
 from aimc.experiments import evaluate as ev
 from aimc.experiments.accuracy import points_as_dicts
@@ -42,17 +41,6 @@ class Settings:
     def full(cls) -> Settings:
         """The whole test sets and 10 seeds (the chip paper's 10 inference runs per point)."""
         return cls(images=None, chars=None, streams=256, seeds=10, adabs_inputs=1000)
-
-
-def code_fingerprint() -> str:
-    """sha256 (16 hex digits) of the installed aimc package's Python sources and shipped weights: the code that
-    computed a stored block (the version number alone does not change between commits)."""
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for f in sorted([*root.rglob("*.py"), *root.rglob("*.safetensors")]):
-        digest.update(str(f.relative_to(root)).encode())
-        digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 class _Store:
