@@ -22,6 +22,7 @@ import yaml
 
 import aimc
 from aimc import sweep
+from aimc._provenance import code_fingerprint
 from aimc.cli import main
 from aimc.sweep.cache import MAPPING_FILE
 from aimc.sweep.store import STORE_FILE
@@ -75,6 +76,7 @@ def test_in_process_sweep_stores_every_point_with_seed_versions_and_timings(refe
         assert r.value == r.details["correct"] / 8
         assert 0.4 <= r.value <= 1.0  # the HWA network on the chip is far above chance (0.1)
         assert r.provenance["aimc"] == aimc.__version__ and r.provenance["torch"] == torch.__version__
+        assert r.provenance["code"] == code_fingerprint()  # the code that computed the point, not just its version
         assert r.run_s > 0 and r.worker.endswith(f":{os.getpid()}")
     assert sorted(r.chip_reused for r in rows) == [False, False, True, True]  # one chip per seed, read twice
     assert all(r.program_s > 0 for r in rows if not r.chip_reused)
@@ -96,6 +98,7 @@ def test_report_writes_tables_figure_csv_and_html(reference, capsys):
         std = abs(v[0] - v[1]) / 2**0.5  # sample std of two values
         assert f"{mean:.2f} ± {std:.2f} (n=2)" in md
     assert "| 1 min |" in md and "| 1 d |" in md and "4 stored of 4" in md
+    assert f"(code {code_fingerprint()})" in md and "mixed versions" not in md
     assert (out / "figures" / "accuracy_vs_time.png").stat().st_size > 5000
     assert "<table>" in (out / "report.html").read_text()
     assert len((out / "points.csv").read_text().splitlines()) == 5
@@ -165,3 +168,15 @@ def test_ray_sweep_equals_the_in_process_sweep_even_with_a_worker_killed_midway(
     survivor = next(w for w, n in by_worker.items() if n == 2)
     assert sorted(r.chip_reused for r in rows if r.worker == survivor) == [False, True]
     assert sweep.run(SPEC, out=out, backend="ray", workers=2, progress=False).computed == 0
+
+
+def test_report_flags_points_computed_by_different_code(reference, tmp_path):
+    out, _ = reference
+    copy = tmp_path / "sweep"
+    shutil.copytree(out, copy)
+    with sqlite3.connect(str(copy / STORE_FILE)) as db:  # one point as if an older commit had computed it
+        key, prov = db.execute("SELECT key, provenance FROM points LIMIT 1").fetchone()
+        db.execute("UPDATE points SET provenance = ? WHERE key = ?", (prov.replace(code_fingerprint(), "0" * 16), key))
+    assert main(["report", str(copy)]) == 0
+    md = (copy / "report.md").read_text()
+    assert "(code 0000000000000000), torch" in md and "(3 points)" in md and "mixed versions" in md

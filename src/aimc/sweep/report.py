@@ -148,6 +148,7 @@ def _write_csv(results: Sequence[PointResult], path: Path) -> None:
         "worker",
         "aimc",
         "torch",
+        "code",
         "finished_utc",
     ]
     tmp = path.with_name(path.name + ".tmp")
@@ -157,7 +158,8 @@ def _write_csv(results: Sequence[PointResult], path: Path) -> None:
         for r in results:
             w.writerow(
                 [getattr(r, c) for c in cols[: cols.index("aimc")]]
-                + [r.provenance.get("aimc", ""), r.provenance.get("torch", ""), r.finished_utc]
+                + [r.provenance.get(k, "") for k in ("aimc", "torch", "code")]
+                + [r.finished_utc]
             )
     tmp.replace(path)
 
@@ -188,10 +190,13 @@ def _facts(store: ResultStore, results: Sequence[PointResult]) -> list[tuple[str
     if results:
         seeds = sorted({r.seed for r in results})
         facts.append(("seeds", ", ".join(map(str, seeds))))
-        versions = Counter((r.provenance.get("aimc", "?"), r.provenance.get("torch", "?")) for r in results)
-        vtext = "; ".join(f"aimc {a}, torch {t} ({n} points)" for (a, t), n in versions.items())
+        versions = Counter(
+            (r.provenance.get("aimc", "?"), r.provenance.get("torch", "?"), r.provenance.get("code", "?"))
+            for r in results
+        )
+        vtext = "; ".join(f"aimc {a} (code {c}), torch {t} ({n} points)" for (a, t, c), n in versions.items())
         if len(versions) > 1:
-            vtext += " — mixed versions"
+            vtext += " — mixed versions: points from different code or libraries"
         facts.append(("versions", vtext))
         programs = [r.program_s for r in results if not r.chip_reused]
         runs = [r.run_s for r in results]

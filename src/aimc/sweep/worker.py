@@ -53,11 +53,19 @@ class PointRunner:
         self.payload = payload
         self._chip_id: tuple[int, str, str] | None = None
         self._chip = None
+        self._code: str | None = None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def _provenance(self) -> dict[str, str]:
+        """Versions of this process, with the fingerprint of the code that computed the point (hashed once)."""
+        from aimc._provenance import code_fingerprint, provenance
+
+        if self._code is None:
+            self._code = code_fingerprint()
+        return {**provenance(), "code": self._code}
 
     def run(self, key: str, point: Point) -> PointResult:
         """Evaluate ``point`` (whose store key is ``key``), programming its chip unless the last one matches."""
-        from aimc._provenance import provenance
         from aimc.chip import program
 
         p = self.payload
@@ -101,6 +109,6 @@ class PointRunner:
             cpu_s=cpu,
             chip_reused=reused,
             worker=self.worker,
-            provenance=provenance(),
+            provenance=self._provenance(),
             finished_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
