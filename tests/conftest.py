@@ -6,6 +6,17 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_cache(tmp_path_factory):
+    """The kernels are measured into a cache folder of the test session's own, never the user's (subprocesses of
+    the tests inherit it)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIMC_CACHE_DIR", str(tmp_path_factory.mktemp("aimc-cache")))
+    mp.delenv("AIMC_KERNELS", raising=False)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _two_threads():
     """Every test runs with the 2 threads of the CI machine; tests that change it restore it."""

@@ -14,6 +14,7 @@ from aimc.core import cco_counts, fresh_noise_fraction, quantize_input
 from aimc.devices import get
 from aimc.errors import AimcError, ArgumentTypeError, UnknownNameError, ValidationError
 from aimc.experiments.mvm_error import error_metrics, program_test_cores
+from aimc.kernels import Backend
 
 from conftest import paper_mvm_problem
 
@@ -170,7 +171,7 @@ def test_fast_four_phase_path_matches_exact_phases():
     rng = float(y_fp.max() - y_fp.min())
     for strategy, device in (("odp", "hermes-1dev"), ("tdp", "hermes-2dev")):
         core = program_core(w, device, strategy, 0)
-        readout = core.prepare(3600.0, "four-phase", 1, read_noise=False, aux_precision="float32")
+        readout = core.prepare(3600.0, "four-phase", 1, read_noise=False, backend=Backend(aux_product="float32"))
         diff = readout.mvm(x) - readout.mvm(x, exact_phases=True)
         # measured: std 0.08% (ODP) of the output range; the CCO non-linearity at the mean vs per-phase current
         assert float(diff.std()) / rng < 0.002
@@ -325,7 +326,7 @@ def test_bfloat16_auxiliary_products_leave_the_error_statistics_unchanged():
     core = program_core(w, "hermes-2dev", "tdp", 0)
     errs = {}
     for aux in ("float32", "bfloat16"):
-        y = core.prepare(3600.0, "four-phase", 1, aux_precision=aux).mvm(x, 2)
+        y = core.prepare(3600.0, "four-phase", 1, backend=Backend(aux_product=aux)).mvm(x, 2)
         errs[aux] = error_metrics(y, y_fp, x)
     for e32, e16 in zip(errs["float32"], errs["bfloat16"], strict=True):
         assert abs(e16 / e32 - 1) < 0.02

@@ -7,8 +7,6 @@ thread count.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numba
 import pytest
 import torch
@@ -19,6 +17,7 @@ from aimc.core.fastmath import PLANE_LEVELS, int8_planes, int8_product
 from aimc.core.normals import fill_normal_
 from aimc.core.philox import draw_key, fill_normal_rows_
 from aimc.errors import ValidationError
+from aimc.kernels import Backend
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not installed")
 
@@ -32,6 +31,14 @@ def _problem(seed: int, cores: tuple[int, ...], m: int, n: int, batch: int) -> t
     return w, x
 
 
+def _tails(core, t: float, mode: str, seed: int, read_noise: bool = True, **kernels: str):
+    """Two readouts of ``core``, same seed and kernels but the converter pass: the compiled one and PyTorch's."""
+    return tuple(
+        core.prepare(t, mode, seed, read_noise=read_noise, backend=Backend(mvm_tail=tail, **kernels))
+        for tail in ("numba", "torch")
+    )
+
+
 def _agree(a: torch.Tensor, b: torch.Tensor) -> None:
     """Equal, up to a rare one-count difference where a CPU's vector units fuse a multiply-add differently."""
     diff = (a - b).abs()
@@ -41,13 +48,15 @@ def _agree(a: torch.Tensor, b: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("mode", ["four-phase", "one-phase"])
 @pytest.mark.parametrize("aux", ["bfloat16", "float32"])
-def test_fused_kernel_gives_the_torch_paths_numbers(mode, aux):
+@pytest.mark.parametrize("product", ["float32", "int-mm", "onednn-int8"])
+def test_fused_kernel_gives_the_torch_paths_numbers(mode, aux, product):
+    """Every pos - neg product kernel, either auxiliary dtype: the compiled pass equals PyTorch's operations."""
     w, x = _problem(0, (3, 2), 100, 120, 300)  # stacked cores; the input broadcasts over the column blocks
     core = program_core(w, "hermes-2dev", "tdp", 0)
-    readout = core.prepare(3600.0, mode, 1, aux_precision=aux)
-    _agree(readout.mvm(x, 7, backend="fused"), readout.mvm(x, 7, backend="torch"))
-    quiet = core.prepare(3600.0, mode, 1, read_noise=False, aux_precision=aux)
-    _agree(quiet.mvm(x, backend="fused", output_dtype=torch.float16).float(), quiet.mvm(x, backend="torch"))
+    fast, slow = _tails(core, 3600.0, mode, 1, pos_neg_product=product, aux_product=aux)
+    _agree(fast.mvm(x, 7), slow.mvm(x, 7))
+    fast, slow = _tails(core, 3600.0, mode, 1, read_noise=False, pos_neg_product=product, aux_product=aux)
+    _agree(fast.mvm(x, output_dtype=torch.float16).float(), slow.mvm(x))
 
 
 @pytest.mark.parametrize(
@@ -62,18 +71,21 @@ def test_fused_kernel_gives_the_torch_paths_numbers(mode, aux):
 def test_fused_kernel_follows_the_converter_settings(config):
     w, x = _problem(1, (), 64, 256, 200)
     core = program_core(w, "hermes-1dev", "odp", 3, config=config)
-    readout = core.prepare(86400.0, "four-phase", 2)
-    _agree(readout.mvm(x * 3.0, 5, x_range=2.0, backend="fused"), readout.mvm(x * 3.0, 5, x_range=2.0, backend="torch"))
+    fast, slow = _tails(core, 86400.0, "four-phase", 2)
+    _agree(fast.mvm(x * 3.0, 5, x_range=2.0), slow.mvm(x * 3.0, 5, x_range=2.0))
 
 
-def test_fused_and_float32_products_agree_with_the_exact_matmul_when_noise_free():
+@pytest.mark.parametrize("product", ["int-mm", "onednn-int8"])
+def test_int8_and_float32_products_agree_with_the_exact_matmul_when_noise_free(product):
     """The int8 planes change the pos - neg product only at the 15-bit level: far below the converters' error."""
     w, x = _problem(2, (), 128, 256, 500)
     core = program_core(w, "ideal", "tdp", 0)
-    readout = core.prepare(0.0, "four-phase", 0, read_noise=False, aux_precision="float32")
+    readout = core.prepare(
+        0.0, "four-phase", 0, read_noise=False, backend=Backend(pos_neg_product=product, aux_product="float32")
+    )
     with_planes = readout.mvm(x)
-    readout_f32 = dataclasses.replace(readout, y_planes=None, _work={})
-    without = readout_f32.mvm(x)
+    f32 = Backend(pos_neg_product="float32", aux_product="float32")
+    without = core.prepare(0.0, "four-phase", 0, read_noise=False, backend=f32).mvm(x)
     diff = (with_planes - without).abs()
     count = float(core.adc.inv_alpha.max() * readout.out_scale.max())  # one CCO count in output units
     assert float(diff.max()) <= 1.5 * count  # where a count's floor falls the other way
@@ -89,23 +101,25 @@ def test_fused_kernel_gives_the_torch_paths_numbers_for_any_input_broadcast(x_le
     """Cores that share an input are one oneDNN matmul; inputs with their own or extra leading dims are not."""
     w, _ = _problem(9, (3, 2), 40, 64, 50)
     x = torch.rand((*x_lead, 50, 64), generator=torch.Generator().manual_seed(1)) * 2 - 1
-    readout = program_core(w, "hermes-2dev", "tdp", 0).prepare(3600.0, "four-phase", 1)
-    fast, slow = readout.mvm(x, 3, backend="fused"), readout.mvm(x, 3, backend="torch")
+    core = program_core(w, "hermes-2dev", "tdp", 0)
+    fast, slow = _tails(core, 3600.0, "four-phase", 1, pos_neg_product="onednn-int8")
+    fast, slow = fast.mvm(x, 3), slow.mvm(x, 3)
     assert fast.shape == slow.shape == (*torch.broadcast_shapes(x_lead, (3, 2)), 50, 40)
     _agree(fast, slow)
 
 
-def test_int_mm_planes_give_the_onednn_numbers(monkeypatch):
-    """Without oneDNN's int8 operator the planes multiply by torch._int_mm, scaled in PyTorch: the same numbers."""
-    from aimc.core import analog
-
+def test_int_mm_planes_give_the_onednn_numbers():
+    """The planes multiplied by torch._int_mm and scaled in PyTorch give oneDNN's numbers, on either tail."""
     w, x = _problem(10, (2, 1), 64, 100, 80)
-    readout = program_core(w, "hermes-2dev", "tdp", 0).prepare(3600.0, "four-phase", 1)
-    with_onednn = readout.mvm(x, 4)
-    monkeypatch.setattr(analog, "pack_scaled_planes", lambda *args: None)
-    fallback = dataclasses.replace(readout, _work={}, _registers={})
-    assert torch.equal(fallback.mvm(x, 4), with_onednn)
-    assert torch.equal(fallback.mvm(x, 4, backend="torch"), readout.mvm(x, 4, backend="torch"))
+    core = program_core(w, "hermes-2dev", "tdp", 0)
+    for tail in ("numba", "torch"):
+        onednn, int_mm = (
+            core.prepare(
+                3600.0, "four-phase", 1, backend=Backend(pos_neg_product=p, aux_product="bfloat16", mvm_tail=tail)
+            ).mvm(x, 4)
+            for p in ("onednn-int8", "int-mm")
+        )
+        assert torch.equal(onednn, int_mm)
 
 
 def test_hot_path_counts_non_finite_inputs():
@@ -115,7 +129,8 @@ def test_hot_path_counts_non_finite_inputs():
     with pytest.raises(ValidationError, match=r"x must be finite; it holds 3 NaN/Inf value\(s\)"):
         readout.mvm(x, 1)
     big = torch.full((2, 16), 1e30)  # finite, saturates the PWM input
-    assert torch.equal(readout.mvm(big, 1), readout.mvm(big, 1, backend="torch"))
+    fast, slow = _tails(readout.core, 60.0, "four-phase", 0)
+    assert torch.equal(fast.mvm(big, 1), slow.mvm(big, 1))
 
 
 @pytest.mark.parametrize("rounding", ["_round_f16", "_round_f16_bits"])
@@ -164,37 +179,31 @@ def test_normal_draws_do_not_depend_on_the_thread_count():
     assert not torch.equal(fill_normal_(torch.empty(400_000), torch.Generator().manual_seed(10)), z)
 
 
-@pytest.mark.parametrize("split", ["0", "1"])
-def test_same_seed_same_outputs_on_one_and_two_threads(split, monkeypatch):
-    """With and without the split into per-thread parts (``AIMC_THREAD_PARTS``), 1 and 2 threads agree."""
-    monkeypatch.setenv("AIMC_THREAD_PARTS", split)
+@pytest.mark.parametrize("threads_kernel", ["pools", "parts"])
+@pytest.mark.parametrize("product", ["float32", "int-mm", "onednn-int8"])
+def test_same_seed_same_outputs_on_one_and_two_threads(threads_kernel, product):
+    """With and without the split into per-thread parts, 1 and 2 threads agree (the kernels fixed, so that the
+    thread count does not change them)."""
+    fixed = {"pos_neg_product": product, "aux_product": "bfloat16", "mvm_tail": "numba"}
     w, x = _problem(3, (2, 1), 200, 250, 400)
-    core = program_core(w, "hermes-2dev", "tdp", 0)
+    core = program_core(w, "hermes-2dev", "tdp", 0, backend=Backend(**fixed, mvm_threads="pools"))
     threads = torch.get_num_threads()
     outs = []
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            outs.append(core.prepare(3600.0, "four-phase", 4).mvm(x, 11, backend="fused"))
+            kernel = threads_kernel if n > 1 else "pools"  # "parts" needs two threads
+            outs.append(core.prepare(3600.0, "four-phase", 4, backend=Backend(**fixed, mvm_threads=kernel)).mvm(x, 11))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(outs[0], outs[1])
-    monkeypatch.setenv("AIMC_THREAD_PARTS", "1" if split == "0" else "0")
-    torch.set_num_threads(2)
-    try:
-        other = core.prepare(3600.0, "four-phase", 4).mvm(x, 11, backend="fused")
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(outs[0], other)
 
 
-def test_fused_backend_refuses_what_it_cannot_run():
+def test_a_tensor_x_range_runs_on_the_torch_path():
+    """The compiled pass takes a scalar x_range only; a per-core range runs PyTorch's operations instead."""
     w, x = _problem(4, (), 16, 32, 8)
-    readout = program_core(w, "hermes-2dev", "tdp", 0).prepare(3600.0, "four-phase", 0)
-    with pytest.raises(Exception, match="backend"):
-        readout.mvm(x, 1, backend="numba")
-    with pytest.raises(Exception, match="scalar x_range"):
-        readout.mvm(x, 1, x_range=torch.tensor(1.0), backend="fused")
+    fast, slow = _tails(program_core(w, "hermes-2dev", "tdp", 0), 3600.0, "four-phase", 0)
+    assert torch.equal(fast.mvm(x, 1, x_range=torch.tensor(1.0)), slow.mvm(x, 1, x_range=1.0))
 
 
 def test_philox_matches_the_random123_known_answers():

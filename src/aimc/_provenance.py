@@ -11,19 +11,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aimc import kernels
+
 
 def provenance() -> dict[str, str]:
-    """Versions of aimc and its numerical stack, the platform and the UTC time of the call."""
+    """Versions of aimc and its numerical stack, the platform, the CPU, the kernels that ran (they change the numbers
+    slightly, :mod:`aimc.kernels`) and the UTC time of the call."""
     from aimc import __version__
 
     return {
         "aimc": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "numba": kernels.numba_version(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "cpu": kernels.cpu_model(),
         "torch_threads": str(torch.get_num_threads()),
+        "kernels": ", ".join(f"{op}={kernel}" for op, kernel in kernels.used().items()) or "none ran",
         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -9,14 +9,17 @@ tensor operation. The LDPU work after each MVM follows SPEC §1: per-channel aff
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 
+from aimc import kernels
 from aimc._validation import SeedLike, check_choice, make_generator
 from aimc.compiler.layout import (
     block_view,
@@ -156,6 +159,7 @@ class ProgrammedChip:
         config: unpublished core parameters.
         cores: one stacked :class:`ProgrammedCore` per analog layer, by layer name.
         faults: the chip's hardware defects (:class:`aimc.faults.Faults`), or None for a perfect chip.
+        backend: the kernels its runs use by default (:class:`aimc.kernels.Backend`; None: chosen by measurement).
     """
 
     mapping: Mapping
@@ -165,6 +169,7 @@ class ProgrammedChip:
     config: CoreConfig
     cores: dict[str, ProgrammedCore] = field(default_factory=dict)
     faults: Faults | None = None
+    backend: kernels.Backend | None = None
 
     def to(self, device: torch.device | str) -> ProgrammedChip:
         """A copy with every core on ``device`` (``chip.to("cuda")``); inputs must then be on it too."""
@@ -176,6 +181,7 @@ class ProgrammedChip:
             config=self.config,
             cores={k: c.to(device) for k, c in self.cores.items()},
             faults=self.faults,
+            backend=self.backend,
         )
 
     @property
@@ -194,6 +200,7 @@ class ProgrammedChip:
         drift_compensation: bool = True,
         read_noise: bool = True,
         recalibrate: Recalibrator | None = None,
+        backend: kernels.Backend | None = None,
     ) -> torch.Tensor:
         """The network's forward pass on the chip, ``t`` seconds after programming.
 
@@ -209,6 +216,9 @@ class ProgrammedChip:
                 call ``measure(observer)`` to run the layer's cores on this layer's actual inputs, the observer
                 seeing the core outputs ``(r, c, R, m)``, and returns the layer to run (e.g. with new LDPU
                 registers, :mod:`aimc.adabs`).
+            backend: the kernels of this run (:class:`aimc.kernels.Backend`); default the chip's ``backend``.
+                What neither fixes is chosen by measurement on this machine. Kernels change the numbers slightly
+                (e.g. int8 product planes round each core's matrix to 15 bits); results record them.
 
         Returns:
             The network's output.
@@ -228,12 +238,17 @@ class ProgrammedChip:
         signature = self.mapping.input_signature
         for k, (name, v) in enumerate(zip((op.name for op in input_ops), inputs, strict=True)):
             _check_input(v, name, signature[k] if len(signature) == len(input_ops) else None)
+        chosen = kernels.resolve(backend if backend is not None else self.backend)
         readouts = {
-            name: core.prepare(t, mode, gen, read_noise=read_noise, drift_compensation=drift_compensation)
+            name: core.prepare(
+                t, mode, gen, read_noise=read_noise, drift_compensation=drift_compensation, backend=chosen
+            )
             for name, core in self.cores.items()
         }
+        device_type = self.tensor_device.type
+        chain = quantize and device_type == "cpu" and chosen.kernel("ldpu_chain", device_type) == "numba"
         env: dict[str, torch.Tensor] = {}
-        last_use, pools = self._last_uses(), self._fusable_pools(quantize)
+        last_use, pools = self._last_uses(), self._fusable_pools(chain)
         it = iter(inputs)
         with torch.no_grad():
             for i, op in enumerate(self.mapping.ops):
@@ -252,7 +267,7 @@ class ProgrammedChip:
                 else:
                     try:
                         pool = pools.get(i)
-                        value = self._run_op(op, env, readouts, gen, quantize, recalibrate, pool)
+                        value = self._run_op(op, env, readouts, gen, quantize, chain, recalibrate, pool)
                         env[op.name if pool is None else pool.name] = value
                     except AimcError:
                         raise
@@ -279,12 +294,12 @@ class ProgrammedChip:
                 last[name] = i
         return last
 
-    def _fusable_pools(self, quantize: bool) -> dict[int, Op]:
+    def _fusable_pools(self, chain: bool) -> dict[int, Op]:
         """Max-poolings (no padding) that can run in the compiled pass after the LDPU chain of the conv layer
         before them, by that layer's op index: where the layer's output has no other reader and the chain runs
-        compiled (:mod:`aimc.digital.ldpu_fused`). The result is the same; the layer's unpooled output is then
-        never stored."""
-        if not (quantize and ldpu_fused.available() and self.tensor_device.type == "cpu"):
+        compiled (``chain``, :mod:`aimc.digital.ldpu_fused`). The result is the same; the layer's unpooled output
+        is then never stored."""
+        if not chain:
             return {}
         ops = self.mapping.ops
         readers: dict[str, int] = {}
@@ -313,9 +328,11 @@ class ProgrammedChip:
         readouts: dict[str, CoreReadout],
         gen: torch.Generator,
         quantize: bool,
+        chain: bool,
         recalibrate: Recalibrator | None = None,
         pool: Op | None = None,
     ) -> torch.Tensor:
+        """One op of the mapping; ``chain``: the LDPU chains run compiled (kernel ``ldpu_chain``)."""
         args = [env[i] for i in op.inputs]
         a = op.attrs
         extra = self.mapping.extra_tensors
@@ -327,14 +344,14 @@ class ProgrammedChip:
                 current = layer
 
                 def measure(obs: Observer) -> None:
-                    _run_analog(current, readout, args[0], addend, gen, quantize, obs)
+                    _run_analog(current, readout, args[0], addend, gen, quantize, obs, chain=chain)
 
                 layer = recalibrate(layer, measure)
             window = None if pool is None else (tuple(pool.attrs["kernel"]), tuple(pool.attrs["stride"]))
-            return _run_analog(layer, readout, args[0], addend, gen, quantize, pool=window)
+            return _run_analog(layer, readout, args[0], addend, gen, quantize, pool=window, chain=chain)
         if op.kind == "lstm":
             layer = self.mapping.layers[a["layer"]]
-            return _run_lstm(layer, readouts[layer.name], args[0], gen, quantize)
+            return _run_lstm(layer, readouts[layer.name], args[0], gen, quantize, chain)
         if op.kind == "embedding":
             table = extra[f"{op.name}.weight"]
             ids = args[0]
@@ -573,8 +590,10 @@ def _run_analog(
     quantize: bool,
     observe: Observer | None = None,
     pool: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    chain: bool = False,
 ) -> torch.Tensor:
-    """One analog layer (conv via im2col or linear) with its LDPU pipeline.
+    """One analog layer (conv via im2col or linear) with its LDPU pipeline; ``chain``: the LDPU chain as the
+    compiled pass (kernel ``ldpu_chain``, :mod:`aimc.digital.ldpu_fused`; the same numbers as the PyTorch chain).
 
     ``pool``: ``(kernel, stride)`` of a max-pooling without padding applied to a conv layer's output (the layer's
     output is then the pooled one); with the compiled LDPU chain it runs on each slice's rows, and the unpooled
@@ -595,8 +614,7 @@ def _run_analog(
             f"reaching it, shape {tuple(x.shape)}, gives {k}: the input does not fit the mapping"
         )
     prepared = quantize and readout.takes_prepared_inputs
-    # the LDPU chain as one compiled pass where it can run (the same numbers as the PyTorch chain)
-    registers = _fused_registers(layer) if quantize and ldpu_fused.available() and x.device.type == "cpu" else None
+    registers = _fused_registers(layer) if quantize and chain and x.device.type == "cpu" else None
     y_dtype = torch.float32 if registers is not None else None  # the converters' FP16 values, no conversion pass
     if conv:
         h_out, w_out = conv_output_size(layer, x.shape[2], x.shape[3])
@@ -665,7 +683,7 @@ def _run_analog(
 
 
 def _run_lstm(
-    layer: MappedLayer, readout: CoreReadout, x: torch.Tensor, gen: torch.Generator, quantize: bool
+    layer: MappedLayer, readout: CoreReadout, x: torch.Tensor, gen: torch.Generator, quantize: bool, chain: bool
 ) -> torch.Tensor:
     """An LSTM layer step by step: gate MVMs on the cores (partial sums down the column chains), the cell in the
     GDPUs (FP16, tanh table), h back as INT8 (scale 1/127, |h| < 1)."""
@@ -679,7 +697,7 @@ def _run_lstm(
     inverse = torch.argsort(torch.tensor(layer.geometry["gate_order"], device=x.device))
     h = torch.zeros(batch, hidden, device=x.device)
     c = torch.zeros(batch, hidden, device=x.device)
-    registers = _fused_registers(layer) if quantize and ldpu_fused.available() and x.device.type == "cpu" else None
+    registers = _fused_registers(layer) if quantize and chain and x.device.type == "cpu" else None
     y_dtype = torch.float32 if registers is not None else None
     outs = []
     # the host scales the off-chip input to the PWM range of h; its weight columns were divided by the same factor
@@ -704,6 +722,7 @@ def program(
     *,
     config: CoreConfig | None = None,
     faults: Faults | None = None,
+    backend: kernels.Backend | None = None,
 ) -> ProgrammedChip:
     """Program a compiled network into the chip's PCM devices (the only step drawing programming randomness).
 
@@ -716,6 +735,8 @@ def program(
         faults: hardware defects (:class:`aimc.faults.Faults`): stuck devices and dead ADCs take effect here; a
             mapping that puts a block on a dead core, or whose partial sums cannot be routed around dead links, is
             refused (compile with ``**faults.compile_kwargs()``).
+        backend: the kernels of the chip's drift-compensation reference reads and, by default, of its runs
+            (:class:`aimc.kernels.Backend`; None: chosen by measurement on this machine).
 
     Returns:
         A :class:`ProgrammedChip`.
@@ -729,6 +750,7 @@ def program(
     config = CoreConfig() if config is None else config
     if not isinstance(config, CoreConfig):
         raise ArgumentTypeError(f"config must be an aimc CoreConfig, got {type(config).__name__}")
+    chosen = kernels.resolve(backend)
     gen = make_generator(seed, "seed")
     fault_gen = None
     if faults is not None:
@@ -744,6 +766,7 @@ def program(
         seed=seed if isinstance(seed, int) else None,
         config=config,
         faults=faults,
+        backend=backend,
     )
     for layer in mapping.layers.values():
         blocks = weight_blocks(layer)
@@ -759,8 +782,58 @@ def program(
             w_max=w_max,
             faults=layer_faults,
             adc_range_uA=adc_range,
+            backend=chosen,
         )
     return chip
+
+
+# --- the candidates of the LDPU chain, registered in aimc.kernels ----------------------------------------------------
+
+#: Representative LDPU chain timed to choose the kernel: a 512 x 512 linear layer (2 x 2 cores) with ReLU, 1,024
+#: rows; the probe uses 16 rows.
+CHAIN_BENCH_SIZE, CHAIN_BENCH_ROWS, CHAIN_PROBE_ROWS = 512, 1024, 16
+
+
+def _chain_workloads(after: AbcMapping[str, str], names: tuple[str, ...]) -> dict[str, kernels.Workload]:
+    """Timed LDPU chains of a layer's core outputs (FP16 values), one per candidate of ``ldpu_chain``; each runs once
+    on a few rows first, so that compiling is not timed."""
+    from aimc.compiler import compile as compile_model
+
+    gen = torch.Generator().manual_seed(0)
+    size = CHAIN_BENCH_SIZE
+    model = torch.nn.Sequential(torch.nn.Linear(size, size), torch.nn.ReLU())
+    layer = next(iter(compile_model(model, example_input=torch.randn(64, size, generator=gen)).layers.values()))
+    t = layer.tiling
+
+    def call(name: str, rows: int) -> functools.partial:
+        y = torch.randn(t.row_blocks, t.col_blocks, rows, t.block_outputs, generator=gen).half().float()
+        out = torch.empty(rows, t.outputs)
+        registers = _fused_registers(layer) if name == "numba" else None
+        return functools.partial(_ldpu_rows, layer, y, None, True, out, registers)
+
+    loads = {}
+    for name in names:
+        call(name, 2)()  # compiles or loads the compiled kernel
+        loads[name] = kernels.Workload(call(name, CHAIN_PROBE_ROWS), call(name, CHAIN_BENCH_ROWS))
+    return loads
+
+
+LDPU_CHAIN = kernels.register(
+    kernels.Operation(
+        name="ldpu_chain",
+        summary="a layer's LDPU chain after its MVM: partial sums, affine, ReLU, residual add, INT8 links",
+        candidates=(
+            kernels.Candidate(
+                "numba",
+                "one compiled pass per output row, max-pooling fused where it follows (aimc.digital.ldpu_fused)",
+                "bit-identical to torch",
+                lambda device_type: device_type == "cpu" and ldpu_fused.available(),
+            ),
+            kernels.Candidate("torch", "PyTorch float16 operations (any device)", "the reference"),
+        ),
+        workloads=_chain_workloads,
+    )
+)
 
 
 __all__ = [

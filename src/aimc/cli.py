@@ -450,6 +450,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    """``aimc info``: the machine, versions, threads, kernel cache and the kernel chosen for each hot operation."""
+    import torch
+
+    from aimc import kernels
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.remeasure:
+        kernels.forget()
+    info = kernels.report()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"CPU:      {info['cpu']} ({info['machine']}), {info['threads']} PyTorch threads")
+    print(f"versions: aimc {info['aimc']}, torch {info['torch']}, numba {info['numba']}, Python {info['python']}")
+    print(f"CUDA:     {'available (untested: kernels are chosen on the CPU only)' if info['cuda'] else 'no'}")
+    print(f"cache:    {info['cache']}")
+    if info["forced"]:
+        print(f"forced:   {kernels.FORCE_ENV}={info['forced']}")
+    for name, op in info["operations"].items():
+        print(f"\n{name}: {op['summary']}")
+        print(f"  chosen: {op['kernel']} ({op['source']}{', ' + op['measured_utc'] if op['measured_utc'] else ''})")
+        for c in op["candidates"]:
+            if not c["available"]:
+                timing = "cannot run here"
+            elif c["time_ms"] is not None:
+                timing = f"{c['time_ms']:.3f} ms"
+            elif c["probe_ms"] is not None:
+                timing = f"abandoned (probe {c['probe_ms']:.3f} ms)"
+            else:
+                timing = "not measured"
+            mark = "*" if c["name"] == op["kernel"] else " "
+            print(f"  {mark} {c['name']:<12} {timing:<28} {c['summary']}")
+    print(f"\nForce a kernel with {kernels.FORCE_ENV}=operation=kernel[,...] or aimc.kernels.Backend(...).")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``aimc`` command."""
     from aimc import __version__
@@ -601,6 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", action="store_true", help="also write report.html")
     p.add_argument("--no-figures", action="store_true", help="tables only")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("info", help="this machine, versions and the kernel chosen for each hot operation")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--remeasure", action="store_true", help="forget this machine's cached choices and measure again")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch threads to choose for (default: PyTorch's)")
+    p.set_defaults(func=cmd_info)
     return parser
 
 

@@ -27,25 +27,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
+from aimc import kernels
 from aimc._validation import SeedLike, check_choice, check_finite_tensor, check_number, make_generator
 from aimc.core import fused
 from aimc.core.adc import AdcState, cco_counts, cco_counts_, sample_adc
 from aimc.core.config import CoreConfig
 from aimc.core.fastmath import (
     _AUX_DTYPES,
+    AUX_PRODUCT_CANDIDATES,
+    POS_NEG_PRODUCT_CANDIDATES,
     ScaledPlanes,
-    aux_dtype_for,
     int8_planes,
     int8_product,
-    int8_products_for,
     pack_scaled_planes,
     scaled_plane_products,
 )
@@ -63,18 +63,12 @@ from aimc.spec import READ_MODES, ChipSpec
 if TYPE_CHECKING:
     from aimc.faults import CoreFaults
 
-#: Implementations of the converter and LDPU arithmetic (see :meth:`CoreReadout.mvm`).
-BACKENDS: tuple[str, ...] = ("auto", "fused", "torch")
-
 #: Batch rows per thread below which an MVM is not split into parts that run at once (each part makes three
-#: oneDNN calls of about 25 us fixed cost each; measured on a 2-core Xeon, 128 rows cost about 0.3 ms).
+#: product calls of about 25 us fixed cost each; measured on a 2-core Xeon, 128 rows cost about 0.3 ms).
 PART_MIN_ROWS = 128
 
-#: Environment variable that turns the split into per-thread parts on (``"1"``). Off by default: on an idle
-#: 2-core Xeon the unsplit MVM (PyTorch's and numba's own thread pools) took 1.6 ms against 2.3 ms split; the split
-#: pays off only on a machine loaded by other processes, where the two pools' spinning idle workers take each other's
-#: cores (measured 55 ms -> 5 ms per MVM at load 4). Same numbers either way.
-THREAD_PARTS_ENV = "AIMC_THREAD_PARTS"
+#: Kernels whose pos - neg product runs on the int8 planes of :func:`int8_planes`.
+INT8_PRODUCTS = ("int-mm", "onednn-int8")
 
 #: Device-assignment strategies of SPEC §1: one device per polarity (ODP) or two (TDP).
 STRATEGIES: tuple[str, ...] = ("odp", "tdp")
@@ -188,9 +182,11 @@ class CoreReadout:
         fresh_var: ``(..., n, m)`` per-MVM read-noise variance of the half charge per squared PWM level, summed over
             a weight's devices, in ``aux_dtype``, or None without read noise.
         out_scale: ``(..., 1, 1)`` output units per fC of corrected charge, drift compensation included.
-        aux_dtype: dtype of the pos + neg and noise-variance products (see :func:`aux_dtype_for`).
+        aux_dtype: dtype of the pos + neg and noise-variance products (kernel ``aux_product``).
         y_planes: ``y_matrix`` as int8 planes (hi, lo, step) for the int8 pos - neg product
             (:func:`~aimc.core.fastmath.int8_planes`), or None to multiply in float32.
+        kernels: the kernel of each hot operation this readout runs with (:mod:`aimc.kernels`): ``pos_neg_product``,
+            ``aux_product``, ``mvm_tail`` and ``mvm_threads``.
 
     A readout keeps work buffers between calls of :meth:`mvm` (the hot path then allocates only its result), so
     one readout must not be used from two threads at once.
@@ -206,6 +202,7 @@ class CoreReadout:
     out_scale: torch.Tensor
     aux_dtype: torch.dtype
     y_planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    kernels: dict[str, str] = field(default_factory=dict)
     _work: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _registers: dict[tuple, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
 
@@ -231,7 +228,6 @@ class CoreReadout:
         exact_phases: bool = False,
         quantize: bool = True,
         output_dtype: torch.dtype = torch.float32,
-        backend: str = "auto",
         levels: bool = False,
     ) -> torch.Tensor:
         """One MVM per row of ``x`` on the core(s), with fresh read noise.
@@ -244,9 +240,6 @@ class CoreReadout:
             quantize: False replaces the converters by ideal ones: no PWM rounding or saturation, the exact
                 bit-line charge instead of CCO counts, float32 instead of FP16 (device noise stays).
             output_dtype: dtype of the result (``torch.float16`` hands the LDPU's values on without conversion).
-            backend: ``"fused"`` runs the converters and the LDPU as one compiled pass (:mod:`aimc.core.fused`,
-                CPU), ``"torch"`` as PyTorch operations (any device); both give the same numbers. ``"auto"``
-                takes the fused one where it can run.
             levels: ``x`` already holds the signed PWM levels (integers in [-L, L], any float dtype, e.g. from
                 :func:`~aimc.core.pwm.quantize_input`); ``x_range`` still sets the output scale. Needs ``quantize``.
 
@@ -258,13 +251,11 @@ class CoreReadout:
         scalar_range = isinstance(x_range, int | float)
         if scalar_range:
             check_number(x_range, "x_range", low=0.0, low_inclusive=False)
-        check_choice(backend, "backend", BACKENDS)
         if (
             not levels
             and quantize
             and not exact_phases
             and scalar_range
-            and backend != "torch"
             and self.takes_prepared_inputs
             and isinstance(x, torch.Tensor)
             and x.is_floating_point()
@@ -289,7 +280,7 @@ class CoreReadout:
             half_charge = 0.5 * core.config.read_voltage_V * spec.pwm_ns_per_lsb  # fC / 2 per (uS · PWM level)
             self._fresh_noise_(y, levels_in.to(self.aux_dtype), gen, scale=spec.pwm_ns_per_lsb / half_charge)
             return y * (core.config.read_voltage_V * self.out_scale * x_range)
-        if self.takes_prepared_inputs and backend != "torch" and not exact_phases and scalar_range:
+        if self.takes_prepared_inputs and not exact_phases and scalar_range:
             src = x.reshape(1, -1, n)  # all rows, in order, as one block of n inputs
             prepared = prepare_four_phase(
                 src, n, 1, self.aux_dtype, scale=None if levels else spec.input_levels / x_range
@@ -299,7 +290,7 @@ class CoreReadout:
         tau = x if levels else quantize_input(x.to(self.g_pos.dtype), x_range, spec)  # PWM levels (LSB), signed
         if exact_phases and self.mode == "four-phase":
             counts = self._exact_four_phase_counts(tau, gen)
-        elif self._use_fused(backend, x_range):
+        elif self._use_fused(x_range):
             return self._fused_mvm(tau, gen, float(x_range)).to(output_dtype)
         else:
             counts = self._fast_counts(tau, gen)
@@ -339,16 +330,16 @@ class CoreReadout:
         output_dtype: torch.dtype,
     ) -> torch.Tensor:
         """The products and the fused pass of ``batch`` rows, whose inputs ``inputs(rows)`` gives for a slice of
-        rows, split with ``AIMC_THREAD_PARTS=1`` into parts of rows that run at once on PyTorch's threads
-        (:func:`~aimc.core.rowpar.run_parts`; one part for small batches, one thread, or by default). Every output
-        and its normal depend only on its row, so the numbers do not depend on the split.
+        rows, split with the ``mvm_threads`` kernel ``"parts"`` into parts of rows that run at once on PyTorch's
+        threads (:func:`~aimc.core.rowpar.run_parts`; one part for small batches or one thread). Every output and
+        its normal depend only on its row, so the numbers do not depend on the split.
 
         Returns:
             ``(*lead, batch, m)`` in ``output_dtype``.
         """
         lead = tuple(_broadcast_lead(x_lead, self.y_matrix.shape[:-2]))
         m = self.y_matrix.shape[-1]
-        split = os.environ.get(THREAD_PARTS_ENV, "0") == "1"
+        split = self.kernels.get("mvm_threads") == "parts"
         parts = max(1, min(torch.get_num_threads(), batch // PART_MIN_ROWS)) if split else 1
         if parts == 1:
             given = inputs(slice(None))
@@ -369,17 +360,14 @@ class CoreReadout:
         run_parts([functools.partial(job, i) for i in range(parts)])
         return out.to(output_dtype)
 
-    def _use_fused(self, backend: str, x_range: float | torch.Tensor) -> bool:
-        """Whether the converters and LDPU run as the fused kernel (:mod:`aimc.core.fused`)."""
-        if backend == "torch":
-            return False
-        ok = fused.available() and self.g_pos.device.type == "cpu" and isinstance(x_range, int | float)
-        if backend == "fused" and not ok:
-            raise ValidationError(
-                "backend='fused' needs numba, CPU tensors, a scalar x_range and AIMC_FUSED unset or 1; "
-                "use backend='auto' or 'torch'"
-            )
-        return ok
+    @property
+    def _tail_fused(self) -> bool:
+        """Whether the converters and LDPU run as the compiled pass (:mod:`aimc.core.fused`; kernel ``mvm_tail``)."""
+        return self.kernels.get("mvm_tail") == "numba" and self.g_pos.device.type == "cpu"
+
+    def _use_fused(self, x_range: float | torch.Tensor) -> bool:
+        """Whether this MVM runs the fused pass (which takes a scalar ``x_range`` only)."""
+        return self._tail_fused and isinstance(x_range, int | float)
 
     def _products(self, tau: torch.Tensor, gen: torch.Generator | None) -> _Products:
         """The fast path's products of the PWM levels ``tau`` ``(..., B, n)`` (see :class:`_Products`)."""
@@ -413,15 +401,16 @@ class CoreReadout:
         cores = math.prod(lead)
         out_shape = torch.Size((*lead, rows, m))
         if self.y_planes is None:
-            y_in = y_in.to(self.y_matrix.dtype)
-            y = torch.matmul(y_in, self.y_matrix, out=self._buffer("y", out_shape, torch.float32))
+            if y_in.dtype != self.y_matrix.dtype:
+                y_in = self._buffer("x_float" + tag, y_in.shape, self.y_matrix.dtype).copy_(y_in)
+            y = torch.matmul(y_in, self.y_matrix, out=self._buffer("y" + tag, out_shape, torch.float32))
             y, pair = y.view(cores, rows, 1, m), False
         else:
             if y_in.dtype != torch.int8:
                 y_in = self._buffer("x_int8" + tag, y_in.shape, torch.int8).copy_(y_in)
             packed = self._scaled_planes(tuple(lead), _shared_dims(y_in.shape[:-2], lead), rows)
             if packed is not None:  # the groups' products as they come where the fused kernel takes them
-                y = scaled_plane_products(y_in, packed, tuple(lead), stack=not fused.available())
+                y = scaled_plane_products(y_in, packed, tuple(lead), stack=not self._tail_fused)
             else:  # int32 products, scaled here as oneDNN scales them
                 hi, lo, step = self.y_planes
                 flat = (cores, rows, m)
@@ -446,7 +435,9 @@ class CoreReadout:
     def _scaled_planes(self, lead: tuple[int, ...], shared_dims: int, rows: int) -> ScaledPlanes | None:
         """:attr:`y_planes` of the cores ``lead`` (the planes broadcast to it) prepacked for oneDNN
         (:func:`pack_scaled_planes`), the cores of the last ``shared_dims`` leading dims sharing their input;
-        computed once per readout, None without oneDNN."""
+        computed once per readout; None unless the ``pos_neg_product`` kernel is ``"onednn-int8"``."""
+        if self.kernels.get("pos_neg_product") != "onednn-int8":
+            return None
         key = ("scaled_planes", lead, shared_dims)
         if key not in self._registers:
             hi, lo, step = self.y_planes  # type: ignore[misc]
@@ -456,13 +447,8 @@ class CoreReadout:
 
     @property
     def takes_prepared_inputs(self) -> bool:
-        """Whether :meth:`mvm_prepared` can run: four-phase, int8 product planes and the fused kernel on the CPU."""
-        return (
-            self.mode == "four-phase"
-            and self.y_planes is not None
-            and fused.available()
-            and self.g_pos.device.type == "cpu"
-        )
+        """Whether :meth:`mvm_prepared` can run: four-phase, with the fused pass on the CPU."""
+        return self.mode == "four-phase" and self._tail_fused
 
     def mvm_prepared(
         self,
@@ -705,7 +691,7 @@ class ProgrammedCore:
         *,
         read_noise: bool = True,
         drift_compensation: bool = True,
-        aux_precision: str = "auto",
+        backend: kernels.Backend | None = None,
     ) -> CoreReadout:
         """Precompute the readout of the core at ``t_seconds`` after programming, in ``mode``.
 
@@ -713,13 +699,13 @@ class ProgrammedCore:
         ``drift_compensation``, reads the calibration input once to set the global drift compensation factor
         (SPEC §4 "Drift compensation").
 
-        ``aux_precision`` (``"auto"``, ``"float32"``, ``"bfloat16"``) sets the dtype of the pos + neg and
-        noise-variance products; ``"auto"`` takes bfloat16 where the CPU multiplies it natively (see
-        :func:`aux_dtype_for`), float32 elsewhere.
+        ``backend`` (:class:`aimc.kernels.Backend`) fixes the kernels of the MVM's hot operations; those it leaves
+        open are chosen by measurement on this machine (:mod:`aimc.kernels`). They change the numbers slightly
+        (e.g. int8 product planes round the matrix to 15 bits); the readout records them in :attr:`CoreReadout.kernels`.
         """
         t = check_time(t_seconds)
         check_choice(mode, "mode", READ_MODES)
-        check_choice(aux_precision, "aux_precision", ("auto", *_AUX_DTYPES))
+        chosen = readout_kernels(kernels.resolve(backend), self.states.g_prog.device.type)
         gen = make_generator(generator, "generator") if (read_noise or drift_compensation) else None
         g = self.device.drift(self.states, t)
         fresh_var = None
@@ -733,7 +719,7 @@ class ProgrammedCore:
         pol = self.polarity.to(g.dtype).view(-1, 1, 1)
         g_pos = (g * (pol > 0)).sum(-3)
         g_neg = (g * (pol < 0)).sum(-3)
-        aux = aux_dtype_for(g.device) if aux_precision == "auto" else _AUX_DTYPES[aux_precision]
+        aux = _AUX_DTYPES[chosen["aux_product"]]
         half_charge = 0.5 * self.config.read_voltage_V * self.spec.pwm_ns_per_lsb  # fC / 2 per (uS · PWM level)
         if mode == "four-phase":
             y_matrix = (g_pos - g_neg).mT * half_charge
@@ -757,7 +743,8 @@ class ProgrammedCore:
             fresh_var=None if fresh_var is None else (fresh_var.mT * half_charge**2).to(aux).contiguous(),
             out_scale=base_scale,
             aux_dtype=aux,
-            y_planes=int8_planes(y_matrix.contiguous()) if int8_products_for(g.device) else None,
+            y_planes=int8_planes(y_matrix.contiguous()) if chosen["pos_neg_product"] in INT8_PRODUCTS else None,
+            kernels=chosen,
         )
         if drift_compensation:
             readout.out_scale = base_scale * self._gdc_factor(readout, mode, gen)
@@ -843,6 +830,15 @@ class ProgrammedCore:
         )
 
 
+#: The operations whose kernels a :class:`CoreReadout` runs with.
+READOUT_OPERATIONS = ("pos_neg_product", "aux_product", "mvm_tail", "mvm_threads")
+
+
+def readout_kernels(backend: kernels.Backend, device_type: str) -> dict[str, str]:
+    """The kernels of :data:`READOUT_OPERATIONS` that ``backend`` gives for tensors on ``device_type``."""
+    return {op: backend.kernel(op, device_type) for op in READOUT_OPERATIONS}
+
+
 def check_read_voltage(config: CoreConfig, spec: ChipSpec) -> None:
     """Refuse a ``config.read_voltage_V`` outside the chip's read voltages (SPEC §1: 0.1-0.4 V)."""
     v = config.read_voltage_V
@@ -864,6 +860,7 @@ def program_core(
     w_max: torch.Tensor | float | None = None,
     faults: CoreFaults | None = None,
     adc_range_uA: torch.Tensor | float | None = None,
+    backend: kernels.Backend | None = None,
 ) -> ProgrammedCore:
     """Program a weight block (or a stack of blocks) into PCM conductances.
 
@@ -880,6 +877,8 @@ def program_core(
             ``aimc.program(..., faults=...)``), applied before the drift-compensation reference is read.
         adc_range_uA: largest current (uA) of each core's ADC calibration, ``(...,)`` or scalar (see
             :func:`aimc.core.adc.calibrate`); default ``config.calibration_max_fraction`` x saturation.
+        backend: kernels of the drift-compensation reference read (:class:`aimc.kernels.Backend`; default chosen by
+            measurement).
 
     Returns:
         A :class:`ProgrammedCore`.
@@ -951,6 +950,101 @@ def program_core(
         g_max_uS=g_max_pol,
     )
     for mode in READ_MODES:
-        readout = core.prepare(0.0, mode, gen, drift_compensation=False)
+        readout = core.prepare(0.0, mode, gen, drift_compensation=False, backend=backend)
         core.gdc_reference[mode] = core._gdc_readout(readout, gen)
     return core
+
+
+# --- the MVM's kernels, registered in aimc.kernels --------------------------------------------------------------
+
+#: Representative MVM timed to choose the kernels: one 256 x 256 core, 1,024 input rows; the probe uses 16 rows.
+BENCH_SIZE, BENCH_ROWS, PROBE_ROWS = 256, 1024, 16
+
+
+def _mvm_workloads(
+    operation: str, fixed: Mapping[str, str], names: tuple[str, ...]
+) -> dict[str, kernels.Workload]:
+    """Timed four-phase MVMs with fresh read noise, one readout per candidate of ``operation``, the kernels of the
+    operations chosen before it as ``fixed`` and those chosen after it at their first candidate that can run (the
+    operations are chosen one after another, each on the whole MVM, so that each choice sees how the others use
+    its result). Each readout runs once on a few rows first, so that compiling is not timed."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.rand((BENCH_SIZE, BENCH_SIZE), generator=gen) * 2 - 1
+    x_run, x_probe = (torch.rand((rows, BENCH_SIZE), generator=gen) * 2 - 1 for rows in (BENCH_ROWS, PROBE_ROWS))
+    first = {
+        op: next(c.name for c in kernels.get_operation(op).candidates if c.available("cpu"))
+        for op in READOUT_OPERATIONS
+    }
+    base = {**first, **fixed}
+    core = program_core(w, "hermes-2dev", "tdp", 0, backend=kernels.Backend(**base))
+    loads = {}
+    for name in names:
+        readout = core.prepare(3600.0, "four-phase", 1, backend=kernels.Backend(**{**base, operation: name}))
+        readout.mvm(x_probe[:2], 2)  # compiles or loads the compiled kernels
+        loads[name] = kernels.Workload(
+            functools.partial(readout.mvm, x_probe, 3), functools.partial(readout.mvm, x_run, 4)
+        )
+    return loads
+
+
+def _parts_available(device_type: str) -> bool:
+    return device_type == "cpu" and torch.get_num_threads() > 1
+
+
+POS_NEG_PRODUCT = kernels.register(
+    kernels.Operation(
+        name="pos_neg_product",
+        summary="a core's signed product x·(G+ - G-), the MVM's result",
+        candidates=POS_NEG_PRODUCT_CANDIDATES,
+        workloads=lambda after, names: _mvm_workloads("pos_neg_product", after, names),
+    )
+)
+
+AUX_PRODUCT = kernels.register(
+    kernels.Operation(
+        name="aux_product",
+        summary="a core's products |x|·(G+ + G-) and x²·σ² (counter common mode, fresh-noise variance)",
+        candidates=AUX_PRODUCT_CANDIDATES,
+        workloads=lambda after, names: _mvm_workloads("aux_product", after, names),
+        after=("pos_neg_product",),
+    )
+)
+
+MVM_TAIL = kernels.register(
+    kernels.Operation(
+        name="mvm_tail",
+        summary="an MVM's converters and LDPU after its products: read noise, CCO counts, FP16 correction",
+        candidates=(
+            kernels.Candidate(
+                "numba",
+                "one compiled pass per output row (aimc.core.fused)",
+                "bit-identical to torch",
+                lambda device_type: device_type == "cpu" and fused.available(),
+            ),
+            kernels.Candidate("torch", "PyTorch element-wise operations (any device)", "the reference"),
+        ),
+        workloads=lambda after, names: _mvm_workloads("mvm_tail", after, names),
+        after=("pos_neg_product", "aux_product"),
+    )
+)
+
+MVM_THREADS = kernels.register(
+    kernels.Operation(
+        name="mvm_threads",
+        summary="how an MVM of a large batch uses PyTorch's threads",
+        candidates=(
+            kernels.Candidate(
+                "pools", "PyTorch's and numba's thread pools, one operation after another", "the reference"
+            ),
+            kernels.Candidate(
+                "parts",
+                "the batch split into one part per thread, each part's whole MVM on its own thread (pays off where "
+                "the two pools' idle workers take each other's cores)",
+                "bit-identical to pools",
+                _parts_available,
+            ),
+        ),
+        workloads=lambda after, names: _mvm_workloads("mvm_threads", after, names),
+        after=("pos_neg_product", "aux_product", "mvm_tail"),
+    )
+)

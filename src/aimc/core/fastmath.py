@@ -3,11 +3,10 @@
 The fast MVM path (:mod:`aimc.core.analog`) needs three products per batch: pos - neg (float32, it is the result),
 pos + neg and the fresh-noise variance. An error in pos + neg shifts both counters by the same charge and cancels in
 pos - neg to first order; the noise variance needs only a few significant bits. Both can therefore be computed in
-bfloat16 (8-bit mantissa, float32 accumulation) where the CPU multiplies bfloat16 natively (Intel AMX or
-AVX512-BF16), which is several times faster than float32 there. Elsewhere bfloat16 matmuls are emulated and slow,
-so float32 is used.
+bfloat16 (8-bit mantissa, float32 accumulation), which is several times faster than float32 where the CPU
+multiplies bfloat16 natively and much slower where it is emulated.
 
-The pos - neg product itself can run on the CPU's int8 units (Intel VNNI/AMX), several times faster than float32:
+The pos - neg product itself can run on the CPU's int8 units, several times faster than float32 on some CPUs:
 the PWM input levels are integers in [-127, 127], exactly int8, and the matrix is written per core as
 step·(256·hi + lo) with int8 planes hi and lo (:func:`int8_planes`), i.e. rounded to 1/32,639 of the core's largest
 entry (15 bits; the conductances it encodes carry percent-level programming and read noise). The int32 sums are
@@ -17,6 +16,10 @@ Where PyTorch has oneDNN's quantised linear operator (x86 CPU builds), both plan
 share an input, are one prepacked int8 matmul (AMX where the CPU has it) that writes the two scaled parts
 fl(256·step·Y_hi) and fl(step·Y_lo) as float32 (:func:`pack_scaled_planes`, :func:`scaled_plane_products`): the
 int32 sums are exact and each is rounded once, which is what multiplying the int32 results by the scales gives.
+
+Which of these runs is chosen by measurement on the machine at hand (:mod:`aimc.kernels`, operations
+``pos_neg_product`` and ``aux_product``, registered at the end of this module): the same oneDNN operator that is the
+fastest path on one CPU with int8 instructions is a thousand times slower on another that has them too.
 """
 
 from __future__ import annotations
@@ -24,41 +27,13 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
+from aimc import kernels
+
 _AUX_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_flags() -> str:
-    """The CPU feature flags (Linux /proc/cpuinfo; empty elsewhere, which selects the portable float32 paths)."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def _cpu_has_native_bf16() -> bool:
-    return any(f in _cpu_flags() for f in ("amx_bf16", "avx512_bf16"))
-
-
-def _cpu_has_fast_int8() -> bool:
-    return any(f in _cpu_flags() for f in ("amx_int8", "avx512_vnni", "avx_vnni")) and hasattr(torch, "_int_mm")
-
-
-def aux_dtype_for(device: torch.device) -> torch.dtype:
-    """bfloat16 for CPU tensors on a CPU with native bfloat16 matmul (AMX/AVX512-BF16), float32 otherwise."""
-    if device.type == "cpu" and _cpu_has_native_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def int8_products_for(device: torch.device) -> bool:
-    """Whether the pos - neg product runs on int8 planes: CPU tensors on a CPU with VNNI or AMX int8."""
-    return device.type == "cpu" and _cpu_has_fast_int8()
 
 
 #: Largest |256·hi + lo| of :func:`int8_planes`: hi = floor((v + 128) / 256) stays within int8 for |v| <= 32,639.
@@ -187,3 +162,43 @@ def _qlinear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zero_p
     ``weight`` -> ``(B, N)`` float32 fl(scales_j·sum_k x_k·w_jk), the int32 sum exact."""
     args = (x, 1.0, 0, weight, scales, zero_points, None, 1.0, 0, torch.float32, "none", [], "")
     return torch.ops.onednn.qlinear_pointwise(*args)
+
+
+# --- the candidates (registered in aimc.kernels by aimc.core.analog, which times them on whole MVMs) --------------
+
+
+def _on_cpu(device_type: str) -> bool:
+    return device_type == "cpu"
+
+
+#: Kernels of the pos - neg product, in order of preference on a tie (the exact one first).
+POS_NEG_PRODUCT_CANDIDATES = (
+    kernels.Candidate(
+        "float32",
+        "float32 matmul (PyTorch)",
+        "the reference: float32 conductances, float32 accumulation",
+    ),
+    kernels.Candidate(
+        "int-mm",
+        "two int8 planes through torch._int_mm, int32 sums",
+        "the matrix rounded to 1/32,639 of each core's largest entry (15 bits); int32 sums exact",
+        lambda device_type: _on_cpu(device_type) and hasattr(torch, "_int_mm"),
+    ),
+    kernels.Candidate(
+        "onednn-int8",
+        "two int8 planes as one prepacked oneDNN int8 matmul per input group (torch.ops.onednn)",
+        "as int-mm: the matrix rounded to 15 bits; int32 sums exact, each part rounded once to float32",
+        lambda device_type: _on_cpu(device_type) and _onednn_int8_available(),
+    ),
+)
+
+#: Kernels of the pos + neg and noise-variance products.
+AUX_PRODUCT_CANDIDATES = (
+    kernels.Candidate("float32", "float32 matmuls", "the reference"),
+    kernels.Candidate(
+        "bfloat16",
+        "bfloat16 matmuls, float32 accumulation",
+        "matrices and inputs rounded to 8-bit mantissas (relative error <= 2^-9 per entry); the error of |x|·S "
+        "cancels in pos - neg to first order",
+    ),
+)

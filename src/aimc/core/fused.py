@@ -11,13 +11,12 @@ equal the PyTorch path's; ``tests/test_fused.py`` checks that.
 The kernel treats each output row on its own; :func:`adc_ldpu` runs the rows on PyTorch's threads where numba's
 parallel runtime is safe to use (:func:`aimc.core.rowpar.run_rows`), serially elsewhere, with the same results.
 
-Without numba (or with the environment variable ``AIMC_FUSED=0``) :func:`available` is False and the core uses its
-PyTorch path.
+Without numba :func:`available` is False and the core uses its PyTorch path; with numba, which of the two runs is
+chosen by measurement (:mod:`aimc.kernels`, operation ``mvm_tail``).
 """
 
 from __future__ import annotations
 
-import os
 import platform
 from collections.abc import Sequence
 
@@ -50,8 +49,9 @@ def _has_f16_conversions() -> bool:
 
 
 def available() -> bool:
-    """Whether the fused kernel can be used (numba importable and ``AIMC_FUSED`` not set to ``0``)."""
-    return numba is not None and os.environ.get("AIMC_FUSED", "1") != "0"
+    """Whether the fused kernel can run here (numba importable); whether it runs is the ``mvm_tail`` kernel's choice
+    (:mod:`aimc.kernels`)."""
+    return numba is not None
 
 
 if numba is not None:

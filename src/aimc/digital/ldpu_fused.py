@@ -22,8 +22,6 @@ Rows are independent; :func:`ldpu_chain` runs them on PyTorch's threads through 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -37,8 +35,9 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 
 def available() -> bool:
-    """Whether the fused chain can run (numba importable and ``AIMC_FUSED`` not set to ``0``)."""
-    return numba is not None and os.environ.get("AIMC_FUSED", "1") != "0"
+    """Whether the fused chain can run here (numba importable); whether it runs is the ``ldpu_chain`` kernel's choice
+    (:mod:`aimc.kernels`)."""
+    return numba is not None
 
 
 if numba is not None:
