@@ -1,14 +1,17 @@
-"""Whole-network speed and memory: ResNet-9 on 1,000 CIFAR-10 test images on the simulated chip (issue #3).
+"""Whole-network speed and memory: ResNet-9 on 1,000 CIFAR-10 test images on the simulated chip.
 
 Batch 250, four-phase, read noise on, 2 threads; the reference is the plain PyTorch fp32 forward pass of the same
 network in the same run. Time: one process runs a PyTorch pass and a chip pass over the 1,000 images back to back,
 ``--repeats`` rounds after a warm-up; the ratio is the median of the rounds' ratios (a shared machine's slow spells
 then hit both sides of a round alike). Memory: each side runs in its own subprocess so that its peak is measured
 alone: the growth of the peak resident set (VmHWM, reset through /proc/self/clear_refs before a warm-up pass) over
-the resident set before the warm-up pass. Also times ``aimc.program`` of the whole ResNet-9 chip.
-Targets: chip time <= 3x PyTorch (aim 1.5x), peak memory <= 2x, program() < 5 s.
+the resident set before the warm-up pass. Also times ``aimc.program`` of the whole ResNet-9 chip and
+``aimc.compile`` with 64, 128 and 256 calibration images. Targets: chip time <= 3x PyTorch (aim 1.5x), peak memory
+<= 2x, program() < 5 s, compile with 256 images < 10 s and linear in their number. The kernels are those chosen on
+this machine (``aimc info``), or those forced by ``AIMC_KERNELS``.
 
-Usage: ``python benchmarks/bench_resnet9.py [--write] [--data-dir DIR]``.
+Usage: ``python benchmarks/bench_resnet9.py [--write] [--data-dir DIR]`` (``--write`` records this machine's row in
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import time
 
 import torch
 
-from _common import machine, today, write_section
+from _common import kernels_used, machine, machine_label, today, write_row
+
+#: Calibration batch sizes timed for aimc.compile.
+CALIBRATION_IMAGES = (64, 128, 256)
 
 
 def _status_mb(key: str) -> float:
@@ -60,6 +66,10 @@ def _passes(data_dir: str | None, sides: tuple[str, ...]) -> tuple[dict[str, flo
     runs: dict[str, object] = {"torch": run_torch}
     info: dict[str, float] = {}
     if "chip" in sides:
+        for n in CALIBRATION_IMAGES if "torch" in sides else ():
+            start = time.perf_counter()
+            aimc.compile(model, example_input=x[:n])
+            info[f"compile_{n}_s"] = time.perf_counter() - start
         mapping = aimc.compile(model, example_input=x[:128])
         start = time.perf_counter()
         chip = aimc.program(mapping, "hermes-2dev", "tdp", seed=0)
@@ -88,6 +98,7 @@ def worker(side: str, repeats: int, data_dir: str | None) -> dict[str, float]:
             ratios.append(times["chip"][-1] / times["torch"][-1])
         return {
             **info,
+            "kernels": kernels_used(),
             "ratio": statistics.median(ratios),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
@@ -119,24 +130,43 @@ def main() -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
         res[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     r, t, c = res["rounds"], res["torch"], res["chip"]
-    text = "\n".join(
-        [
-            f"Machine: {machine()}. Date: {today()}. {args.repeats} rounds, each a PyTorch pass and a chip pass over "
-            "1,000 images back to back; median times and the median of the rounds' ratios (their range in brackets).",
-            "",
-            "| | PyTorch fp32 forward | simulated chip (hermes-2dev, TDP, four-phase, read noise) | ratio |",
-            "|---|---|---|---|",
-            f"| time, 1,000 images (s) | {r['torch_s']:.2f} | {r['chip_s']:.2f} | {r['ratio']:.2f}x "
-            f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}x) |",
-            f"| peak memory growth (MB) | {t['peak_mb']:.0f} | {c['peak_mb']:.0f} | "
-            f"{c['peak_mb'] / max(t['peak_mb'], 1):.2f}x |",
-            f"| `aimc.program` of the 40-core chip (s) | | {r['program_s']:.2f} | |",
-        ]
+    compile_s = " / ".join(f"{r[f'compile_{n}_s']:.2f}" for n in CALIBRATION_IMAGES)
+    print(f"Machine: {machine()}. Date: {today()}. {args.repeats} rounds.")
+    print(f"Kernels: {r['kernels']}")
+    print(
+        f"time, 1,000 images: PyTorch {r['torch_s']:.2f} s, chip {r['chip_s']:.2f} s, ratio {r['ratio']:.2f}x "
+        f"(rounds {r['ratio_min']:.2f}-{r['ratio_max']:.2f}x)"
     )
-    print(text)
+    print(f"peak memory growth: PyTorch {t['peak_mb']:.0f} MB, chip {c['peak_mb']:.0f} MB")
+    print(f"aimc.program {r['program_s']:.2f} s; aimc.compile with {CALIBRATION_IMAGES} images: {compile_s} s")
     if args.write:
-        write_section("bench_resnet9", text)
-
+        write_row(
+            "bench_resnet9",
+            [
+                "machine",
+                "date",
+                "torch",
+                "kernels",
+                "PyTorch (s)",
+                "chip (s)",
+                "time ratio",
+                "peak memory, PyTorch / chip (MB)",
+                "`program` (s)",
+                "`compile`, 64 / 128 / 256 images (s)",
+            ],
+            [
+                machine_label(),
+                today(),
+                torch.__version__,
+                r["kernels"],
+                f"{r['torch_s']:.2f}",
+                f"{r['chip_s']:.2f}",
+                f"**{r['ratio']:.2f}x** ({r['ratio_min']:.2f}–{r['ratio_max']:.2f})",
+                f"{t['peak_mb']:.0f} / {c['peak_mb']:.0f}",
+                f"{r['program_s']:.2f}",
+                compile_s,
+            ],
+        )
 
 if __name__ == "__main__":
     main()

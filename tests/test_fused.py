@@ -32,9 +32,11 @@ def _problem(seed: int, cores: tuple[int, ...], m: int, n: int, batch: int) -> t
 
 
 def _tails(core, t: float, mode: str, seed: int, read_noise: bool = True, **kernels: str):
-    """Two readouts of ``core``, same seed and kernels but the converter pass: the compiled one and PyTorch's."""
+    """Two readouts of ``core``, same seed and kernels but the converter pass: the compiled one and PyTorch's (the
+    other kernels as given, else float32 products on the thread pools: nothing measured)."""
+    fixed = {"pos_neg_product": "float32", "aux_product": "float32", "mvm_threads": "pools", **kernels}
     return tuple(
-        core.prepare(t, mode, seed, read_noise=read_noise, backend=Backend(mvm_tail=tail, **kernels))
+        core.prepare(t, mode, seed, read_noise=read_noise, backend=Backend(mvm_tail=tail, **fixed))
         for tail in ("numba", "torch")
     )
 
@@ -80,11 +82,10 @@ def test_int8_and_float32_products_agree_with_the_exact_matmul_when_noise_free(p
     """The int8 planes change the pos - neg product only at the 15-bit level: far below the converters' error."""
     w, x = _problem(2, (), 128, 256, 500)
     core = program_core(w, "ideal", "tdp", 0)
-    readout = core.prepare(
-        0.0, "four-phase", 0, read_noise=False, backend=Backend(pos_neg_product=product, aux_product="float32")
-    )
+    fixed = {"aux_product": "float32", "mvm_tail": "numba", "mvm_threads": "pools"}
+    readout = core.prepare(0.0, "four-phase", 0, read_noise=False, backend=Backend(pos_neg_product=product, **fixed))
     with_planes = readout.mvm(x)
-    f32 = Backend(pos_neg_product="float32", aux_product="float32")
+    f32 = Backend(pos_neg_product="float32", **fixed)
     without = core.prepare(0.0, "four-phase", 0, read_noise=False, backend=f32).mvm(x)
     diff = (with_planes - without).abs()
     count = float(core.adc.inv_alpha.max() * readout.out_scale.max())  # one CCO count in output units
@@ -113,10 +114,9 @@ def test_int_mm_planes_give_the_onednn_numbers():
     w, x = _problem(10, (2, 1), 64, 100, 80)
     core = program_core(w, "hermes-2dev", "tdp", 0)
     for tail in ("numba", "torch"):
+        fixed = {"aux_product": "bfloat16", "mvm_tail": tail, "mvm_threads": "pools"}
         onednn, int_mm = (
-            core.prepare(
-                3600.0, "four-phase", 1, backend=Backend(pos_neg_product=p, aux_product="bfloat16", mvm_tail=tail)
-            ).mvm(x, 4)
+            core.prepare(3600.0, "four-phase", 1, backend=Backend(pos_neg_product=p, **fixed)).mvm(x, 4)
             for p in ("onednn-int8", "int-mm")
         )
         assert torch.equal(onednn, int_mm)

@@ -300,3 +300,24 @@ def test_results_record_the_kernels_that_ran(small_chip, monkeypatch):
     for op, kernel in {**REFERENCE, "ldpu_chain": "torch"}.items():
         assert f"{op}={kernel}" in recorded
     assert analog.READOUT_OPERATIONS == ("pos_neg_product", "aux_product", "mvm_tail", "mvm_threads")
+
+
+def test_aimc_info_shows_every_operation_and_its_choice(cache, capsys, monkeypatch):
+    from aimc.cli import main
+
+    monkeypatch.setenv("AIMC_KERNELS", "train_precision=float32")  # no training step timed here
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["cpu"] == kernels.cpu_model() and info["cache"] == str(cache)
+    assert info["forced"] == "train_precision=float32"
+    for name, op in info["operations"].items():
+        names = [c["name"] for c in op["candidates"]]
+        assert op["kernel"] in names, name
+        if op["source"] == "measured":
+            assert op["candidates"][names.index(op["kernel"])]["time_ms"] > 0
+    assert info["operations"]["train_precision"]["source"] == "AIMC_KERNELS"
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "pos_neg_product" in text and "cache:" in text and "AIMC_KERNELS" in text
+    assert main(["info", "--remeasure"]) == 0
+    assert "(measured, " in capsys.readouterr().out
