@@ -13,7 +13,7 @@ import torch
 
 from aimc import CoreConfig, program_core
 from aimc.core import fused
-from aimc.core.fastmath import PLANE_LEVELS, int8_planes, int8_product
+from aimc.core.fastmath import PLANE_LEVELS, int8_planes, int_plane_products, pack_int_planes
 from aimc.core.normals import fill_normal_
 from aimc.core.philox import draw_key, fill_normal_rows_
 from aimc.errors import ValidationError
@@ -154,11 +154,15 @@ def test_int8_planes_encode_the_matrix_within_half_a_step():
     recon = step.double() * (256.0 * hi.double() + lo.double())
     assert bool(((recon - m.double()).abs() <= 0.501 * step.double()).all())  # float32 m/step: +-0.002 of a step
     assert torch.allclose(step.flatten(), m.abs().amax(dim=(-2, -1)) / PLANE_LEVELS)
-    x = torch.randint(-127, 128, (3, 17, 250)).float()
-    y_hi, y_lo = torch.empty(3, 17, 40, dtype=torch.int32), torch.empty(3, 17, 40, dtype=torch.int32)
-    int8_product(x, hi, lo, y_hi, y_lo)
-    assert torch.equal(y_hi, (x @ hi.float()).int())
-    assert torch.equal(y_lo, (x @ lo.float()).int())
+    x = torch.randint(-127, 128, (3, 17, 250), dtype=torch.int8)
+    for shared_dims in (0, 1):  # each core its own input, or all three sharing x[0]
+        xs = x if shared_dims == 0 else x[:1]
+        planes = pack_int_planes(hi, lo, step, shared_dims)
+        y = torch.cat(int_plane_products(xs, planes, (3,)))  # (groups, 17, shared, 2·40)
+        y = y.permute(0, 2, 1, 3).reshape(3, 17, 80)
+        assert torch.equal(y[..., :40], (xs.double() @ hi.double()).int())
+        assert torch.equal(y[..., 40:], (xs.double() @ lo.double()).int())
+        assert torch.equal(planes.scales, torch.stack([step.flatten() * 256.0, step.flatten()], dim=1))
 
 
 def test_normal_draws_do_not_depend_on_the_thread_count():

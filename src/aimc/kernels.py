@@ -14,7 +14,9 @@ shape, at the operation's first use:
 2. Each remaining candidate makes a small *probe* call twice (the first pays one-off costs: loading a library's
    kernels, creating its primitives). One whose second probe is more than :data:`ABANDON_FACTOR` times slower than
    the fastest is abandoned there.
-3. The others are timed on the representative call (median of :data:`REPEATS`); the fastest wins. A candidate listed
+3. The others are timed on the representative call, in rounds of one call each (:data:`REPEATS` rounds); the
+   fastest by the median over rounds of its time relative to the first candidate's in the same round wins (a
+   shared machine's speed drifts between seconds; within a round it hits all candidates alike). A candidate listed
    earlier keeps the place unless a later one is faster by more than :data:`TIE_MARGIN` (choices then do not flip
    on timing noise between runs).
 
@@ -65,8 +67,12 @@ CACHE_DIR_ENV = "AIMC_CACHE_DIR"
 ABANDON_FACTOR = 20.0
 #: A later-listed candidate replaces an earlier one only when faster by more than this fraction.
 TIE_MARGIN = 0.05
-#: Timed representative calls per candidate (the median is kept); fewer once a candidate has used MAX_SECONDS.
+#: Rounds of timed representative calls (the median of each candidate's is kept); fewer once MAX_SECONDS per
+#: candidate are spent.
 REPEATS = 9
+#: Untimed representative calls of each candidate before the rounds (measured on a 2-core EPYC VM: the first few
+#: calls of an MVM after building it ran up to 20% slower).
+WARMUP = 3
 #: Time budget (s) of one candidate's representative calls.
 MAX_SECONDS = 0.5
 #: Version of the cache file's layout.
@@ -339,32 +345,41 @@ def measure(
     if not finished:
         raise KernelError(f"no kernel of {operation.name!r} ran on this machine")
     fastest = min(finished)
-    times: dict[str, float | None] = {}
-    for name in names:
-        first = probe[name]
-        if first is None or first > ABANDON_FACTOR * max(fastest, 1e-3):
-            times[name] = None  # failed, or clearly slow: abandoned after its first call
-            continue
-        samples: list[float] = []
-        spent = 0.0
-        try:
-            loads[name].run()  # once untimed: caches and buffers of the representative shape
-            while len(samples) < REPEATS and (spent < MAX_SECONDS or len(samples) < 1):
+    # failed, or clearly slow: abandoned after the probe
+    alive = [n for n in names if probe[n] is not None and probe[n] <= ABANDON_FACTOR * max(fastest, 1e-3)]
+    samples: dict[str, list[float]] = {n: [] for n in alive}
+    for _ in range(WARMUP):  # untimed: caches, buffers and thread pools settle at the representative shape
+        for name in list(alive):
+            try:
+                loads[name].run()
+            except (RuntimeError, NotImplementedError):
+                alive.remove(name)
+    spent = 0.0
+    for _ in range(REPEATS):  # in rounds, one call of each candidate per round: a slow spell hits all alike
+        if spent > MAX_SECONDS * max(1, len(alive)) and all(samples[n] for n in alive):
+            break
+        for name in list(alive):
+            try:
                 start = clock()
                 loads[name].run()
-                samples.append(clock() - start)
-                spent += samples[-1]
-        except (RuntimeError, NotImplementedError):
-            times[name] = None
-            continue
-        times[name] = statistics.median(samples) * 1e3
-    best: str | None = None
-    for name in names:  # in order of preference: a later one must be clearly faster
-        t = times[name]
-        if t is not None and (best is None or t < (1.0 - TIE_MARGIN) * times[best]):  # type: ignore[operator]
-            best = name
-    if best is None:
+                samples[name].append(clock() - start)
+                spent += samples[name][-1]
+            except (RuntimeError, NotImplementedError):
+                alive.remove(name)
+    times: dict[str, float | None] = {
+        n: statistics.median(samples[n]) * 1e3 if n in alive and samples[n] else None for n in names
+    }
+    if not alive:
         raise KernelError(f"no kernel of {operation.name!r} ran on this machine")
+    # compared round by round (a machine's speed drifts between seconds): the median of each candidate's time over
+    # the first candidate's in the same round
+    rounds = min(len(samples[n]) for n in alive)
+    base = samples[alive[0]]
+    relative = {n: statistics.median(samples[n][i] / base[i] for i in range(rounds)) for n in alive}
+    best = alive[0]
+    for name in alive[1:]:  # in order of preference: a later one must be clearly faster
+        if relative[name] < (1.0 - TIE_MARGIN) * relative[best]:
+            best = name
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return Choice(best, "measured", times, probe, now)
 

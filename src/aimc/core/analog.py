@@ -43,9 +43,11 @@ from aimc.core.fastmath import (
     _AUX_DTYPES,
     AUX_PRODUCT_CANDIDATES,
     POS_NEG_PRODUCT_CANDIDATES,
+    IntPlanes,
     ScaledPlanes,
     int8_planes,
-    int8_product,
+    int_plane_products,
+    pack_int_planes,
     pack_scaled_planes,
     scaled_plane_products,
 )
@@ -150,7 +152,9 @@ class _Products(NamedTuple):
     y: half the (pos - neg) charge (fC) without fresh noise, float32 ``(G, B, S, W)`` for the C = G·S cores (core c
         at ``[c // S, :, c % S]``): W = m, or with ``y_pair`` W = 2m and the charge is the sum of the two halves,
         fl(256·step·Y_hi) + fl(step·Y_lo) of the int8 planes (:func:`int8_planes`); or a tuple of G such tensors
-        ``(1, B, S, W)``, one per group (:func:`scaled_plane_products` unstacked).
+        ``(1, B, S, W)``, one per group (:func:`scaled_plane_products` unstacked). With ``y_scale``, int32: the
+        plane products Y_hi, Y_lo themselves (:func:`int_plane_products`).
+    y_scale: ``(C, 2)`` float32 (256·step, step) of int32 plane products in ``y``, else None.
     a: half the (pos + neg) charge in ``aux_dtype``, ``(*lead, B, m)``.
     var: the fresh-noise variance of y (``aux_dtype``, ``(*lead, B, m)``), or None without fresh noise.
     key: with numba, the words that determine this MVM's standard normals (:mod:`aimc.core.philox`; the fused
@@ -160,6 +164,7 @@ class _Products(NamedTuple):
 
     y: torch.Tensor | tuple[torch.Tensor, ...]
     y_pair: bool
+    y_scale: torch.Tensor | None
     a: torch.Tensor
     var: torch.Tensor | None
     key: np.ndarray | None
@@ -349,7 +354,9 @@ class CoreReadout:
         out = torch.empty((*lead, batch, m), dtype=torch.float32)
         self._fused_scale(lead, x_range), self._adc_registers(lead)  # cached before the threads start
         if self.y_planes is not None:
-            self._scaled_planes(lead, _shared_dims(x_lead, torch.Size(lead)), batch // parts)
+            shared = _shared_dims(x_lead, torch.Size(lead))
+            if self._scaled_planes(lead, shared, batch // parts) is None:
+                self._int_planes(lead, shared)
         bounds = [batch * i // parts for i in range(parts + 1)]
 
         def job(i: int) -> None:
@@ -404,33 +411,26 @@ class CoreReadout:
             if y_in.dtype != self.y_matrix.dtype:
                 y_in = self._buffer("x_float" + tag, y_in.shape, self.y_matrix.dtype).copy_(y_in)
             y = torch.matmul(y_in, self.y_matrix, out=self._buffer("y" + tag, out_shape, torch.float32))
-            y, pair = y.view(cores, rows, 1, m), False
+            y, pair, y_scale = y.view(cores, rows, 1, m), False, None
         else:
             if y_in.dtype != torch.int8:
                 y_in = self._buffer("x_int8" + tag, y_in.shape, torch.int8).copy_(y_in)
-            packed = self._scaled_planes(tuple(lead), _shared_dims(y_in.shape[:-2], lead), rows)
+            shared = _shared_dims(y_in.shape[:-2], lead)
+            packed = self._scaled_planes(tuple(lead), shared, rows)
             if packed is not None:  # the groups' products as they come where the fused kernel takes them
                 y = scaled_plane_products(y_in, packed, tuple(lead), stack=not self._tail_fused)
-            else:  # int32 products, scaled here as oneDNN scales them
-                hi, lo, step = self.y_planes
-                flat = (cores, rows, m)
-                y_hi, y_lo = (
-                    self._buffer("y_hi" + tag, flat, torch.int32),
-                    self._buffer("y_lo" + tag, flat, torch.int32),
-                )
-                int8_product(y_in, hi, lo, y_hi, y_lo)
-                y = self._buffer("y_pair" + tag, torch.Size((cores, rows, 1, 2 * m)), torch.float32)
-                step_c = step.expand(*lead, 1, 1).reshape(cores, 1, 1)
-                y[:, :, 0, :m] = y_hi * (step_c * 256.0)
-                y[:, :, 0, m:] = y_lo * step_c
+                y_scale = None
+            else:  # the exact int32 products; the converter pass scales them as oneDNN does
+                planes = self._int_planes(tuple(lead), shared)
+                y, y_scale = int_plane_products(y_in, planes, tuple(lead)), planes.scales
             pair = True
         a = torch.matmul(a_in, self.a_matrix, out=self._buffer("a_prod" + tag, out_shape, self.aux_dtype))
         if self.fresh_var is None or (gen is None and key is None) or sq_in is None:
-            return _Products(y, pair, a, None, None, None)
+            return _Products(y, pair, y_scale, a, None, None, None)
         var = torch.matmul(sq_in, self.fresh_var, out=self._buffer("var_prod" + tag, out_shape, self.aux_dtype))
         if key is not None or fused.available():
-            return _Products(y, pair, a, var, draw_key(gen) if key is None else key, None)
-        return _Products(y, pair, a, var, None, self._normals(out_shape, gen))
+            return _Products(y, pair, y_scale, a, var, draw_key(gen) if key is None else key, None)
+        return _Products(y, pair, y_scale, a, var, None, self._normals(out_shape, gen))
 
     def _scaled_planes(self, lead: tuple[int, ...], shared_dims: int, rows: int) -> ScaledPlanes | None:
         """:attr:`y_planes` of the cores ``lead`` (the planes broadcast to it) prepacked for oneDNN
@@ -443,6 +443,16 @@ class CoreReadout:
             hi, lo, step = self.y_planes  # type: ignore[misc]
             planes = hi.expand(*lead, *hi.shape[-2:]), lo.expand(*lead, *lo.shape[-2:]), step.expand(*lead, 1, 1)
             self._registers[key] = (pack_scaled_planes(*planes, shared_dims, rows),)
+        return self._registers[key][0]  # type: ignore[return-value]
+
+    def _int_planes(self, lead: tuple[int, ...], shared_dims: int) -> IntPlanes:
+        """:attr:`y_planes` of the cores ``lead`` packed for ``torch._int_mm`` (:func:`pack_int_planes`), the cores of
+        the last ``shared_dims`` leading dims sharing their input; computed once per readout."""
+        key = ("int_planes", lead, shared_dims)
+        if key not in self._registers:
+            hi, lo, step = self.y_planes  # type: ignore[misc]
+            planes = hi.expand(*lead, *hi.shape[-2:]), lo.expand(*lead, *lo.shape[-2:]), step.expand(*lead, 1, 1)
+            self._registers[key] = (pack_int_planes(*planes, shared_dims),)
         return self._registers[key][0]  # type: ignore[return-value]
 
     @property
@@ -490,7 +500,11 @@ class CoreReadout:
         groups, rows, shared, width = py.shape
         m = width // 2 if p.y_pair else width
         y = self._buffer("y_float", torch.Size((groups, shared, rows, m)), torch.float32)
-        if p.y_pair:
+        if p.y_scale is not None:  # int32 plane products: fl(256·step·Y_hi) + fl(step·Y_lo), as the fused kernel
+            sc = p.y_scale.view(groups, 1, shared, 2)
+            hi, lo = py[..., :m] * sc[..., 0:1], py[..., m:] * sc[..., 1:2]  # int32 x float32 -> float32, one rounding
+            torch.add(hi.transpose(1, 2), lo.transpose(1, 2), out=y)
+        elif p.y_pair:
             torch.add(py[..., :m].transpose(1, 2), py[..., m:].transpose(1, 2), out=y)  # as the fused kernel
         else:
             y.copy_(py.transpose(1, 2))
@@ -560,6 +574,7 @@ class CoreReadout:
             floor_counts=cfg.adc_quantization,
             out=None if out is None else out.view(cores, out.shape[-2], m),
             batch_offset=batch_offset,
+            y_scale=p.y_scale,
         )
         return result.view(*lead, -1, m)
 
@@ -831,7 +846,7 @@ class ProgrammedCore:
 
 
 #: The operations whose kernels a :class:`CoreReadout` runs with.
-READOUT_OPERATIONS = ("pos_neg_product", "aux_product", "mvm_tail", "mvm_threads")
+READOUT_OPERATIONS = ("aux_product", "pos_neg_product", "mvm_tail", "mvm_threads")
 
 
 def readout_kernels(backend: kernels.Backend, device_type: str) -> dict[str, str]:
@@ -991,22 +1006,22 @@ def _parts_available(device_type: str) -> bool:
     return device_type == "cpu" and torch.get_num_threads() > 1
 
 
-POS_NEG_PRODUCT = kernels.register(
-    kernels.Operation(
-        name="pos_neg_product",
-        summary="a core's signed product x·(G+ - G-), the MVM's result",
-        candidates=POS_NEG_PRODUCT_CANDIDATES,
-        workloads=lambda after, names: _mvm_workloads("pos_neg_product", after, names),
-    )
-)
-
 AUX_PRODUCT = kernels.register(
     kernels.Operation(
         name="aux_product",
         summary="a core's products |x|·(G+ + G-) and x²·σ² (counter common mode, fresh-noise variance)",
         candidates=AUX_PRODUCT_CANDIDATES,
         workloads=lambda after, names: _mvm_workloads("aux_product", after, names),
-        after=("pos_neg_product",),
+    )
+)
+
+POS_NEG_PRODUCT = kernels.register(
+    kernels.Operation(
+        name="pos_neg_product",
+        summary="a core's signed product x·(G+ - G-), the MVM's result",
+        candidates=POS_NEG_PRODUCT_CANDIDATES,
+        workloads=lambda after, names: _mvm_workloads("pos_neg_product", after, names),
+        after=("aux_product",),
     )
 )
 
@@ -1024,7 +1039,7 @@ MVM_TAIL = kernels.register(
             kernels.Candidate("torch", "PyTorch element-wise operations (any device)", "the reference"),
         ),
         workloads=lambda after, names: _mvm_workloads("mvm_tail", after, names),
-        after=("pos_neg_product", "aux_product"),
+        after=("aux_product", "pos_neg_product"),
     )
 )
 
@@ -1045,6 +1060,6 @@ MVM_THREADS = kernels.register(
             ),
         ),
         workloads=lambda after, names: _mvm_workloads("mvm_threads", after, names),
-        after=("pos_neg_product", "aux_product", "mvm_tail"),
+        after=("aux_product", "pos_neg_product", "mvm_tail"),
     )
 )

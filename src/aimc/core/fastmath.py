@@ -53,21 +53,59 @@ def int8_planes(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return hi.to(torch.int8).contiguous(), lo.to(torch.int8).contiguous(), step.float()
 
 
-def int8_product(
-    x: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, out_hi: torch.Tensor, out_lo: torch.Tensor
-) -> None:
-    """Y_hi = x @ hi and Y_lo = x @ lo in int32 for ``x`` ``(..., B, K)`` int8 (or integer-valued in [-127, 127]).
+def _groups(lead: tuple[int, ...], shared_dims: int) -> tuple[int, int]:
+    """(groups, shared): the cores ``lead`` as groups of ``shared`` cores (those of the last ``shared_dims`` dims)."""
+    shared = math.prod(lead[len(lead) - shared_dims :]) if shared_dims else 1
+    return math.prod(lead) // shared, shared
 
-    Leading dims of ``x`` and the planes ``(..., K, m)`` broadcast; ``out_hi``, ``out_lo`` ``(L, B, m)`` int32 with
-    L the product of the broadcast leading dims (one int8 matmul per core and plane).
+
+class IntPlanes(NamedTuple):
+    """int8 planes packed for ``torch._int_mm``, one matrix per group of cores that share an input.
+
+    weights: per group, the ``(K, S·2m)`` int8 matrix [hi_1 lo_1 ... hi_S lo_S] of its S cores (column blocks).
+    scales: ``(C, 2)`` float32: 256·step and step of each of the C = groups·S cores (core c = g·S + s).
+    groups, shared, shared_dims: as in :class:`ScaledPlanes`.
     """
-    lead = torch.broadcast_shapes(x.shape[:-2], hi.shape[:-2])
-    xi = (x if x.dtype == torch.int8 else x.to(torch.int8)).expand(*lead, *x.shape[-2:]).reshape(-1, *x.shape[-2:])
-    hi = hi.expand(*lead, *hi.shape[-2:]).reshape(-1, *hi.shape[-2:])
-    lo = lo.expand(*lead, *lo.shape[-2:]).reshape(-1, *lo.shape[-2:])
-    for i in range(xi.shape[0]):
-        torch._int_mm(xi[i], hi[i], out=out_hi[i])
-        torch._int_mm(xi[i], lo[i], out=out_lo[i])
+
+    weights: tuple[torch.Tensor, ...]
+    scales: torch.Tensor
+    groups: int
+    shared: int
+    shared_dims: int
+
+
+def pack_int_planes(hi: torch.Tensor, lo: torch.Tensor, step: torch.Tensor, shared_dims: int) -> IntPlanes:
+    """Pack the planes of :func:`int8_planes` (``(..., K, m)`` int8, ``step`` ``(..., 1, 1)``) for
+    :func:`int_plane_products`, the cores of the last ``shared_dims`` leading dims in one matmul per group."""
+    k, m = hi.shape[-2:]
+    groups, shared = _groups(tuple(hi.shape[:-2]), shared_dims)
+    hi_f, lo_f = hi.reshape(groups, shared, k, m), lo.reshape(groups, shared, k, m)
+    # (shared, 2, K, m) -> (K, shared, 2, m) -> (K, shared·2m): core s's hi then lo columns, core after core
+    both = torch.stack([hi_f, lo_f], dim=2)
+    weights = tuple(both[g].permute(2, 0, 1, 3).reshape(k, -1).contiguous() for g in range(groups))
+    step_f = step.reshape(-1).float()
+    scales = torch.stack([step_f * 256.0, step_f], dim=1).contiguous()
+    return IntPlanes(weights, scales, groups, shared, shared_dims)
+
+
+def int_plane_products(x: torch.Tensor, planes: IntPlanes, lead: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """The exact int32 products Y_hi = x @ hi and Y_lo = x @ lo of every core, one ``torch._int_mm`` per group.
+
+    Args:
+        x: ``(..., B, K)`` int8, leading dims broadcasting to the cores' ``lead``; constant over the shared dims.
+
+    Returns:
+        Per group, ``(1, B, shared, 2m)`` int32: ``[..., :m]`` is Y_hi, ``[..., m:]`` Y_lo; y = fl(256·step·Y_hi) +
+        fl(step·Y_lo) with the scales of ``planes`` gives what :func:`scaled_plane_products` gives.
+    """
+    rows, k = x.shape[-2:]
+    xe = x.expand(*lead, rows, k)
+    group_lead = lead[: len(lead) - planes.shared_dims]
+    first_shared = (0,) * planes.shared_dims
+    return tuple(
+        torch._int_mm(xe[idx + first_shared], planes.weights[g]).view(1, rows, planes.shared, -1)
+        for g, idx in enumerate(itertools.product(*map(range, group_lead)))
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,14 +145,12 @@ def pack_scaled_planes(
     :func:`scaled_plane_products`, the cores of the last ``shared_dims`` leading dims in one matmul per group.
 
     Returns None where oneDNN's int8 linear operator is missing or refuses the weights (the caller then multiplies
-    with :func:`int8_product`).
+    with :func:`int_plane_products`).
     """
     if hi.device.type != "cpu" or not _onednn_int8_available():
         return None
     k, m = hi.shape[-2:]
-    lead = tuple(hi.shape[:-2])
-    shared = math.prod(lead[len(lead) - shared_dims :]) if shared_dims else 1
-    groups = math.prod(lead) // shared
+    groups, shared = _groups(tuple(hi.shape[:-2]), shared_dims)
     hi_f, lo_f = hi.reshape(groups, shared, k, m), lo.reshape(groups, shared, k, m)
     step_f = step.reshape(groups, shared).float()
     weights, scales = [], []
@@ -180,7 +216,7 @@ POS_NEG_PRODUCT_CANDIDATES = (
     ),
     kernels.Candidate(
         "int-mm",
-        "two int8 planes through torch._int_mm, int32 sums",
+        "two int8 planes as one torch._int_mm per input group, int32 sums scaled in the converter pass",
         "the matrix rounded to 1/32,639 of each core's largest entry (15 bits); int32 sums exact",
         lambda device_type: _on_cpu(device_type) and hasattr(torch, "_int_mm"),
     ),

@@ -105,6 +105,8 @@ if numba is not None:
     def _kernel(
         y,
         y_pair,
+        y_scale,
+        y_scaled,
         a,
         a_bf16,
         var,
@@ -141,7 +143,15 @@ if numba is not None:
             b = r - c_y * n_b
             y_row = y[c_y // shared, b, c_y - (c_y // shared) * shared]
             c = c_y + core_off  # and among all the MVM's cores
-            if y_pair:
+            if y_pair and y_scaled:  # int32 plane products: fl(256·step·Y_hi) + fl(step·Y_lo), each product rounded
+                s_hi, s_lo = y_scale[c, 0], y_scale[c, 1]
+                for j in range(m):
+                    s_y[j] = np.float32(y_row[j]) * s_hi
+                for j in range(m):
+                    s_z[j] = np.float32(y_row[m + j]) * s_lo
+                for j in range(m):
+                    s_y[j] = s_y[j] + s_z[j]
+            elif y_pair:
                 for j in range(m):
                     s_y[j] = y_row[j] + y_row[m + j]
             else:
@@ -181,12 +191,13 @@ if numba is not None:
 
     @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
     def _kernel_par(
-        y, y_pair, a, a_bf16, var, var_bf16, key, noise,
+        y, y_pair, y_scale, y_scaled, a, a_bf16, var, var_bf16, key, noise,
         gk, ok, ia, bias, scale, den_c, q_max, c_max, floor_counts, out, b_off, core_off, rows, chunks,
     ):  # fmt: skip  # pragma: no cover - compiled
         for c in numba.prange(chunks):
             _kernel(
-                y, y_pair, a, a_bf16, var, var_bf16, key, noise, gk, ok, ia, bias, scale, den_c, q_max, c_max,
+                y, y_pair, y_scale, y_scaled, a, a_bf16, var, var_bf16, key, noise, gk, ok, ia, bias, scale, den_c,
+                q_max, c_max,
                 floor_counts, out, b_off, core_off, rows * c // chunks, rows * (c + 1) // chunks,
             )  # fmt: skip
 
@@ -213,6 +224,7 @@ def adc_ldpu(
     floor_counts: bool,
     out: torch.Tensor | None = None,
     batch_offset: int = 0,
+    y_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fresh noise, both counters, the CCO and the FP16 LDPU for every output, in one pass.
 
@@ -221,7 +233,8 @@ def adc_ldpu(
             ``y[c // S, :, c % S]``): W = m, or with ``y_pair`` W = 2m and the charge is the sum of the two halves
             (the scaled int8 plane products of :func:`aimc.core.fastmath.scaled_plane_products`). A sequence of
             such tensors holds consecutive cores (e.g. one ``(1, B, S, W)`` per group): each is passed on as it
-            is, without copying them into one.
+            is, without copying them into one. With ``y_scale``, ``y`` holds the int32 plane products Y_hi, Y_lo
+            (:func:`aimc.core.fastmath.int_plane_products`) and the charge is fl(s_hi·Y_hi) + fl(s_lo·Y_lo).
         a: ``(C, B, m)`` half (pos + neg) charge, float32 or bfloat16.
         var: ``(C, B, m)`` fresh-noise variance of ``y`` (float32 or bfloat16), or None without fresh noise.
         key: the four words of this MVM's normals (:func:`aimc.core.philox.draw_key`): output (c, b, j) gets
@@ -236,6 +249,7 @@ def adc_ldpu(
         out: optional ``(C, B_out, m)`` float32 result tensor (contiguous).
         batch_offset: the rows given (``y``, ``a``, ``var``) are rows ``batch_offset`` .. ``batch_offset + B`` of
             ``out``'s batch (a part of a larger MVM): their results and their normals are those of these rows.
+        y_scale: ``(C, 2)`` float32 scales (s_hi, s_lo) of int32 plane products in ``y`` (with ``y_pair``), or None.
 
     Returns:
         ``out``: ``(C, B_out, m)`` float32 holding the LDPU's FP16 results.
@@ -254,8 +268,12 @@ def adc_ldpu(
         offsets.append(offsets[-1] + part.shape[0] * part.shape[2])
     if offsets[-1] != cores:
         raise ValueError(f"y holds {offsets[-1]} cores, a holds {cores}")
+    if y_scale is not None and (not y_pair or tuple(y_scale.shape) != (cores, 2)):
+        raise ValueError(f"y_scale must be ({cores}, 2) with y_pair; got {tuple(y_scale.shape)}")
     args = (
         y_pair,
+        _DUMMY_SCALE if y_scale is None else y_scale.numpy(),
+        y_scale is not None,
         _as_numpy(a),
         a.dtype == torch.bfloat16,
         _as_numpy(var) if noise else _DUMMY_F32,
@@ -281,4 +299,5 @@ def adc_ldpu(
 
 
 _DUMMY_F32 = np.zeros((1, 1, 1), dtype=np.float32)
+_DUMMY_SCALE = np.zeros((1, 2), dtype=np.float32)
 _DUMMY_KEY = np.zeros(4, dtype=np.uint32)
