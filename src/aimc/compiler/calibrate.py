@@ -91,6 +91,11 @@ def calibrate(
             continue
         layer = captured.layers[op.attrs["layer"]]
         x = _value(values, ops_by_name, op.inputs[0]).float()
+        t = layer.tiling
+        wb = weight_blocks(layer)  # (r, c, m, n)
+        scale = None  # partial sums travel down the column chains where there are several row blocks
+        if t.row_blocks > 1:
+            scale = F.pad(layer.scale, (0, t.col_blocks * t.block_outputs - t.outputs)).reshape(t.col_blocks, 1, -1)
         if layer.kind == "lstm":
             h = values[op.name][0].float()  # (B, T, H): h_t for every step
             h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
@@ -100,37 +105,50 @@ def calibrate(
             out = rows @ layer.weight.T + layer.bias
             # the GDPU's tables are flat beyond these pre-activations, so a wider INT8 range only loses resolution
             layer.out_range = max(min(float(out.abs().max()), GATE_RANGE_LIMIT), MIN_RANGE)
+            layer.x_range = max(float(rows.abs().max()), MIN_RANGE)
+            layer.load, psum = core_ranges(block_view(layer, rows), layer.x_range, wb, scale)
         else:
             if layer.kind == "conv2d":
                 layer.geometry["input_hw"] = [int(x.shape[-2]), int(x.shape[-1])]
-            rows = layer_rows(layer, x)
             out = _value(values, ops_by_name, op.attrs.get("value_node", op.name))
             layer.out_range = max(float(out.abs().max()), MIN_RANGE)
-        g = layer.geometry
-        if layer.kind == "conv2d" and all(v == 1 for v in (*g["stride"], *g["dilation"])):
-            low, high = torch.aminmax(x)  # stride 1: every pixel is in some patch, so |x| has the rows' maximum
-        else:
-            low, high = torch.aminmax(rows)
-        layer.x_range = max(float(high), -float(low), MIN_RANGE)
-        xb = block_view(layer, rows)  # (r, R, n)
-        wb = weight_blocks(layer)  # (r, c, m, n)
-        t = layer.tiling
-        chain = None
-        if t.row_blocks > 1:  # partial sums travel down the column chains: their INT8 range too
-            scale = F.pad(layer.scale, (0, t.col_blocks * t.block_outputs - t.outputs)).reshape(t.col_blocks, 1, -1)
             addend = None
-            if layer.add is not None and layer.add_at_chain_head:
-                addend = column_blocks(layer, output_rows(layer, _value(values, ops_by_name, layer.add).float()))
-            chain = (scale, addend)
-        layer.load, psum = core_ranges(xb, layer.x_range, wb, chain)
-        layer.psum_range = max(psum, MIN_RANGE) if chain is not None else 1.0
+            if scale is not None and layer.add is not None and layer.add_at_chain_head:
+                addend = _value(values, ops_by_name, layer.add).float()
+            layer.x_range, layer.load, psum = _input_ranges(layer, x, wb, scale, addend)
+        layer.psum_range = max(psum, MIN_RANGE) if scale is not None else 1.0
+
+
+def _input_ranges(
+    layer: MappedLayer, x: torch.Tensor, wb: torch.Tensor, scale: torch.Tensor | None, addend: torch.Tensor | None
+) -> tuple[float, torch.Tensor, float]:
+    """``x_range``, the cores' loads and the largest partial sum (:func:`core_ranges`) of a conv or linear layer's
+    input ``x`` (its example batch), its im2col rows made for about :data:`CHUNK_ROWS` rows of items at a time."""
+    per_item = max(1, layer_rows(layer, x[:1]).shape[0])
+    step = max(1, CHUNK_ROWS // per_item)
+    chunks = [slice(i, i + step) for i in range(0, x.shape[0], step)]
+    g = layer.geometry
+    if layer.kind == "conv2d" and all(v == 1 for v in (*g["stride"], *g["dilation"])):
+        low, high = torch.aminmax(x)  # stride 1: every pixel is in some patch, so |x| has the rows' maximum
+        x_range = max(float(high), -float(low))
+    else:
+        x_range = max(float(layer_rows(layer, x[sl]).abs().max()) for sl in chunks)
+    x_range = max(x_range, MIN_RANGE)
+    load, psum = torch.zeros(wb.shape[:2], dtype=wb.dtype), 0.0
+    for sl in chunks:
+        xb = block_view(layer, layer_rows(layer, x[sl]))  # (r, R', n)
+        head = None if addend is None else column_blocks(layer, output_rows(layer, addend[sl]))
+        chunk_load, chunk_psum = core_ranges(xb, x_range, wb, scale, head)
+        load, psum = torch.maximum(load, chunk_load), max(psum, chunk_psum)
+    return x_range, load, psum
 
 
 def core_ranges(
     xb: torch.Tensor,
     x_range: float,
     wb: torch.Tensor,
-    chain: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    scale: torch.Tensor | None = None,
+    addend: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The bit-line load of each core and the largest partial sum of the column chains, over all input rows.
 
@@ -143,12 +161,12 @@ def core_ranges(
         xb: ``(r, R, n)`` inputs of each row block.
         x_range: the input value at PWM full scale.
         wb: ``(r, c, m, n)`` weight blocks (w_max: each block's max |W|).
-        chain: ``(scale, addend)`` for the partial sums: ``(c, 1, m)`` affine scale per column block and the
-            ``(c, R, m)`` value added at each chain's head (or None); None skips them.
+        scale: ``(c, 1, m)`` affine scale of the partial sums per column block, or None to skip the partial sums.
+        addend: ``(c, R, m)`` value added at each column chain's head, or None.
 
     Returns:
         ``(r, c)`` loads and the largest |running partial sum| sent along a column chain (affine scale applied,
-        bias not yet; 0.0 without ``chain``).
+        bias not yet; 0.0 without ``scale``).
     """
     w_max = wb.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
     wn = wb / w_max
@@ -160,8 +178,7 @@ def core_ranges(
         y = x @ wn.mT  # (r, c, R', m): pos - neg
         counters = (x.abs() @ w_abs.mT).add_(y.abs())  # 2·max(pos, neg)
         load = torch.maximum(load, counters.amax(dim=(-2, -1)) / 2)
-        if chain is not None:
-            scale, addend = chain
+        if scale is not None:
             running = torch.cumsum(y.mul_(w_max * x_range).mul_(scale), dim=0)[:-1]  # the partial sums sent on
             if addend is not None:
                 running += addend[:, start : start + CHUNK_ROWS]
