@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import importlib
 import json
 import math
@@ -217,7 +218,12 @@ def _check_choices(choices: Mapping[str, str], what: str) -> None:
 
 def forced() -> dict[str, str]:
     """The kernels forced by ``AIMC_KERNELS`` (empty when unset)."""
-    return _parse(os.environ.get(FORCE_ENV, ""), FORCE_ENV)
+    return dict(_forced(os.environ.get(FORCE_ENV, "")))
+
+
+@functools.lru_cache(maxsize=8)
+def _forced(text: str) -> tuple[tuple[str, str], ...]:
+    return tuple(_parse(text, FORCE_ENV).items())
 
 
 class Backend:
@@ -387,6 +393,7 @@ def measure(
 # --- the machine and the cache ---------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere what the platform reports)."""
     try:
@@ -398,6 +405,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+@functools.lru_cache(maxsize=1)
 def numba_version() -> str:
     try:
         import numba
