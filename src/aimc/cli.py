@@ -60,6 +60,7 @@ def cmd_mvm_error(args: argparse.Namespace) -> int:
         seed=args.seed,
         cores=args.cores,
         inputs_per_core=args.inputs,
+        progress=not (args.quiet or args.json),
     )
     payload = {
         "experiment": "mvm-error",
@@ -304,7 +305,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 seeds=list(range(args.seeds)),
                 use_adabs=use_adabs,
                 faults=faults,
-                progress=not args.json,
+                progress=not (args.quiet or args.json),
                 config=config,
             )
             result["runs"].append(
@@ -361,6 +362,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "init": args.init,
         "hwa": args.hwa,
         "tag": args.tag or ("hwa" if args.hwa else "float"),
+        "progress": not args.quiet,
+        "log": (lambda _text: None) if args.quiet else print,
     }
     for name in ("epochs", "batch_size", "peak_lr"):
         if getattr(args, name) is not None:
@@ -392,7 +395,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise ValidationError(f"--seeds must be at least 1; got {args.seeds}")
         settings = dataclasses.replace(settings, seeds=args.seeds)
     tasks = tuple(_names(args.tasks))
-    results = reproduce(args.out, settings=settings, data_dir=args.data_dir, tasks=tasks, log=print)
+    results = reproduce(
+        args.out, settings=settings, data_dir=args.data_dir, tasks=tasks, log=print, progress=not args.quiet
+    )
     print()
     print(format_tables(results))
     print(f"wrote {args.out}/report.md, results.json and figures ({results['seconds']:.0f} s)")
@@ -518,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--json-out", default=None, help="also write the JSON result to this file")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="write a figure of the errors vs time")
+    p.add_argument("--quiet", action="store_true", help="no progress output (--json implies it)")
     p.set_defaults(func=cmd_mvm_error)
 
     p = sub.add_parser("map", help="place a network on the chip's cores and show the placement")
@@ -589,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--json-out", default=None)
     p.add_argument("--plot", default=None, metavar="FILE.png", help="metric vs time after programming")
+    p.add_argument("--quiet", action="store_true", help="no progress output (--json implies it)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="train ResNet-9 (CIFAR-10) or the char-LSTM (PTB), or fine-tune it hardware-aware")
@@ -609,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
     p.add_argument("--tag", default=None, help="name of the final weights file (default float / hwa)")
     p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress output (each epoch's record is still written to log.jsonl)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="the chip paper's accuracy results (Fig. 3c/4c) and accuracy over time")
@@ -617,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="programmed chips per point (default 2; 10 with --full)")
     p.add_argument("--tasks", default="resnet9,char-lstm", help="comma-separated: resnet9, char-lstm")
     p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")
+    p.add_argument("--quiet", action="store_true", help="no progress output: only the tables at the end")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("sweep", help="Monte Carlo sweep from a YAML file (resumable; local or on a Ray cluster)")
@@ -628,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs / threads)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (Ray default 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--report", action="store_true", help="write the report when the sweep is done")
     p.add_argument("--html", action="store_true", help="with --report: also report.html")
     p.add_argument("--json", action="store_true", help="print a JSON summary")

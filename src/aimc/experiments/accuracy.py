@@ -7,14 +7,13 @@ hardware is; each read is a fresh run (new read noise). Reported: mean ± std ov
 from __future__ import annotations
 
 import statistics
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from aimc._progress import progress as _progress
 from aimc._validation import check_finite_tensor, check_number
 from aimc.chip import program
 from aimc.compiler.mapping import Mapping
@@ -51,32 +50,26 @@ def classification_accuracy(
     """Top-1 accuracy of ``mapping`` on ``(x, y)`` on chips programmed with each seed, read at each time.
 
     ``faults`` (:class:`aimc.faults.Faults`) gives every programmed chip these hardware defects; with
-    ``faults.seed`` None each seed is a different die (its own stuck-device map).
+    ``faults.seed`` None each seed is a different die (its own stuck-device map). ``progress``: show the chip reads
+    done on stderr (a live bar on a terminal, a line per read otherwise).
     """
     check_classification_data(x, y)
     if not list(seeds) or not list(times):
         raise ValidationError(f"seeds and times must each list at least one value; got {list(seeds)}, {list(times)}")
     check_number(batch_size, "batch_size", low=1, integer=True)
     acc: dict[float, list[float]] = {t: [] for t in times}
-    start = time.time()
-    for k, seed in enumerate(seeds):
-        chip = program(mapping, device, strategy, seed=seed, config=config, faults=faults)
-        for j, t in enumerate(times):
-            correct = 0
-            for i in range(0, len(x), batch_size):
-                out = chip.run(x[i : i + batch_size], t=t, mode=mode, seed=1_000_003 * seed + 7919 * j + i)
-                correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
-            acc[t].append(correct / len(x))
-            if progress:
-                done = k * len(times) + j + 1
-                print(
-                    f"\r  {strategy} {mode}: {done}/{len(seeds) * len(times)} chip reads, {time.time() - start:.0f} s",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    if progress:
-        print(file=sys.stderr)
+    desc = f"accuracy {strategy} {mode}"
+    with _progress(total=len(seeds) * len(times), desc=desc, unit="chip reads", enabled=progress) as bar:
+        for seed in seeds:
+            chip = program(mapping, device, strategy, seed=seed, config=config, faults=faults)
+            for j, t in enumerate(times):
+                correct = 0
+                for i in range(0, len(x), batch_size):
+                    out = chip.run(x[i : i + batch_size], t=t, mode=mode, seed=1_000_003 * seed + 7919 * j + i)
+                    correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
+                acc[t].append(correct / len(x))
+                bar.set_postfix_str(f"seed {seed} t={t:g} s: accuracy {acc[t][-1]:.4g}", refresh=False)
+                bar.update(1)
     return [
         AccuracyPoint(t, statistics.fmean(v), statistics.pstdev(v) if len(v) > 1 else 0.0, v) for t, v in acc.items()
     ]

@@ -14,14 +14,13 @@ with fresh read noise; global drift compensation is always on (SPEC §4) and ada
 from __future__ import annotations
 
 import statistics
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from aimc._progress import progress as _progress
 from aimc.adabs import adabs, reference_moments
 from aimc.chip import ProgrammedChip, program
 from aimc.compiler import compile as compile_network
@@ -158,29 +157,24 @@ def metric_over_time(
     """The metric on chips programmed with each seed and read at each time: mean ± std over seeds per time.
 
     ``config``: the cores' unpublished parameters (default :class:`~aimc.core.config.CoreConfig`).
+    ``progress``: show the chip reads done on stderr (a live bar on a terminal, a line per read otherwise).
     """
     if not list(seeds) or not list(times):
         raise ValidationError(f"seeds and times must each list at least one value; got {list(seeds)}, {list(times)}")
     reference = reference_moments(mapping, data.x_cal) if use_adabs else None
     values: dict[float, list[float]] = {t: [] for t in times}
-    start = time.time()
-    for k, seed in enumerate(seeds):
-        chip = program(mapping, device, strategy, seed=seed, faults=faults, config=config)
-        for j, t in enumerate(times):
-            read_seed = 1_000_003 * seed + 7919 * j
-            used = adabs(chip, data.x_cal, t, mode=mode, seed=read_seed + 1, reference=reference) if use_adabs else chip
-            values[t].append(chip_metric(used, data, t, mode, read_seed))
-            if progress:
-                done = k * len(times) + j + 1
-                print(
-                    f"\r  {data.task} {strategy} {mode}{' +AdaBS' if use_adabs else ''}: "
-                    f"{done}/{len(seeds) * len(times)} chip reads, {time.time() - start:.0f} s",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    if progress:
-        print(file=sys.stderr)
+    desc = f"eval {data.task} {strategy} {mode}{' +AdaBS' if use_adabs else ''}"
+    with _progress(total=len(seeds) * len(times), desc=desc, unit="chip reads", enabled=progress) as bar:
+        for seed in seeds:
+            chip = program(mapping, device, strategy, seed=seed, faults=faults, config=config)
+            for j, t in enumerate(times):
+                read_seed = 1_000_003 * seed + 7919 * j
+                used = chip
+                if use_adabs:
+                    used = adabs(chip, data.x_cal, t, mode=mode, seed=read_seed + 1, reference=reference)
+                values[t].append(chip_metric(used, data, t, mode, read_seed))
+                bar.set_postfix_str(f"seed {seed} t={t:g} s: {data.metric} {values[t][-1]:.4g}", refresh=False)
+                bar.update(1)
     return [
         AccuracyPoint(t, statistics.fmean(v), statistics.pstdev(v) if len(v) > 1 else 0.0, v) for t, v in values.items()
     ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aimc._progress import progress as _progress
 from aimc._validation import SeedLike, check_choice, check_number, make_generator
 from aimc.chip import limited_w_max, peak_current
 from aimc.compiler.calibrate import bit_line_load
@@ -103,6 +104,7 @@ def mvm_error(
     sparsity: float = TEST_SPARSITY,
     spec: ChipSpec | None = None,
     config: CoreConfig | None = None,
+    progress: bool = True,
 ) -> list[MvmErrorRow]:
     """Run the MVM characterisation on ``cores`` full-size cores for every strategy x mode x time.
 
@@ -112,6 +114,7 @@ def mvm_error(
             ``hermes-2dev``.
         seed: seeds weights, inputs, programming and reads.
         cores: cores characterised (each ``tile_cols x tile_rows``, all simulated in one batch).
+        progress: show the grid points done on stderr (a live bar on a terminal, a line per point otherwise).
 
     Returns:
         One :class:`MvmErrorRow` per grid point.
@@ -136,14 +139,18 @@ def mvm_error(
     x = x * (torch.rand(x.shape, generator=gen) >= sparsity)
     y_fp = (x.double() @ w.double().mT).float()
     rows = []
-    for strategy in strategies:
-        name = device or DEFAULT_DEVICE[strategy]
-        core = program_test_cores(w, x, name, strategy, gen, spec=spec, config=config)
-        for mode in modes:
-            for t in times:
-                y = core.mvm(x, t, mode, gen)
-                tot, lin, res = error_metrics(y, y_fp, x)
-                rows.append(MvmErrorRow(name, strategy, mode, t, tot, lin, res, cores, inputs_per_core, seed))
+    total = len(strategies) * len(modes) * len(times)
+    with _progress(total=total, desc="mvm-error", unit="points", enabled=progress) as bar:
+        for strategy in strategies:
+            name = device or DEFAULT_DEVICE[strategy]
+            core = program_test_cores(w, x, name, strategy, gen, spec=spec, config=config)
+            for mode in modes:
+                for t in times:
+                    y = core.mvm(x, t, mode, gen)
+                    tot, lin, res = error_metrics(y, y_fp, x)
+                    rows.append(MvmErrorRow(name, strategy, mode, t, tot, lin, res, cores, inputs_per_core, seed))
+                    bar.set_postfix_str(f"{strategy} {mode} t={t:g} s: total {100 * tot:.2f}%", refresh=False)
+                    bar.update(1)
     return rows
 
 

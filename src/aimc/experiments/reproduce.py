@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aimc._progress import paused_bars
+from aimc._progress import progress as _progress
 from aimc._provenance import code_fingerprint, provenance
 from aimc.errors import ValidationError
 from aimc.experiments import evaluate as ev
@@ -88,7 +90,14 @@ class _Store:
         os.replace(tmp, self.path)
 
 
-def _task_blocks(task: str, settings: Settings, store: _Store, data_dir: str | None, log: Any) -> dict[str, Any]:
+def _blocks_of(task: str) -> tuple[str, ...]:
+    """Names of a task's blocks, in the order they run."""
+    return ("software", "quantisation", "tdp-gdc", "odp-gdc-1h") + (("tdp-adabs",) if task == "resnet9" else ())
+
+
+def _task_blocks(
+    task: str, settings: Settings, store: _Store, data_dir: str | None, log: Any, bar: Any, progress: bool
+) -> dict[str, Any]:
     n = settings.images if task == "resnet9" else settings.chars
     model, weights = ev.load_network(task)
     data = ev.load_data(task, n, data_dir, streams=settings.streams)
@@ -98,6 +107,7 @@ def _task_blocks(task: str, settings: Settings, store: _Store, data_dir: str | N
 
     def block(key: str, compute: Any) -> Any:
         full_key = f"{task}/{key}"
+        bar.set_postfix_str(full_key)
         value = store.get(full_key)
         if value is None:
             t0 = time.time()
@@ -106,6 +116,7 @@ def _task_blocks(task: str, settings: Settings, store: _Store, data_dir: str | N
             log(f"  {full_key}: done in {time.time() - t0:.0f} s")
         else:
             log(f"  {full_key}: from {store.path.name}")
+        bar.update(1)
         return value
 
     out: dict[str, Any] = {"task": task, "metric": data.metric, "weights": Path(weights).name, "test_size": data.size}
@@ -115,7 +126,14 @@ def _task_blocks(task: str, settings: Settings, store: _Store, data_dir: str | N
     def curve(strategy: str, times: tuple[float, ...], use_adabs: bool) -> list[dict[str, Any]]:
         device = "hermes-1dev" if strategy == "odp" else "hermes-2dev"
         pts = ev.metric_over_time(
-            mapping, data, device=device, strategy=strategy, times=times, seeds=seeds, use_adabs=use_adabs
+            mapping,
+            data,
+            device=device,
+            strategy=strategy,
+            times=times,
+            seeds=seeds,
+            use_adabs=use_adabs,
+            progress=progress,
         )
         return points_as_dicts(pts)
 
@@ -133,23 +151,40 @@ def reproduce(
     data_dir: str | None = None,
     tasks: tuple[str, ...] = ev.TASKS,
     log: Any = print,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the comparison; returns the results and writes ``report.md``, ``results.json`` and figures."""
+    """Run the comparison; returns the results and writes ``report.md``, ``results.json`` and figures.
+
+    ``log`` receives a line per task and per finished block; ``progress`` shows the blocks done (and the chip reads
+    of the block running) on stderr: a live bar on a terminal, plain lines otherwise. With ``progress=False``
+    nothing is printed on stderr and ``log`` only receives warnings (a store of other code moved aside).
+    """
     settings = settings or Settings()
     for task in tasks:
         ev.check_task(task)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    store = _Store(out / "points.json", settings, log)
+
+    def say(text: str) -> None:
+        with paused_bars():  # the text above a live bar, not through it
+            log(text)
+
+    def say_progress(text: str) -> None:
+        if progress:
+            say(text)
+
+    store = _Store(out / "points.json", settings, say)
     start = time.time()
     results = {
         "settings": settings.__dict__,
         "provenance": {**provenance(), "aimc_code": store.code},
         "tasks": {},
     }
-    for task in tasks:
-        log(f"{task}:")
-        results["tasks"][task] = _task_blocks(task, settings, store, data_dir, log)
+    total = sum(len(_blocks_of(task)) for task in tasks)
+    with _progress(total=total, desc="reproduce", unit="blocks", enabled=progress) as bar:
+        for task in tasks:
+            say_progress(f"{task}:")
+            results["tasks"][task] = _task_blocks(task, settings, store, data_dir, say_progress, bar, progress)
     results["seconds"] = round(time.time() - start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     figures = _figures(results, out)

@@ -1,11 +1,13 @@
-"""A live count of finished points on stderr: one rewritten line on a terminal, one line per point otherwise."""
+"""A live count of finished points on stderr: a ``tqdm`` bar on a terminal, one line per point otherwise."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
+from aimc._progress import is_terminal
+from aimc._progress import progress as _progress
 from aimc.sweep.store import PointResult
 
 
@@ -20,6 +22,9 @@ def _duration(seconds: float) -> str:
 
 class Progress:
     """Counts finished points and prints ``done/total``, the rate and the time left.
+
+    On a terminal the count is a live ``tqdm`` bar (the last point's result after it); elsewhere (a log file, a
+    pipe) each finished point prints one line.
 
     Args:
         name: the sweep's name.
@@ -37,7 +42,8 @@ class Progress:
         self.stream = stream
         self._start = time.perf_counter()
         self._finished = False
-        self._tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self._tty = stream is not None and is_terminal(stream)
+        self._bar: Any = None  # the terminal's bar, from begin() on
 
     def _print(self, text: str, *, final: bool = False) -> None:
         if self.stream is None:
@@ -59,26 +65,44 @@ class Progress:
     def begin(self) -> None:
         """Start the clock of the rate and the time left (after the one-off preparation)."""
         self._start = time.perf_counter()
+        if self._tty and self._bar is None and not self._finished:
+            self._bar = _progress(
+                total=self.total,
+                desc=f"sweep {self.name}",
+                unit="points",
+                stream=self.stream,
+                initial=self.done_before + self.computed,
+            )
 
     def update(self, result: PointResult, stored: bool) -> None:
         """Count one finished point (``stored`` False: it was already in the store, e.g. a retried duplicate)."""
+        if self._tty and self._bar is None and not self._finished:
+            self.begin()
         if stored:
             self.computed += 1
         else:
             self.duplicates += 1
+        last = (
+            f"{result.strategy} {result.mode} t={result.t_seconds:g}s seed {result.seed}: {result.metric} "
+            f"{result.value:.4g}"
+        )
+        if self._bar is not None and not self._finished:
+            self._bar.set_postfix_str(
+                f"last: {last}" + (f" ({self.duplicates} already stored)" if self.duplicates else ""), refresh=False
+            )
+            self._bar.update(1 if stored else 0)
+            return
         done = self.done_before + self.computed
         elapsed = time.perf_counter() - self._start
         rate = elapsed / self.computed if self.computed else 0.0
         left = rate * (self.total - done)
         self._print(
             f"sweep {self.name}: {done}/{self.total} points done | {rate:.1f} s/point | "
-            f"{_duration(elapsed)} elapsed, ~{_duration(left)} left | last: {result.strategy} {result.mode} "
-            f"t={result.t_seconds:g}s seed {result.seed}: {result.metric} {result.value:.4g}"
+            f"{_duration(elapsed)} elapsed, ~{_duration(left)} left | last: {last}"
         )
 
     def finish(self) -> None:
-        """End the live line."""
-        if self._tty and self.stream is not None and (self.computed or self.duplicates) and not self._finished:
-            self.stream.write("\n")
-            self.stream.flush()
+        """End the live bar (it stays on screen with the final count)."""
+        if self._bar is not None and not self._finished:
+            self._bar.close()
         self._finished = True

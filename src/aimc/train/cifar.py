@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from aimc import kernels
+from aimc._progress import progress as _progress
 from aimc._provenance import provenance
 from aimc.data import cifar10_tensors
 from aimc.models import resnet9
@@ -145,6 +145,7 @@ def train_resnet9(
     tag: str = "float",
     io_aware: bool = False,
     drift_aware: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train ResNet-9 on CIFAR-10; returns the final log record. Files go to ``out_dir``.
 
@@ -160,6 +161,8 @@ def train_resnet9(
         drift_aware: with ``hwa``, the noisy weights also drift to a random read time with global compensation
             (:func:`aimc.train.hwa.drift_factors`, window :data:`aimc.train.hwa.DRIFT_WINDOW_S`).
         tag: name of the final weights file ``resnet9_{tag}.safetensors``.
+        progress: show the batches of each epoch on stderr (a live bar on a terminal, a line every 50 batches
+            otherwise); ``log`` still receives each epoch's record.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,6 +209,9 @@ def train_resnet9(
         t0 = time.time()
         perm = torch.randperm(len(x_train), generator=gen)
         loss_sum, correct = 0.0, 0
+        bar = _progress(
+            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batches", enabled=progress, every=50
+        )
         for b in range(steps_per_epoch):
             step = epoch * steps_per_epoch + b
             for group in opt.param_groups:
@@ -229,13 +235,9 @@ def train_resnet9(
                 clip_weights(model)
             loss_sum += float(loss.detach())
             correct += int((logits.argmax(1) == yb).sum())
-            if b % 50 == 0:
-                print(
-                    f"\repoch {epoch + 1}/{epochs} batch {b}/{steps_per_epoch} loss {loss_sum / (b + 1):.3f}",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            bar.set_postfix_str(f"loss {loss_sum / (b + 1):.3f}", refresh=False)
+            bar.update(1)
+        bar.close()
         acc = evaluate(model, x_test, y_test)
         record = {
             "epoch": epoch,
@@ -244,7 +246,6 @@ def train_resnet9(
             "test_acc": acc,
             "seconds": round(time.time() - t0, 1),
         }
-        print(file=sys.stderr)
         log(json.dumps(record))
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

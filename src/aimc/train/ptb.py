@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from aimc._progress import progress as _progress
 from aimc._provenance import provenance
 from aimc.data.ptb import VOCAB, ptb_chars, streams
 from aimc.models import char_lstm
@@ -93,6 +93,7 @@ def train_char_lstm(
     hwa: bool = False,
     tag: str = "float",
     log: Callable[[str], None] = print,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train the char-LSTM on PTB; returns the final log record. Files go to ``out_dir``.
 
@@ -102,6 +103,8 @@ def train_char_lstm(
         init: start from these weights (e.g. the float model, for HWA fine-tuning).
         hwa: hardware-aware fine-tuning (SPEC §3 noise and clipping).
         tag: name of the final weights file ``char_lstm_{tag}.safetensors``.
+        progress: show the batches of each epoch on stderr (a live bar on a terminal, a line every 20 batches
+            otherwise); ``log`` still receives each epoch's record.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +144,9 @@ def train_char_lstm(
         loss_sum = 0.0
         # each epoch starts the streams at a random offset, so chunk boundaries move between epochs
         offset = int(torch.randint(0, seq_len, (1,), generator=gen))
+        bar = _progress(
+            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batches", enabled=progress, every=20
+        )
         for b in range(steps_per_epoch):
             step = epoch * steps_per_epoch + b
             for group in opt.param_groups:
@@ -149,6 +155,7 @@ def train_char_lstm(
             x = train[:, i : i + seq_len].to(device)
             y = train[:, i + 1 : i + seq_len + 1].to(device)
             if y.shape[1] < x.shape[1]:
+                bar.total = b  # the streams' end: this epoch's offset leaves no full chunk
                 break
             opt.zero_grad(set_to_none=True)
             with range_noise(model, gen) if hwa else nullcontext(), _autocast(device):
@@ -161,13 +168,9 @@ def train_char_lstm(
             if hwa:
                 clip_matrices(model, LSTM_CLIP_SIGMA)
             loss_sum += float(loss.detach())
-            if b % 20 == 0:
-                print(
-                    f"\repoch {epoch + 1}/{epochs} batch {b}/{steps_per_epoch} bpc {loss_sum / (b + 1) / LN2:.3f}",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            bar.set_postfix_str(f"bpc {loss_sum / (b + 1) / LN2:.3f}", refresh=False)
+            bar.update(1)
+        bar.close()
         valid_bpc = bits_per_character(model, valid)
         record = {
             "epoch": epoch,
@@ -175,7 +178,6 @@ def train_char_lstm(
             "valid_bpc": valid_bpc,
             "seconds": round(time.time() - t0, 1),
         }
-        print(file=sys.stderr)
         log(json.dumps(record))
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
