@@ -455,6 +455,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    """``aimc data fetch cifar10``: download the official CIFAR-10 archive, verify it and convert it to numpy files."""
+    from aimc.data.download import CIFAR10_URL, fetch_cifar10
+
+    root = fetch_cifar10(
+        args.data_dir,
+        url=args.url or CIFAR10_URL,
+        progress=not args.quiet,
+        force=args.force,
+        log=(lambda _text: None) if args.quiet else print,
+    )
+    print(f"CIFAR-10 is in {root / 'cifar10'}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """``aimc info``: the machine, versions, threads, kernel cache and the kernel chosen for each hot operation."""
     import torch
@@ -656,6 +671,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remeasure", action="store_true", help="forget this machine's cached choices and measure again")
     p.add_argument("--threads", type=int, default=None, help="PyTorch threads to choose for (default: PyTorch's)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("data", help="data sets: download and convert them (see `aimc data fetch --help`)")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser(
+        "fetch",
+        help="download the official archive, check its published checksum and convert it to numpy files",
+        description="Download the official CIFAR-10 binary archive (resuming an interrupted download), check it "
+        "against its published md5 and write cifar10/cifar10-{train,test}.npz. Offline: put "
+        "cifar-10-binary.tar.gz in DIR/cifar10/ by hand and run this command to verify and convert it.",
+    )
+    p.add_argument("dataset", choices=["cifar10"], help="the data set")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder to put cifar10/ in (default: the user cache folder, $AIMC_CACHE_DIR/data if set)",
+    )
+    p.add_argument("--url", default=None, help="download from this mirror instead (the checksum is still checked)")
+    p.add_argument("--force", action="store_true", help="fetch and convert again even if the numpy files are there")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_data_fetch)
     return parser
 
 
