@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Tests never download data sets: a test that needs CIFAR-10 where it is not found skips (see needs_cifar10).
+os.environ.setdefault("AIMC_NO_DOWNLOAD", "1")
+
+
+def _have_cifar10() -> bool:
+    from aimc.data import DataNotFoundError, find_data_dir
+
+    try:
+        find_data_dir(download=False)
+    except DataNotFoundError:
+        return False
+    return True
+
+
+#: CIFAR-10 was found ($AIMC_DATA, a shared/data folder beside the working directory, or the user cache).
+HAVE_CIFAR10 = _have_cifar10()
+#: Marks a test that needs the real CIFAR-10 test set: it skips, saying how to enable it, where the set is missing.
+needs_cifar10 = pytest.mark.skipif(
+    not HAVE_CIFAR10, reason="needs CIFAR-10: run `aimc data fetch cifar10` (or set AIMC_DATA=DIR) to enable"
+)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,9 +11,13 @@ from aimc.data import cifar10_tensors
 from aimc.errors import ValidationError
 from aimc.models import char_lstm, resnet9
 
+from conftest import HAVE_CIFAR10
+
 
 @pytest.fixture(scope="module")
 def cifar():
+    if not HAVE_CIFAR10:
+        pytest.skip("needs CIFAR-10: run `aimc data fetch cifar10` (or set AIMC_DATA=DIR) to enable")
     return cifar10_tensors("test", 1000)
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from aimc.cli import main
 
+from conftest import needs_cifar10
+
 
 def test_mvm_error_prints_json_with_settings_and_versions(capsys, tmp_path):
     out_json = tmp_path / "r.json"
@@ -102,6 +104,7 @@ def test_map_reads_a_safetensors_state_dict(capsys, tmp_path):
     assert main(["map", "vgg16"]) == 2
 
 
+@needs_cifar10
 def test_eval_reports_chip_accuracy_per_time_with_software_baseline(capsys, tmp_path):
     from safetensors.torch import save_file
 

@@ -14,6 +14,8 @@ from aimc.errors import ArgumentTypeError, UnknownNameError, ValidationError
 from aimc.faults import STUCK_RESET, STUCK_SET, Faults, parse_faults
 from aimc.models import example_input, get_model
 
+from conftest import needs_cifar10
+
 
 @pytest.fixture(scope="module")
 def resnet():
@@ -243,6 +245,7 @@ def test_a_dead_adc_column_reads_zero_and_leaves_the_others_alone():
 
 
 # ---------------------------------------------------------------------------------------------- accuracy
+@needs_cifar10
 def test_stuck_devices_lower_accuracy_monotonically():
     """ResNet-9 (shipped float weights), 64 CIFAR-10 test images, TDP four-phase at 1 h, two dies per rate.
 

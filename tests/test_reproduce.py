@@ -11,9 +11,12 @@ from aimc.cli import main
 from aimc.errors import ValidationError
 from aimc.experiments.reproduce import Settings, _Store, format_tables, reproduce
 
+from conftest import needs_cifar10
+
 TINY = Settings(images=40, chars=600, streams=8, seeds=1, adabs_inputs=24)
 
 
+@needs_cifar10
 def test_reproduce_resnet9_writes_report_and_resumes(tmp_path):
     logs: list[str] = []
     first = reproduce(str(tmp_path), settings=TINY, tasks=("resnet9",), log=logs.append)
@@ -58,6 +61,7 @@ def test_reproduce_rejects_unknown_task(tmp_path):
         reproduce(str(tmp_path), settings=TINY, tasks=("gpt2",))
 
 
+@needs_cifar10
 def test_eval_cli_json(tmp_path, capsys):
     out = tmp_path / "e.json"
     code = main(["eval", "resnet9", "--n", "30", "--seeds", "1", "--times", "60", "--json", "--json-out", str(out)])
@@ -75,3 +79,18 @@ def test_eval_cli_errors(capsys):
     assert "shipped name" in capsys.readouterr().err
     assert main(["eval", "resnet9", "--seeds", "0"]) != 0
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_reproduce_skips_a_task_whose_data_set_is_missing_and_says_how_to_get_it(tmp_path, monkeypatch):
+    """No CIFAR-10 and no download: the ResNet-9 blocks are skipped with the command that fetches the data set;
+    the run still writes its report (and runs the other tasks)."""
+    monkeypatch.setenv("AIMC_NO_DOWNLOAD", "1")
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    logs: list[str] = []
+    results = reproduce(str(tmp_path / "out"), settings=TINY, data_dir=str(empty), tasks=("resnet9",), log=logs.append)
+    assert results["tasks"] == {}
+    assert "aimc data fetch cifar10" in results["skipped"]["resnet9"]
+    assert any("resnet9: skipped" in line for line in logs)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "### resnet9 — skipped" in report and "aimc data fetch cifar10" in report

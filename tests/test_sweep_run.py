@@ -27,12 +27,12 @@ from aimc.cli import main
 from aimc.sweep.cache import MAPPING_FILE
 from aimc.sweep.store import STORE_FILE
 
-try:
-    from aimc.data import find_data_dir
+from conftest import HAVE_CIFAR10
 
-    find_data_dir()
-except Exception:  # no CIFAR-10 here: these tests need the real data set
-    pytest.skip("CIFAR-10 not found (../shared/data or $AIMC_DATA)", allow_module_level=True)
+if not HAVE_CIFAR10:  # these tests need the real data set
+    pytest.skip(
+        "needs CIFAR-10: run `aimc data fetch cifar10` (or set AIMC_DATA=DIR) to enable", allow_module_level=True
+    )
 
 SPEC = {
     "name": "tiny",

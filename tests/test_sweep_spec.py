@@ -15,6 +15,8 @@ from aimc.sweep.errors import BackendError, SweepSpecError
 from aimc.sweep.executors import check_address
 from aimc.sweep.points import Point, point_key, read_seed, work_units
 
+from conftest import needs_cifar10
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sweep_resnet9.yaml"
 
 
@@ -156,6 +158,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@needs_cifar10
 def test_an_unreachable_ray_address_fails_before_any_work(tmp_path):
     address = f"127.0.0.1:{_free_port()}"
     with pytest.raises(BackendError, match="cannot reach a Ray cluster at") as err:
@@ -167,6 +170,7 @@ def test_an_unreachable_ray_address_fails_before_any_work(tmp_path):
             check_address(bad)
 
 
+@needs_cifar10
 def test_missing_ray_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as without the package
     with pytest.raises(BackendError, match=r"pip install 'aimc\[ray\]'"):
@@ -174,6 +178,7 @@ def test_missing_ray_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@needs_cifar10
 def test_bad_run_arguments(tmp_path):
     with pytest.raises(AimcError, match="backend must be one of"):
         sweep.run(_spec(), out=tmp_path, backend="dask", progress=False)

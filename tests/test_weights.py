@@ -14,7 +14,10 @@ from aimc.models import resnet9
 from aimc.train.cifar import load_weights
 from aimc.weights import available_weights, weights_path
 
+from conftest import needs_cifar10
 
+
+@needs_cifar10
 @pytest.mark.parametrize(("name", "recorded"), [("resnet9_float", 0.9266), ("resnet9_hwa", 0.9295)])
 def test_shipped_resnet9_weights_classify_cifar10(name, recorded):
     path = weights_path(name)

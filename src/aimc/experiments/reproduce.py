@@ -20,6 +20,7 @@ from typing import Any
 from aimc._progress import paused_bars
 from aimc._progress import progress as _progress
 from aimc._provenance import code_fingerprint, provenance
+from aimc.data import DataNotFoundError, DownloadError
 from aimc.errors import ValidationError
 from aimc.experiments import evaluate as ev
 from aimc.experiments.accuracy import points_as_dicts
@@ -157,7 +158,9 @@ def reproduce(
 
     ``log`` receives a line per task and per finished block; ``progress`` shows the blocks done (and the chip reads
     of the block running) on stderr: a live bar on a terminal, plain lines otherwise. With ``progress=False``
-    nothing is printed on stderr and ``log`` only receives warnings (a store of other code moved aside).
+    nothing is printed on stderr and ``log`` only receives warnings (a store of other code moved aside, a task
+    skipped). A task whose data set cannot be found or downloaded (e.g. CIFAR-10 offline) is skipped with the
+    reason in ``results["skipped"]`` and in the report; the other tasks run.
     """
     settings = settings or Settings()
     for task in tasks:
@@ -175,16 +178,18 @@ def reproduce(
 
     store = _Store(out / "points.json", settings, say)
     start = time.time()
-    results = {
-        "settings": settings.__dict__,
-        "provenance": {**provenance(), "aimc_code": store.code},
-        "tasks": {},
-    }
+    results: dict[str, Any] = {"settings": settings.__dict__, "tasks": {}, "skipped": {}}
     total = sum(len(_blocks_of(task)) for task in tasks)
     with _progress(total=total, desc="reproduce", unit="blocks", enabled=progress) as bar:
         for task in tasks:
             say_progress(f"{task}:")
-            results["tasks"][task] = _task_blocks(task, settings, store, data_dir, say_progress, bar, progress)
+            try:
+                results["tasks"][task] = _task_blocks(task, settings, store, data_dir, say_progress, bar, progress)
+            except (DataNotFoundError, DownloadError) as err:  # its data set is not here and cannot be fetched
+                results["skipped"][task] = str(err)
+                say(f"{task}: skipped, its data set is not available: {err}")
+                bar.update(len(_blocks_of(task)))
+    results["provenance"] = {**provenance(), "aimc_code": store.code}  # after the runs: the kernels they used
     results["seconds"] = round(time.time() - start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     figures = _figures(results, out)
@@ -246,6 +251,8 @@ def format_tables(results: dict[str, Any]) -> str:
         lines += ["", "| TDP four-phase, time after programming | GDC | GDC + AdaBS |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in time_rows(r)]
         lines.append("")
+    for task, reason in results.get("skipped", {}).items():
+        lines += [f"### {task} — skipped", "", f"Its data set is not available here: {reason}", ""]
     return "\n".join(lines)
 
 
