@@ -1,4 +1,4 @@
-"""Scaling of a sweep on Ray: a 32-point ResNet-9 sweep with 1 vs 2 local Ray workers (issue #6).
+"""Scaling of a sweep on Ray: a 32-point ResNet-9 sweep with 1 vs 2 local Ray workers (docs/benchmarks.md).
 
 32 points = 4 chips (seeds) x 4 times x 2 read modes, TDP, on the first ``--images`` CIFAR-10 test images. Each
 configuration runs ``--repeats`` times, alternating, each on a fresh local Ray cluster with as many CPUs as

@@ -36,7 +36,7 @@ from aimc.weights import weights_path
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = {"float": "resnet9_float", "HWA": "resnet9_hwa"}
-#: Stuck-unit rates of the figure (0-5%, the issue's range; the chip's measured yield is > 99%, SPEC §1).
+#: Stuck-unit rates of the figure (0-5%; the chip's measured yield is > 99%, docs/physics.md §2.5).
 RATES = (0.0, 0.01, 0.02, 0.05)
 
 

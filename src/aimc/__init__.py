@@ -2,7 +2,7 @@
 
 Public API (everything else is private and may change):
 
-- :class:`ChipSpec` — every published number of the chip (SPEC.md §1-2), preset ``ChipSpec.hermes()``.
+- :class:`ChipSpec` — every published number of the chip (docs/physics.md), preset ``ChipSpec.hermes()``.
 - :mod:`aimc.devices` — PCM device models (``get``, ``available``, ``register``, ``check_device_model``).
 - :mod:`aimc.core` — one analog core: ``program_core``, ``ProgrammedCore``, ``CoreReadout``, ``CoreConfig``.
 - :mod:`aimc.digital` — FP16 / INT8 arithmetic of the digital units.

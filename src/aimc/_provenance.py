@@ -1,4 +1,4 @@
-"""What a result must carry to be reproduced: versions, platform, time (DESIGN.md "Reproducible")."""
+"""What a result must carry to be reproduced: versions, platform, time."""
 
 from __future__ import annotations
 

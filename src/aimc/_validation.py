@@ -16,7 +16,7 @@ def make_generator(seed: SeedLike, name: str = "seed") -> torch.Generator:
     """Return a CPU ``torch.Generator`` from an int seed or pass a generator through.
 
     ``None`` is not accepted silently: aimc never draws from a global random state, so a caller must say which
-    seed it wants (reproducibility, DESIGN.md "Explicit randomness").
+    seed it wants (reproducibility; docs/design.md "Determinism").
     """
     if isinstance(seed, torch.Generator):
         return seed

@@ -1,4 +1,4 @@
-"""Adaptive batch-norm statistics (AdaBS, SPEC §4; Joshi et al., Nat. Commun. 11:2473, 2020) on the chip.
+"""Adaptive batch-norm statistics (AdaBS, docs/physics.md §4.2; Joshi et al., Nat. Commun. 11:2473, 2020) on the chip.
 
 Batch norm is folded into each layer's LDPU affine registers (scale s, bias b per output channel). On the chip a
 channel's pre-bias output z = s·Σ(core outputs) drifts and is distorted away from the statistics the batch norm was

@@ -3,8 +3,9 @@
 ``program(mapping, device, strategy, seed)`` is the only step that draws programming randomness; ``run(x, t, mode,
 seed)`` reads the chip at ``t`` seconds after programming with fresh read noise. Each analog layer's cores form one
 stack of :class:`~aimc.core.ProgrammedCore` (leading dims = row blocks x column blocks), simulated in one batched
-tensor operation. The LDPU work after each MVM follows SPEC §1: per-channel affine, ReLU, an added INT8 input
-(partial sums along a column chain, residuals), a second ReLU, INT8 output; the LSTM cell runs in the GDPUs in FP16.
+tensor operation. The LDPU work after each MVM follows docs/physics.md §9.2: per-channel affine, ReLU, an added INT8
+input (partial sums along a column chain, residuals), a second ReLU, INT8 output; the LSTM cell runs in the GDPUs in
+FP16.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from aimc.faults import Faults, check_mapping_faults, fault_generator
 from aimc.spec import READ_MODES, ChipSpec
 
 #: Assumption: the per-core G_max limit keeps the largest calibration bit-line current at this fraction of the ADC
-#: saturation current (SPEC §1 says G_max is limited per core so that every bit-line current stays below it).
+#: saturation current (the chip paper limits G_max per core so that every bit-line current stays below it;
+#: docs/physics.md §2.2).
 CURRENT_HEADROOM = 0.9
 
 #: Matrix elements (rows x cores x block size) simulated at once per layer: small enough to keep memory bounded
@@ -104,7 +106,7 @@ def peak_current(
 
 
 def limited_w_max(block_max: torch.Tensor, current: torch.Tensor, spec: ChipSpec) -> torch.Tensor:
-    """The per-core G_max limit (SPEC §1 "max conductance"): the weight mapped to G_max is each core's max |W|
+    """The per-core G_max limit (docs/physics.md §2.2): the weight mapped to G_max is each core's max |W|
     ``block_max``, raised by the factor its peak bit-line ``current`` (uA, at max |W| = G_max) exceeds
     ``CURRENT_HEADROOM`` x saturation, which lowers that core's conductances and currents by the same factor."""
     return block_max * torch.clamp(current / (CURRENT_HEADROOM * spec.adc_saturation_uA), min=1.0)
@@ -207,10 +209,10 @@ class ProgrammedChip:
         Args:
             x: the network's input batch (as for the PyTorch model), or a tuple for several inputs.
             t: seconds after programming (>= 0).
-            mode: ``"four-phase"`` or ``"one-phase"`` (SPEC §1).
+            mode: ``"four-phase"`` or ``"one-phase"`` (docs/physics.md §7).
             seed: seeds this run's read noise (frozen part and per-MVM part).
             quantize: False makes the converters ideal (no PWM/ADC/INT8 rounding, float32 digital units).
-            drift_compensation: global drift compensation per core (SPEC §4).
+            drift_compensation: global drift compensation per core (docs/physics.md §4.1).
             read_noise: False switches 1/f read noise off.
             recalibrate: called as ``recalibrate(layer, measure)`` before every conv/linear layer runs; it may
                 call ``measure(observer)`` to run the layer's cores on this layer's actual inputs, the observer
@@ -438,7 +440,7 @@ def _check_input(v: object, name: str, signature: dict | None = None) -> None:
 
 
 def _ldpu_chain(layer: MappedLayer, y: torch.Tensor, addend: torch.Tensor | None, quantize: bool) -> torch.Tensor:
-    """The LDPUs of a layer: partial sums along each column chain, affine, ReLU, add, ReLU, INT8 (SPEC §1).
+    """The LDPUs of a layer: partial sums along each column chain, affine, ReLU, add, ReLU, INT8 (docs/physics.md §9.2).
 
     Args:
         y: ``(r, c, R, m)`` MVM outputs of every core.
@@ -729,7 +731,7 @@ def program(
     Args:
         mapping: from :func:`aimc.compile`.
         device: device model or preset name (``aimc.devices.available()``; ``"ideal"`` for no device noise).
-        strategy: ``"odp"`` or ``"tdp"`` (SPEC §1).
+        strategy: ``"odp"`` or ``"tdp"`` (docs/physics.md §2.3).
         seed: int or ``torch.Generator``.
         config: unpublished core parameters (default :class:`CoreConfig`).
         faults: hardware defects (:class:`aimc.faults.Faults`): stuck devices and dead ADCs take effect here; a

@@ -13,6 +13,12 @@ from typing import Any
 
 from aimc.errors import AimcError, ValidationError
 
+#: Help of --data-dir: where CIFAR-10 is looked for when the option is not given (:func:`aimc.data.find_data_dir`).
+DATA_DIR_HELP = (
+    "folder holding cifar10/ (default: $AIMC_DATA, a shared/data folder in or next to the working directory, "
+    "else the user cache, downloaded on first use)"
+)
+
 
 def _floats(text: str, name: str) -> list[float]:
     try:
@@ -576,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a .safetensors file or a shipped name (default resnet9_hwa / char_lstm_hwa; see aimc.weights)",
     )
     p.add_argument("--arch", default=None, help="network of a weights file without an aimc header")
-    p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--device", default=None, help="device preset (default hermes-1dev for ODP, hermes-2dev for TDP)")
     p.add_argument("--strategy", default="tdp", help="odp, tdp or odp,tdp")
     p.add_argument("--mode", default="four-phase", choices=["one-phase", "four-phase"])
@@ -601,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-voltage",
         type=float,
         default=None,
-        help="read voltage in V (SPEC: 0.1-0.4; default CoreConfig's, 0.2); a core whose currents would exceed "
+        help="read voltage in V (the chip's 0.1-0.4; default CoreConfig's, 0.2); a core whose currents would exceed "
         "the ADC range gets a lower G_max",
     )
     p.add_argument(
@@ -620,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="batch (default 256 images / 128 streams)")
     p.add_argument("--peak-lr", type=float, default=None, help="peak of the one-cycle learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hwa", action="store_true", help="hardware-aware fine-tuning (SPEC §3 noise and clipping)")
+    p.add_argument("--hwa", action="store_true", help="hardware-aware fine-tuning (the chip paper's noise, clipping)")
     p.add_argument("--io-aware", action="store_true", help="resnet9 HWA: also 8-bit inputs and output noise")
     p.add_argument(
         "--drift-aware",
@@ -630,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="start from these weights (e.g. the float model for --hwa)")
     p.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
     p.add_argument("--tag", default=None, help="name of the final weights file (default float / hwa)")
-    p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument(
         "--quiet", action="store_true", help="no progress output (each epoch's record is still written to log.jsonl)"
     )
@@ -641,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="whole test sets and 10 seeds (hours on 2 cores)")
     p.add_argument("--seeds", type=int, default=None, help="programmed chips per point (default 2; 10 with --full)")
     p.add_argument("--tasks", default="resnet9,char-lstm", help="comma-separated: resnet9, char-lstm")
-    p.add_argument("--data-dir", default=None, help="folder holding cifar10/ (default: $AIMC_DATA or ../shared/data)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress output: only the tables at the end")
     p.set_defaults(func=cmd_reproduce)
 

@@ -1,19 +1,19 @@
 """Hardware faults as inputs: stuck devices, dead ADC columns, dead cores and dead links.
 
 Real chips are not perfect: the chip paper reports > 99% of unit cells programmable on 63 of its 64 cores and 98.4%
-on the worst one (SPEC §1 "yield"). A :class:`Faults` value describes the defects of one simulated chip (one *die*);
-where each kind takes effect:
+on the worst one (docs/physics.md §2.5). A :class:`Faults` value describes the defects of one simulated chip (one
+*die*); where each kind takes effect:
 
 - **stuck devices** (``stuck_set`` / ``stuck_reset`` rates, or an explicit ``device_map`` per core) act when the chip
   is programmed (``aimc.program(..., faults=...)``): a conductance unit stuck at SET sits at the device model's
-  ``g_max_uS`` whatever its target and drifts like a SET device (drift exponent drawn at g = 1, SPEC §4); one stuck at
-  RESET sits at 0 uS. A *conductance unit* is what the device model describes: one PCM device for one-device models
-  (``"standard"``, ``"hermes-1dev"``; G1+, G2+, G1-, G2- per weight), the device pair of one polarity for the
-  two-device HERMES fit (``"hermes-2dev"``; G+, G- per weight), so the rate is per device or per pair accordingly.
-  This is the same model as the devices' own ``yield_fraction`` (:mod:`aimc.devices.statistical`), made explicit
-  and placeable;
+  ``g_max_uS`` whatever its target and drifts like a SET device (drift exponent drawn at g = 1, docs/physics.md §3.3);
+  one stuck at RESET sits at 0 uS. A *conductance unit* is what the device model describes: one PCM device for
+  one-device models (``"standard"``, ``"hermes-1dev"``; G1+, G2+, G1-, G2- per weight), the device pair of one polarity
+  for the two-device HERMES fit (``"hermes-2dev"``; G+, G- per weight), so the rate is per device or per pair
+  accordingly. This is the same model as the devices' own ``yield_fraction`` (:mod:`aimc.devices.statistical`), made
+  explicit and placeable;
 - **dead ADC columns** ``(core, column)``: the CCO of that output never oscillates, so both its counters read 0;
-  the per-ADC calibration (SPEC §1 "affine correction") finds a zero gain and the LDPU zeroes that output. A dead
+  the per-ADC calibration (docs/physics.md §6) finds a zero gain and the LDPU zeroes that output. A dead
   column therefore *reads zero* (our choice; a saturated column would instead read the full-scale value, which no
   downstream layer could tell from a real activation, whereas zero is what a skipped output gives);
 - **dead cores** and **dead links** act when the network is compiled (``aimc.compile(..., avoid_cores=...,
@@ -336,7 +336,7 @@ class CoreFaults:
         codes = codes.to(states.g_prog.device)
         normal = torch.randn(states.g_target.shape, generator=self.generator).to(states.g_prog.device)
         one = torch.ones((), dtype=states.g_prog.dtype, device=states.g_prog.device)
-        # SPEC §4: nu = |mu_nu(g) + sigma_nu(g) N|, here at the SET state g = 1
+        # docs/physics.md §3.3: nu = |mu_nu(g) + sigma_nu(g) N|, here at the SET state g = 1
         nu_set = (model.drift_nu_mean(one) + model.drift_nu_std(one) * normal.to(states.nu.dtype)).abs()
         is_set, is_reset = codes == STUCK_SET, codes == STUCK_RESET
         g_prog = torch.where(is_set, torch.full_like(states.g_prog, model.g_max_uS), states.g_prog)

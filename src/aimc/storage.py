@@ -42,7 +42,7 @@ _STATE = ("g_target", "g_prog", "nu", "stuck")
 #: Plausibility bounds of a saved chip's physical values, far outside anything programming produces and inside
 #: what the simulation handles (numerical guards against crafted files, not physics): conductances up to this
 #: multiple of the device model's g_max (programming noise stays within a few uS of it), drift exponents up to
-#: this value (measured ones are < 0.2, SPEC §4), CCO gains up to this multiple of the nominal 35 MHz/uA (and
+#: this value (measured ones are < 0.2, docs/physics.md §3), CCO gains up to this multiple of the nominal 35 MHz/uA (and
 #: offsets up to this many GHz), drift-compensation reference readouts up to this value (they are ~1 at most).
 _G_LIMIT = 4.0
 _NU_LIMIT = 1.0

@@ -20,10 +20,10 @@ from aimc.compiler.mapping import MappedLayer, Op
 from aimc.digital.gdpu import TANH_LUT_RANGE
 
 #: INT8 full scale limit of LSTM gate pre-activations: sigmoid(x) = 1/2 + tanh(x/2)/2 reaches the end of the
-#: GDPU's tanh table (±TANH_LUT_RANGE, SPEC §2) at |x| = 2·TANH_LUT_RANGE, tanh itself at TANH_LUT_RANGE; larger
-#: values give the same GDPU output.
+#: GDPU's tanh table (±TANH_LUT_RANGE, docs/physics.md §9.3) at |x| = 2·TANH_LUT_RANGE, tanh itself at TANH_LUT_RANGE;
+#: larger values give the same GDPU output.
 GATE_RANGE_LIMIT = 2 * TANH_LUT_RANGE
-#: The LSTM's h is sent back as INT8 of full scale 1 (|h| < 1, SPEC §2 GDPU).
+#: The LSTM's h is sent back as INT8 of full scale 1 (|h| < 1, docs/physics.md §9.3).
 H_RANGE = 1.0
 #: Our choice: largest factor by which an LSTM input is scaled up to the PWM range of h.
 MAX_INPUT_SCALE = 16.0
@@ -65,7 +65,7 @@ def _value(values: dict[str, Any], ops_by_name: dict[str, Op], name: str) -> tor
 
 
 def _scale_lstm_input(layer: MappedLayer, x: torch.Tensor) -> None:
-    """Give the LSTM's input x the PWM range of h (SPEC §1: one 8-bit PWM range per core row block).
+    """Give the LSTM's input x the PWM range of h (docs/physics.md §5: one 8-bit PWM range per core row block).
 
     x (e.g. an off-chip embedding with entries of 0.1-0.3) and h (|h| < 1) share the rows of a core and so one PWM
     full scale; a small x would use a few of the 127 levels. The host multiplies x by ``input_scale`` =

@@ -1,10 +1,11 @@
-"""Graph capture and lowering: a PyTorch module -> analog layers + a list of ops (DESIGN.md "compile").
+"""Graph capture and lowering: a PyTorch module -> analog layers + a list of ops (docs/design.md "Whole networks").
 
 The module is traced with ``torch.fx``. Each node becomes one op; Conv2d, Linear and LSTM become analog layers
 (conv via im2col: K = in_channels·kh·kw rows, N = out_channels columns). A fusion pass then folds into each analog
-layer what its LDPU does after the MVM, in the LDPU's order (SPEC §1): per-channel affine (bias and a following
-batch norm), ReLU, one added input (residual), a second ReLU, INT8 output. Batch norm that follows an activation is
-folded into the next Linear layer where that is exact, and otherwise runs as its own per-channel affine pass.
+layer what its LDPU does after the MVM, in the LDPU's order (docs/physics.md §9.2): per-channel affine (bias and a
+following batch norm), ReLU, one added input (residual), a second ReLU, INT8 output. Batch norm that follows an
+activation is folded into the next Linear layer where that is exact, and otherwise runs as its own per-channel affine
+pass.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def _analog_from_module(name: str, mod: nn.Module, spec: ChipSpec) -> MappedLaye
 def gate_order(hidden: int, col_blocks: int) -> torch.Tensor:
     """Permutation of the 4H gate rows (PyTorch order i, f, g, o) so that each column block holds the i, f, g, o
     pre-activations of the same hidden units: a GDPU takes 4 x 64 gate inputs of 64 units from the core above it
-    (SPEC §2), so each block's outputs must be complete gate groups.
+    (docs/physics.md §9.3), so each block's outputs must be complete gate groups.
     """
     per_block = -(-hidden // col_blocks)
     order = []
@@ -310,8 +311,8 @@ def _lower_method(node: torch.fx.Node, ops: list[Op], alias: dict[str, str], src
 def fuse(captured: Captured) -> None:
     """Fold into each analog layer the LDPU work that follows it, in the LDPU's order; in place.
 
-    Pipeline per layer (SPEC §1): affine (bias + batch norm) -> ReLU -> add one input -> ReLU -> INT8. An op is
-    folded when it is the only consumer of the layer's current output. With more than one row block the add
+    Pipeline per layer (docs/physics.md §9.2): affine (bias + batch norm) -> ReLU -> add one input -> ReLU -> INT8. An
+    op is folded when it is the only consumer of the layer's current output. With more than one row block the add
     slot of the last core carries the partial sums; a residual can then still be folded if it comes before any
     ReLU (it is added at the head of the partial-sum chain, which is exact since everything before the ReLU is
     linear), otherwise it stays a separate LDPU pass.

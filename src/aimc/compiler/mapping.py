@@ -74,7 +74,8 @@ class MappedLayer:
         load: ``(r, c)`` largest normalised bit-line load of each core on the calibration data,
             max over inputs and outputs of sum_j (|w_ij| / w_max) (|x_j| / x_range) for either counter in one-phase
             mode; ``program`` turns it into a per-core G_max limit that keeps the bit-line current below the ADC
-            saturation (SPEC §1 "max conductance ... limited so every bit-line current stays below the ADC limit").
+            saturation (docs/physics.md §2.2: G_max is limited per core so that every bit-line current stays below the
+            ADC limit).
         relu, add, add_at_chain_head, relu2: the fused LDPU pipeline (affine -> relu -> add -> relu2 -> INT8).
     """
 
@@ -97,7 +98,7 @@ class MappedLayer:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(K inputs, N outputs): the layer matrix as SPEC §3 writes it (rows x columns)."""
+        """(K inputs, N outputs): the layer matrix as the chip paper writes it (rows x columns, docs/physics.md §11)."""
         return int(self.weight.shape[1]), int(self.weight.shape[0])
 
     def core_list(self) -> list[int]:

@@ -1,16 +1,16 @@
-"""Placement of layer blocks on cores so that partial sums travel over existing links (SPEC §2-3).
+"""Placement of layer blocks on cores so that partial sums travel over existing links (docs/physics.md §10).
 
 A layer of r x c blocks forms c column chains of r cores; the partial sums of a chain are added core by core
-along it, each core's LDPU adding the INT8 sum it receives (SPEC §1, §3). The placer walks the cores of each chip in
-a serpentine order (row 0 left to right, row 1 right to left, ...), in which consecutive cores are always linked,
-and gives each chain consecutive free cores, so a chain is a path of direct links. Two rules give the chip paper's
-placements without naming any network:
+along it, each core's LDPU adding the INT8 sum it receives (docs/physics.md §9.2, §10). The placer walks the cores of
+each chip in a serpentine order (row 0 left to right, row 1 right to left, ...), in which consecutive cores are always
+linked, and gives each chain consecutive free cores, so a chain is a path of direct links. Two rules give the chip
+paper's placements without naming any network:
 
 - a chain as long as a core row starts at the beginning of a free row (ResNet-9's conv5, conv6, conv7 each fill a
   row of 8);
 - an LSTM layer's column chains run down the grid columns and end on the row just above the GDPUs (the GDPU row
-  lies between core rows 4 and 5; SPEC §2-3), one chain per GDPU slice, so that the last core of each chain feeds
-  its GDPU (the PTB LSTM on rows 2-4, the captioning LSTM on rows 1-4).
+  lies between core rows 4 and 5; docs/physics.md §9.3), one chain per GDPU slice, so that the last core of each chain
+  feeds its GDPU (the PTB LSTM on rows 2-4, the captioning LSTM on rows 1-4).
 
 Dead cores (``avoid_cores``) hold no block and carry no traffic; a chain does not send its partial sums over a dead
 link (``avoid_links``): among the candidate chains in the order above, the first whose every step is a live direct
@@ -30,7 +30,8 @@ from aimc.spec import ChipSpec
 
 
 def gdpu_feed_row(spec: ChipSpec) -> int:
-    """Grid row (0-based) of the cores directly above the GDPU slices: row 4 of 8 in SPEC §2 counting from 1."""
+    """Grid row (0-based) of the cores directly above the GDPU slices: row 4 of 8 counting from 1 (docs/physics.md
+    §9.3)."""
     return spec.grid_rows // 2 - 1
 
 

@@ -1,4 +1,4 @@
-"""Splitting a layer matrix into equal sub-matrices of at most one crossbar each (SPEC §3).
+"""Splitting a layer matrix into equal sub-matrices of at most one crossbar each (docs/physics.md §10).
 
 A layer matrix of K inputs x N outputs is split into r = ceil(K / tile_rows) row blocks and c = ceil(N / tile_cols)
 column blocks of equal size (zero-padded to it): the chip paper splits ResNet-9's 2016 x 224 layers into

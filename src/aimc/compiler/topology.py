@@ -1,10 +1,10 @@
 """The on-chip network between cores: a documented approximation of the 5-parallel-prism (5PP) topology.
 
-SPEC §2: the chip's 64 cores sit in an 8 x 8 grid; each core talks to at most 6 neighbours over the 5PP network
-(Dazzi et al., IEEE Trans. Computers 2021); a link is 8 parallel 1-bit channels at up to 3.2 Gbit/s; routing
-tables are set before run time.
+Le Gallo et al. 2023 (docs/physics.md §10): the chip's 64 cores sit in an 8 x 8 grid; each core talks to at most 6
+neighbours over the 5PP network (Dazzi et al., IEEE Trans. Computers 2021); a link is 8 parallel 1-bit channels at up to
+3.2 Gbit/s; routing tables are set before run time.
 
-Approximation used here (the exact 5PP wiring of the fabricated chip is not published in SPEC.md): a triangular
+Approximation used here (the exact 5PP wiring of the fabricated chip is not published): a triangular
 lattice on the grid — each core links to its 4 grid neighbours and to its north-east and south-west diagonal
 neighbours. That gives every core at most 6 neighbours, as the 5PP does, and contains the paths the chip paper
 uses: horizontal chains along a core row (ResNet-9's conv5-7 each aggregate partial sums along a full row) and

@@ -1,4 +1,7 @@
-"""One analog core: PWM input, PCM crossbar with ODP/TDP device assignment, CCO ADCs, LDPU combination (SPEC §1)."""
+"""One analog core: PWM input, PCM crossbar with ODP/TDP device assignment, CCO ADCs, LDPU combination.
+
+The physics and its sources: docs/physics.md §2-§7.
+"""
 
 from aimc.core.adc import AdcState, calibrate, cco_counts, cco_counts_, sample_adc
 from aimc.core.analog import STRATEGIES, CoreReadout, ProgrammedCore, program_core

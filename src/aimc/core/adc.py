@@ -1,16 +1,18 @@
-"""The current-controlled-oscillator (CCO) ADC of a core and its digital affine correction (SPEC §1).
+"""The current-controlled-oscillator (CCO) ADC of a core and its digital affine correction (docs/physics.md §6).
 
 Each output has one CCO ADC with two counters, one for positive and one for negative bit-line current. A counter
 integrating a charge Q (fC) over a window of ``T`` ns at mean current i = Q/T (uA) counts
 
-    count = floor(T · f(i) · 1e-3),   f(i) = A·i / (1 + B·i) + C   [MHz],          (SPEC §1, "output ADC")
+    count = floor(T · f(i) · 1e-3),   f(i) = A·i / (1 + B·i) + C   [MHz],          (docs/physics.md §6)
 
 with i clipped at the saturation current (~100 uA) and the count at the counter's 12-bit range. The CCO gain A has a
-7% spread across ADCs (SPEC §1); B and C are assumptions (see :mod:`aimc.core.config`). Using the mean current of the
-window is this model's approximation of a CCO integrating the PWM staircase current (documented in docs/design.md).
+7% spread across ADCs (Le Gallo et al. 2023); B and C are assumptions (see :mod:`aimc.core.config`). Using the mean
+current of the window is this model's approximation of a CCO integrating the PWM staircase current (documented in
+docs/design.md).
 
-Calibration ("affine correction", SPEC §1): each counter's transfer is measured once at evenly spaced currents and a
-least-squares line count ≈ α·Q + β fitted; the LDPU then estimates Q = count/α − β/α with one FMA per counter.
+Calibration ("affine correction", docs/physics.md §6): each counter's transfer is measured once at evenly spaced
+currents and a least-squares line count ≈ α·Q + β fitted; the LDPU then estimates Q = count/α − β/α with one FMA per
+counter.
 """
 
 from __future__ import annotations

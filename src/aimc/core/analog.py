@@ -1,4 +1,4 @@
-"""One analog in-memory computing core (or a stack of cores simulated together): SPEC §1.
+"""One analog in-memory computing core (or a stack of cores simulated together), docs/physics.md §2-§7.
 
 A weight block W of at most ``tile_cols`` x ``tile_rows`` (outputs x inputs, the layout of ``torch.nn.Linear``) is
 stored as the conductances of 4 PCM devices per weight, G1+, G2+, G1-, G2- (8T4R cell, W ∝ (G1+ + G2+) - (G1- +
@@ -10,7 +10,7 @@ LDPU in FP16: per-counter affine correction, positive minus negative, scale.
 Every tensor of a :class:`ProgrammedCore` may carry leading *core* dimensions ``...``: a stack of equally shaped
 cores (e.g. all sub-matrices of one network layer) is programmed and run in one batched tensor operation.
 
-Read modes (SPEC §1): four-phase reads every device with the same voltage polarity in four PWM cycles
+Read modes (docs/physics.md §7): four-phase reads every device with the same voltage polarity in four PWM cycles
 (±input x ±weight); one-phase applies all four combinations in one cycle, so devices on rows with a negative input
 are read with the negative voltage and conduct G·(1 + a) (polarity asymmetry, an assumption of
 :mod:`aimc.core.config`), and the counters integrate twice the current in half the time (closer to saturation and
@@ -72,7 +72,7 @@ PART_MIN_ROWS = 128
 #: Kernels whose pos - neg product runs on the int8 planes of :func:`int8_planes`.
 INT8_PRODUCTS = ("int-mm", "onednn-int8")
 
-#: Device-assignment strategies of SPEC §1: one device per polarity (ODP) or two (TDP).
+#: Device-assignment strategies (docs/physics.md §2.3): one device per polarity (ODP) or two (TDP).
 STRATEGIES: tuple[str, ...] = ("odp", "tdp")
 
 
@@ -80,7 +80,7 @@ def _unit_layout(strategy: str, devices_per_unit: int) -> tuple[tuple[int, ...],
     """Polarity (+1/-1) of each modelled conductance unit, and whether the layout splits a pair into 2 devices.
 
     - ODP, one-device model: units G1+, G2+, G1-, G2-; device 1 of the weight's polarity is programmed, device 2 of
-      each polarity stays RESET (SPEC §1 "ODP vs TDP programming").
+      each polarity stays RESET (docs/physics.md §2.3).
     - TDP, one-device model: the same four devices, both of a polarity used (see :func:`_split_tdp`).
     - TDP, two-device model (HERMES ``hermes-2dev``, fitted on the pair): one unit per polarity, the pair as a whole.
     """
@@ -95,7 +95,7 @@ def _unit_layout(strategy: str, devices_per_unit: int) -> tuple[tuple[int, ...],
 
 
 def _split_tdp(target: torch.Tensor, g_device_max: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """TDP device assignment of a polarity target (SPEC §1): returns the targets of devices 1 and 2.
+    """TDP device assignment of a polarity target (docs/physics.md §2.3): returns the targets of devices 1 and 2.
 
     If the target exceeds what one device reaches at SET, one device is kept SET (at its maximum) and the other is
     iterated to the rest; otherwise one device is iterated to the target and the other RESET (0). All devices are
@@ -106,7 +106,7 @@ def _split_tdp(target: torch.Tensor, g_device_max: float) -> tuple[torch.Tensor,
 
 
 def polarity_g_max(model: DeviceModel, strategy: str) -> float:
-    """Largest conductance of one polarity (uS): one device for ODP, two for TDP (SPEC §1)."""
+    """Largest conductance of one polarity (uS): one device for ODP, two for TDP (docs/physics.md §2.3)."""
     _, split = _unit_layout(strategy, model.devices_per_unit)
     return model.g_max_uS * (2 if split else 1)
 
@@ -589,7 +589,7 @@ class CoreReadout:
 
         For y = (G + E)·x with independent E_ij ~ N(0, s_ij^2), y - G·x is exactly N(0, sum_j s_ij^2 x_j^2): one
         matmul of the squared inputs (PWM levels ``tau_aux``, in ``aux_dtype``) gives every row its own fresh noise
-        without a per-sample noise tensor (DESIGN.md, "Fast by construction").
+        without a per-sample noise tensor (docs/design.md "Simulation numerics").
         """
         if self.fresh_var is None or gen is None:
             return
@@ -712,7 +712,7 @@ class ProgrammedCore:
 
         Draws this run's quasi-static part of the 1/f read noise (:mod:`aimc.core.readnoise`) and, with
         ``drift_compensation``, reads the calibration input once to set the global drift compensation factor
-        (SPEC §4 "Drift compensation").
+        (docs/physics.md §4.1).
 
         ``backend`` (:class:`aimc.kernels.Backend`) fixes the kernels of the MVM's hot operations; those it leaves
         open are chosen by measurement on this machine (:mod:`aimc.kernels`). They change the numbers slightly
@@ -778,7 +778,8 @@ class ProgrammedCore:
         return y.abs().mean(dim=(-2, -1)).clamp_min(1e-30)
 
     def _gdc_factor(self, readout: CoreReadout, mode: str, generator: torch.Generator) -> torch.Tensor:
-        """Global drift compensation (Joshi et al. 2020; SPEC §4): reference readout / readout now, per core."""
+        """Global drift compensation (Joshi et al. 2020; docs/physics.md §4.1): reference readout / readout now, per
+        core."""
         if mode not in self.gdc_reference:
             raise ValidationError(f"this core has no drift-compensation reference for mode {mode!r}")
         now = self._gdc_readout(readout, generator)
@@ -797,7 +798,7 @@ class ProgrammedCore:
         out_scale: torch.Tensor,
         output_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        """LDPU in FP16 (SPEC §1): counts -> FP16, per-counter affine correction (2 FMAs), subtract, scale.
+        """LDPU in FP16 (docs/physics.md §9.2): counts -> FP16, per-counter affine correction (2 FMAs), subtract, scale.
 
         Computed in ``torch.float16`` so that every operation rounds as the LDPU's FP16 units do.
 
@@ -855,7 +856,7 @@ def readout_kernels(backend: kernels.Backend, device_type: str) -> dict[str, str
 
 
 def check_read_voltage(config: CoreConfig, spec: ChipSpec) -> None:
-    """Refuse a ``config.read_voltage_V`` outside the chip's read voltages (SPEC §1: 0.1-0.4 V)."""
+    """Refuse a ``config.read_voltage_V`` outside the chip's read voltages (docs/physics.md §5: 0.1-0.4 V)."""
     v = config.read_voltage_V
     if not spec.read_voltage_min_V <= v <= spec.read_voltage_max_V:
         raise ValidationError(
@@ -883,7 +884,7 @@ def program_core(
         weights: ``(..., m, n)`` with m <= ``spec.tile_cols`` outputs and n <= ``spec.tile_rows`` inputs; finite;
             any floating-point dtype (programmed in float32).
         device: a :class:`~aimc.devices.DeviceModel` or a preset name (``aimc.devices.available()``).
-        strategy: ``"odp"`` (one device per polarity) or ``"tdp"`` (two), SPEC §1.
+        strategy: ``"odp"`` (one device per polarity) or ``"tdp"`` (two), docs/physics.md §2.3.
         seed: int or ``torch.Generator``; the only source of programming randomness (device errors, drift
             exponents, ADC spread, asymmetry, the drift-compensation reference read).
         spec, config: the chip (default ``ChipSpec.hermes()``) and unpublished core parameters.
@@ -912,7 +913,7 @@ def program_core(
     check_choice(strategy, "strategy", STRATEGIES)
     check_read_voltage(config, spec)
     check_finite_tensor(weights, "weights")
-    weights = weights.float()  # the core's state and hot path are float32 (DESIGN.md "Fast by construction")
+    weights = weights.float()  # the core's state and hot path are float32 (docs/design.md)
     if weights.dim() < 2:
         raise ValidationError(f"weights must have shape (..., outputs, inputs); got {tuple(weights.shape)}")
     m, n = weights.shape[-2:]

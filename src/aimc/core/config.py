@@ -1,9 +1,10 @@
 """Parameters of the analog core that no paper publishes: each one a named, documented assumption.
 
-SPEC.md gives the structure of these effects (CCO transfer f = A·i/(1+B·i) + C, a read voltage in 0.1-0.4 V, a
-PCM current-voltage polarity asymmetry that makes one-phase reads less accurate, 1/f read noise); it does not give
-these values. They are collected here, each with its default as a module constant, so that a user can vary them
-(``dataclasses.replace(CoreConfig(), read_voltage_V=0.2)``) and a reader sees every assumption in one place.
+The chip papers give the structure of these effects (docs/physics.md §5-§7: CCO transfer f = A·i/(1+B·i) + C, a read
+voltage in 0.1-0.4 V, a PCM current-voltage polarity asymmetry that makes one-phase reads less accurate, 1/f read
+noise); they do not give these values. They are collected here, each with its default as a module constant, so that a
+user can vary them (``dataclasses.replace(CoreConfig(), read_voltage_V=0.2)``) and a reader sees every assumption in one
+place.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from dataclasses import dataclass
 from aimc._validation import check_choice, check_number
 from aimc.errors import ValidationError
 
-#: Assumption: read voltage (V). SPEC §1 gives 0.1-0.4 V and no value for the experiments. At 0.1 V ResNet-9's cores
-#: carry at most 3-14 uA (ODP; 13-60 counts), and the converters alone then cost ODP 2.2 points, more than the chip
-#: paper's whole ODP loss (1.44): in this model the chip could not have reached its ODP result at 0.1 V. At 0.2 V
-#: they cost ODP what they cost TDP (docs/validation.md). Where a core's currents would exceed the ADC range, its
-#: G_max is lowered instead (``aimc.chip.limited_w_max``; at 0.2 V so it is for TDP in the chip paper's MVM test and
-#: in the char-LSTM, not in ResNet-9).
+#: Assumption: read voltage (V). The chip paper gives 0.1-0.4 V (docs/physics.md §5) and no value for the experiments.
+#: At 0.1 V ResNet-9's cores carry at most 3-14 uA (ODP; 13-60 counts), and the converters alone then cost ODP 2.2
+#: points, more than the chip paper's whole ODP loss (1.44): in this model the chip could not have reached its ODP
+#: result at 0.1 V. At 0.2 V they cost ODP what they cost TDP (docs/validation.md). Where a core's currents would exceed
+#: the ADC range, its G_max is lowered instead (``aimc.chip.limited_w_max``; at 0.2 V so it is for TDP in the chip
+#: paper's MVM test and in the char-LSTM, not in ResNet-9).
 READ_VOLTAGE_V = 0.2
 
-#: Assumption: CCO non-linearity B (1/uA) in f = A·i/(1+B·i) + C (SPEC §1 "mild non-linearity"): 5% gain
-#: compression at the 100 uA saturation current.
+#: Assumption: CCO non-linearity B (1/uA) in f = A·i/(1+B·i) + C (the chip paper's "mild non-linearity", docs/physics.md
+#: §6): 5% gain compression at the 100 uA saturation current.
 CCO_NONLINEARITY_PER_UA = 5.0e-4
 
 #: Assumption: CCO free-running frequency C (MHz) and its spread across counters; removed by the affine correction.
@@ -31,7 +32,7 @@ CCO_OFFSET_MHZ = 20.0
 CCO_OFFSET_SPREAD_MHZ = 5.0
 
 #: Assumption: currents (evenly spaced over [0, saturation]) used to measure each ADC's gain/offset once
-#: ("affine correction", SPEC §1); a least-squares line through them is the correction the LDPU applies.
+#: ("affine correction", docs/physics.md §6); a least-squares line through them is the correction the LDPU applies.
 CALIBRATION_POINTS = 16
 
 #: Assumption: the calibration currents span [0, this fraction x saturation] wherever a core's operating range is
@@ -42,7 +43,7 @@ CALIBRATION_MAX_FRACTION = 1.0
 #: Assumption: how ``aimc.program`` chooses each core's calibration range. ``"operating"``: [0, the largest bit-line
 #: current the compiler measured on that core with its calibration inputs] — the affine correction is fitted where
 #: the core works (ResNet-9's cores peak at 6-27 uA of the 100 uA range); ``"full"``: [0, CALIBRATION_MAX_FRACTION x
-#: saturation] on every core. SPEC §1 says only that gain/offset are "measured once and corrected digitally".
+#: saturation] on every core. The chip paper says only that gain/offset are "measured once and corrected digitally".
 ADC_CALIBRATION = "operating"
 ADC_CALIBRATIONS = ("operating", "full")
 
@@ -51,7 +52,7 @@ ADC_CALIBRATIONS = ("operating", "full")
 CALIBRATION_MIN_FRACTION = 0.05
 
 #: Assumption: PCM current-voltage polarity asymmetry: in one-phase mode a device read with the negative voltage
-#: conducts G·(1 + a), a ~ N(mean, std) per device (SPEC §1 "read modes"; not quantified in the papers).
+#: conducts G·(1 + a), a ~ N(mean, std) per device (docs/physics.md §7; not quantified in the papers).
 POLARITY_ASYMMETRY_MEAN = 0.05
 POLARITY_ASYMMETRY_STD = 0.05
 
@@ -130,7 +131,7 @@ class CoreConfig:
         """A core whose ADC is linear, offset-free and identical across outputs, with no polarity asymmetry.
 
         What remains is the quantisation of the PWM input and of the ADC counts (and FP16 in the LDPU): the
-        noise-free limit of SPEC §1's core.
+        noise-free limit of the chip's core (docs/physics.md §3.5).
         """
         return cls(
             cco_nonlinearity_per_uA=0.0,

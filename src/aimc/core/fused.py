@@ -1,10 +1,10 @@
 """The converter and LDPU arithmetic of a core's MVM as one fused pass (simulation numerics, not physics).
 
 After its products, an MVM of the fast path (:mod:`aimc.core.analog`) does about thirty element-wise steps per
-output: fresh read noise, the two counters' charges, the CCO transfer with its clipping and flooring (SPEC §1
-"output ADC"), and the LDPU's FP16 affine correction, subtraction and scaling (SPEC §1 "LDPU"). As separate PyTorch
-operations each step is a pass over memory, and together they cost several times the matmul. This module does all
-of them in one pass, compiled by numba (no C compiler needed), with the same float32 operations in the same order
+output: fresh read noise, the two counters' charges, the CCO transfer with its clipping and flooring
+(docs/physics.md §6), and the LDPU's FP16 affine correction, subtraction and scaling (docs/physics.md §9.2). As separate
+PyTorch operations each step is a pass over memory, and together they cost several times the matmul. This module does
+all of them in one pass, compiled by numba (no C compiler needed), with the same float32 operations in the same order
 and FP16 rounding (round to nearest even, subnormals and overflow included) done on the bits, so that its results
 equal the PyTorch path's; ``tests/test_fused.py`` checks that.
 

@@ -5,7 +5,7 @@ pos - neg product on int8 planes, |tau| for the pos + neg product and tau^2 for 
 two in the auxiliary dtype (bfloat16 on CPUs that multiply it natively). As PyTorch operations (quantise, convert,
 absolute value, square, and the copies that gather each core's block of rows) these are about ten passes over the
 input. :func:`prepare_four_phase` makes all three in one compiled pass (numba) straight from the input as the caller
-has it: values to quantise (SPEC §1 "input": round half to even, clip at full scale, as
+has it: values to quantise (docs/physics.md §5: round half to even, clip at full scale, as
 :func:`aimc.core.pwm.quantize_input` does), or PWM levels already, e.g. an im2col matrix viewed as (images,
 positions, K) without transposing it first. The results equal the PyTorch operations' bit for bit (bfloat16 values
 rounded to nearest even); ``tests/test_fused.py`` checks that.

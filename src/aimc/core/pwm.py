@@ -1,4 +1,4 @@
-"""PWM input encoding of one core (SPEC §1 "input").
+"""PWM input encoding of one core (docs/physics.md §5).
 
 An input is sign + (pwm_bits-1)-bit magnitude; the magnitude sets the pulse duration at ``pwm_ns_per_lsb`` per LSB
 (1 ns, so at most 127 ns inside the 128 ns integration window of the 8-bit chip) and the sign selects which

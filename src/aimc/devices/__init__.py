@@ -1,9 +1,10 @@
 """PCM device models: the protocol, the published presets, program-and-verify, a registry and a conformance suite.
 
 - :class:`DeviceModel` / :class:`DeviceState`: the protocol (``base.py``).
-- :class:`StatisticalDeviceModel`: sampling from four statistics plus the SPEC §4 time evolution.
-- :class:`StandardPCM` (``"standard"``, SPEC §4a), :class:`HermesPCM` (``"hermes-1dev"``/``"hermes-2dev"``,
-  SPEC §4b), :class:`IdealDevice` (``"ideal"``, noise-free), :class:`ProgramVerify` (``"<name>+verify"``, SPEC §1).
+- :class:`StatisticalDeviceModel`: sampling from four statistics plus the time evolution of docs/physics.md §3.3.
+- :class:`StandardPCM` (``"standard"``, docs/physics.md §3.1), :class:`HermesPCM` (``"hermes-1dev"``/``"hermes-2dev"``,
+  docs/physics.md §3.2), :class:`IdealDevice` (``"ideal"``, noise-free), :class:`ProgramVerify` (``"<name>+verify"``,
+  docs/physics.md §2.4).
 - :func:`get`, :func:`available`, :func:`register`: models by name.
 - :func:`check_device_model`: the conformance suite every model must pass.
 """

@@ -13,8 +13,8 @@ The contract (checked by :func:`aimc.devices.check_device_model`):
 - the statistics ``prog_std(g)``, ``drift_nu_mean(g)``, ``drift_nu_std(g)``, ``read_noise_qs(g)`` of a normalised
   target ``g = g_target / g_max`` so that a conformance suite can compare samples with the model's own equations.
 
-:class:`StatisticalDeviceModel` implements the sampling once from those four statistics and the SPEC §4 time
-evolution; presets only supply their equations.
+:class:`StatisticalDeviceModel` implements the sampling once from those four statistics and the docs/physics.md §3.3
+time evolution; presets only supply their equations.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ class DeviceModel(ABC):
         """Std (uS) of one read's 1/f noise at ``t_seconds`` after programming."""
 
     def conductance(self, state: DeviceState, t_seconds: float, generator: SeedLike = None) -> torch.Tensor:
-        """One read of every device at ``t_seconds``: drift plus a fresh read-noise draw, clamped >= 0 (SPEC §4a)."""
+        """One read of every device at ``t_seconds``: drift plus a fresh read-noise draw, clamped >= 0 (docs/physics.md
+        §3.3)."""
         gen = make_generator(generator, "generator")
         g = self.drift(state, t_seconds)
         sigma = self.read_noise_std(state, t_seconds)
@@ -146,7 +147,7 @@ class DeviceModel(ABC):
 
 
 def folded_normal_mean(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """E|X| for X ~ N(mu, sigma^2): the mean of nu = |mu + sigma*N| (SPEC §4a)."""
+    """E|X| for X ~ N(mu, sigma^2): the mean of nu = |mu + sigma*N| (docs/physics.md §3.3)."""
     sigma = sigma.clamp_min(1e-30)
     z = mu / sigma
     return sigma * math.sqrt(2.0 / math.pi) * torch.exp(-0.5 * z * z) + mu * torch.erf(z / math.sqrt(2.0))

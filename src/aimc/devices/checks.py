@@ -19,10 +19,10 @@ Checks, in order:
   ``prog_mean`` (sample mean vs target, to ``rtol * prog_std``), ``nu_mean`` and ``nu_std`` (vs the folded normal
   of ``drift_nu_mean``/``drift_nu_std``), ``read_noise`` (std of ``(read - drift) / read_noise_std`` at 1 h vs 1,
   the generic form) and, for models with a ``read_noise_time_factor`` (statistical models), ``read_noise_qs``
-  (relative std of ``(read - drift) / drift`` over the SPEC §4a time factor vs ``read_noise_qs``).
+  (relative std of ``(read - drift) / drift`` over the time factor of docs/physics.md §3.3 vs ``read_noise_qs``).
 
-Both clamps at 0 (programming and reading, SPEC §4a) are accounted for exactly: expected figures are those of the
-censored normal ``max(mu + sigma N, 0)``, so levels close to 0 are tested correctly too.
+Both clamps at 0 (programming and reading, docs/physics.md §3.3) are accounted for exactly: expected figures are those
+of the censored normal ``max(mu + sigma N, 0)``, so levels close to 0 are tested correctly too.
 
 A model whose ``prog_std`` is not meant to describe its programming error (e.g. program-and-verify) sets the class
 attribute ``prog_std_is_exact = False``; ``prog_std`` and ``prog_mean`` are then measured and reported but not
@@ -69,7 +69,8 @@ def _censored_moments(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def censored_normal_mean_std(mu: float, sigma: float) -> tuple[float, float]:
-    """Mean and std of ``max(mu + sigma N, 0)``: the statistics of a clamped-at-zero Gaussian draw (SPEC §4a)."""
+    """Mean and std of ``max(mu + sigma N, 0)``: the statistics of a clamped-at-zero Gaussian draw (docs/physics.md
+    §3.3)."""
     if sigma <= 0:
         return max(mu, 0.0), 0.0
     m1, m2 = _censored_moments(torch.tensor(-mu / sigma, dtype=torch.float64))
@@ -115,7 +116,7 @@ def _states_equal(a: DeviceState, b: DeviceState) -> bool:
 
 
 def _time_factor(model: DeviceModel, t_seconds: float) -> float | None:
-    """The SPEC §4a 1/f time factor if the model exposes one (statistical models), else None."""
+    """The 1/f time factor (docs/physics.md §3.3) if the model exposes one (statistical models), else None."""
     fn = getattr(model, "read_noise_time_factor", None)
     if fn is None:
         return None
@@ -290,7 +291,7 @@ def check_device_model(
         g_one = torch.tensor([level], dtype=dt)
         row: dict[str, float | None] = {"g": level, "target_uS": target_uS, "n_used": float(ok.sum())}
 
-        # programming error (SPEC §4a: g_prog = max(g_T + sigma_prog N, 0))
+        # programming error (docs/physics.md §3.3: g_prog = max(g_T + sigma_prog N, 0))
         sigma = float(model.prog_std(g_one)[0])
         exp_mean, exp_std = censored_normal_mean_std(target_uS, sigma)
         g_prog = state.g_prog[ok]
@@ -320,7 +321,7 @@ def check_device_model(
                         f"{exp_mean:.6g} uS (tolerance rtol * prog_std = {rtol * sigma:.3g} uS)",
                     )
 
-        # drift exponent (SPEC §4a: nu = |mu_nu + sigma_nu N|)
+        # drift exponent (docs/physics.md §3.3: nu = |mu_nu + sigma_nu N|)
         mu_nu, sd_nu = float(model.drift_nu_mean(g_one)[0]), float(model.drift_nu_std(g_one)[0])
         nu = state.nu[ok]
         exp_nu_mean = float(folded_normal_mean(torch.tensor(mu_nu, dtype=dt), torch.tensor(sd_nu, dtype=dt)))
@@ -344,7 +345,7 @@ def check_device_model(
                 f"(rtol {rtol:g})",
             )
 
-        # read noise at 1 h (SPEC §4a: g(t) = max(g_drift + |g_drift| sigma_read N, 0))
+        # read noise at 1 h (docs/physics.md §3.3: g(t) = max(g_drift + |g_drift| sigma_read N, 0))
         read = model.conductance(state, READ_CHECK_TIME_S, seed + 100 + i)[ok]
         drift = model.drift(state, READ_CHECK_TIME_S)[ok]
         s = model.read_noise_std(state, READ_CHECK_TIME_S)[ok]
@@ -369,7 +370,7 @@ def check_device_model(
         else:
             row["read_std_ratio"] = None
 
-        # Q_s (SPEC §4a: sigma_read = Q_s sqrt(ln((t + t_read) / (2 t_read))), relative to g_drift)
+        # Q_s (docs/physics.md §3.3: sigma_read = Q_s sqrt(ln((t + t_read) / (2 t_read))), relative to g_drift)
         factor = _time_factor(model, READ_CHECK_TIME_S)
         qs = float(model.read_noise_qs(g_one)[0])
         row["qs_expected"] = qs

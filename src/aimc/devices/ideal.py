@@ -19,7 +19,7 @@ class IdealDevice(DeviceModel):
     """Perfect devices: ``g_prog = g_target``, ``nu = 0``, no read noise, no stuck cells.
 
     Args:
-        g_max_uS: conductance of g = 1 (uS); default ``ChipSpec.hermes().g_max_1dev_uS`` (SPEC §1).
+        g_max_uS: conductance of g = 1 (uS); default ``ChipSpec.hermes().g_max_1dev_uS`` (docs/physics.md §2.2).
 
     Shape:
         Every output has the target's shape ``(*)``.

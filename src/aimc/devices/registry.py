@@ -1,8 +1,8 @@
 """Device models by name: the built-in presets, their program-and-verify variants, and user models.
 
-Names: ``"standard"`` (SPEC §4a), ``"hermes-1dev"`` and ``"hermes-2dev"`` (SPEC §4b), ``"ideal"`` (noise-free), any
-name registered with :func:`register`, and any of these with the suffix ``"+verify"``, which wraps the model in
-:class:`~aimc.devices.verify.ProgramVerify` (SPEC §1 "programming").
+Names: ``"standard"`` (docs/physics.md §3.1), ``"hermes-1dev"`` and ``"hermes-2dev"`` (docs/physics.md §3.2),
+``"ideal"`` (noise-free), any name registered with :func:`register`, and any of these with the suffix ``"+verify"``,
+which wraps the model in :class:`~aimc.devices.verify.ProgramVerify` (docs/physics.md §2.4).
 
 Examples:
     >>> from aimc.devices import get

@@ -1,7 +1,7 @@
-"""Sampling PCM devices from four statistics, and their SPEC §4 time evolution.
+"""Sampling PCM devices from four statistics, and their time evolution (docs/physics.md §3.3).
 
-A :class:`StatisticalDeviceModel` draws, per device and once at programming (SPEC §4a, Nandakumar et al., ICECS
-2019; Rasch et al., Nat. Commun. 14:5282, 2023, Eqs. 7-13):
+A :class:`StatisticalDeviceModel` draws, per device and once at programming (docs/physics.md §3.3; Nandakumar et al.,
+ICECS 2019; Rasch et al., Nat. Commun. 14:5282, 2023, Eqs. 7-13):
 
 - the programmed conductance ``g_prog = max(g_T + sigma_prog(g) * N, 0)``,
 - the drift exponent ``nu = |mu_nu(g) + sigma_nu(g) * N|``,
@@ -10,9 +10,9 @@ A :class:`StatisticalDeviceModel` draws, per device and once at programming (SPE
 
 where ``g = g_T / g_max`` is the normalised target. After programming, the conductance drifts as
 ``g_drift(t) = g_prog * (t_eff / t0) ** (-nu)`` and every read adds 1/f noise of std
-``|g_drift| * Q_s(g) * sqrt(ln((t_eff + t_read) / (2 t_read)))`` (SPEC §4a). The two published models differ in the
-time axis: the "standard" model reads ``t_eff = t`` and does not drift before ``t0``; the HERMES fit counts time
-from the end of programming, ``t_eff = t + t0`` (SPEC §4b, aihwkit ``HermesNoiseModel``).
+``|g_drift| * Q_s(g) * sqrt(ln((t_eff + t_read) / (2 t_read)))`` (docs/physics.md §3.3). The two published models differ
+in the time axis: the "standard" model reads ``t_eff = t`` and does not drift before ``t0``; the HERMES fit counts time
+from the end of programming, ``t_eff = t + t0`` (docs/physics.md §3.2, aihwkit ``HermesNoiseModel``).
 
 Subclasses supply only the four statistics ``prog_std``, ``drift_nu_mean``, ``drift_nu_std`` and ``read_noise_qs``.
 """
@@ -29,7 +29,7 @@ from aimc.devices.base import DeviceModel, DeviceState, check_time
 from aimc.errors import ArgumentTypeError
 
 #: Of the stuck (non-programmable) devices, the fraction stuck at SET (``g_max``); the rest are stuck at RESET
-#: (0 uS). Assumption: no paper gives this split (the chip paper only reports the yield, SPEC §1 "yield"), so we
+#: (0 uS). Assumption: no paper gives this split (the chip paper only reports the yield, docs/physics.md §2.5), so we
 #: take the two failure modes as equally likely.
 DEFAULT_STUCK_SET_FRACTION = 0.5
 
@@ -44,15 +44,16 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class StatisticalDeviceModel(DeviceModel):
-    """A PCM model defined by four statistics of the normalised target, with the SPEC §4 time evolution.
+    """A PCM model defined by four statistics of the normalised target, with the time evolution of docs/physics.md §3.3.
 
     Args:
         g_max_uS: conductance (uS) that a normalised target ``g = 1`` stands for.
         t0_s: drift reference time ``t0`` (s).
         t_read_s: read duration ``t_read`` of the 1/f noise fit (s).
-        time_offset: if True (HERMES, SPEC §4b) the model time is ``t_eff = t + t0``; if False (standard model,
-            SPEC §4a) ``t_eff = t`` and there is no drift for ``t < t0``.
-        yield_fraction: probability that a device is programmable, in (0, 1]. The chip reaches > 99% (SPEC §1).
+        time_offset: if True (HERMES, docs/physics.md §3.2) the model time is ``t_eff = t + t0``; if False
+            (standard model, docs/physics.md §3.1) ``t_eff = t`` and there is no drift for ``t < t0``.
+        yield_fraction: probability that a device is programmable, in (0, 1]. The chip reaches > 99%
+            (docs/physics.md §2.5).
         stuck_set_fraction: of the stuck devices, the fraction stuck at SET (``g_max``), in [0, 1]; the rest are
             stuck at RESET (0 uS). Default :data:`DEFAULT_STUCK_SET_FRACTION` (an assumption).
 
@@ -85,14 +86,15 @@ class StatisticalDeviceModel(DeviceModel):
         )
         self.stuck_set_fraction = float(check_number(stuck_set_fraction, "stuck_set_fraction", low=0.0, high=1.0))
 
-    # ------------------------------------------------------------------ time axis (SPEC §4a/b)
+    # ------------------------------------------------------------------ time axis (docs/physics.md §3)
     def effective_time(self, t_seconds: float) -> float:
-        """Model time ``t_eff`` (s): ``t + t0`` with ``time_offset`` (SPEC §4b), else ``t`` (SPEC §4a)."""
+        """Model time ``t_eff`` (s): ``t + t0`` with ``time_offset`` (docs/physics.md §3.2), else ``t`` (§3.1)."""
         t = check_time(t_seconds)
         return t + self.t0_s if self.time_offset else t
 
     def one_over_f_factor(self, elapsed_s: float) -> float:
-        """``sqrt(max(ln((elapsed + t_read) / (2 t_read)), 0))``: the time factor of the 1/f noise (SPEC §4a).
+        """``sqrt(max(ln((elapsed + t_read) / (2 t_read)), 0))``: the time factor of the 1/f noise (docs/physics.md
+        §3.3).
 
         ``elapsed_s`` is a model time (already offset, if the model offsets time). The ``max(., 0)`` keeps reads
         within ``t_read`` of programming noise-free instead of taking the square root of a negative number.
@@ -133,11 +135,11 @@ class StatisticalDeviceModel(DeviceModel):
         with torch.no_grad():
             g_t = target.to(wd)
             g = g_t / self.g_max_uS
-            # SPEC §4a: g_prog = g_T + sigma_prog * N, clamped >= 0
+            # docs/physics.md §3.3: g_prog = g_T + sigma_prog * N, clamped >= 0
             g_prog = (g_t + self.prog_std(g) * n_prog).clamp_min(0.0)
-            # SPEC §4a: nu = |mu_nu + sigma_nu * N|, drawn once per device at programming
+            # docs/physics.md §3.3: nu = |mu_nu + sigma_nu * N|, drawn once per device at programming
             nu = (self.drift_nu_mean(g) + self.drift_nu_std(g) * n_nu).abs()
-            # SPEC §1 "yield": a device is programmable with probability yield_fraction
+            # docs/physics.md §2.5: a device is programmable with probability yield_fraction
             stuck = u_yield > self.yield_fraction
             stuck_value = torch.where(
                 u_stuck < self.stuck_set_fraction, torch.full_like(g_prog, self.g_max_uS), torch.zeros_like(g_prog)
@@ -153,7 +155,7 @@ class StatisticalDeviceModel(DeviceModel):
 
     # ------------------------------------------------------------------ time evolution
     def drift(self, state: DeviceState, t_seconds: float) -> torch.Tensor:
-        """Noise-free conductance (uS) at ``t_seconds`` after programming, shape ``(*)`` (SPEC §4a).
+        """Noise-free conductance (uS) at ``t_seconds`` after programming, shape ``(*)`` (docs/physics.md §3.3).
 
         ``g_drift = g_prog * (t_eff / t0) ** (-nu)`` for ``t_eff >= t0``, ``g_prog`` before; never above ``g_prog``
         because ``nu >= 0``.
@@ -164,7 +166,7 @@ class StatisticalDeviceModel(DeviceModel):
         return state.g_prog * torch.exp(-state.nu * math.log(t_eff / self.t0_s))
 
     def read_noise_std(self, state: DeviceState, t_seconds: float) -> torch.Tensor:
-        """Std (uS) of one read's 1/f noise, shape ``(*)`` (SPEC §4a).
+        """Std (uS) of one read's 1/f noise, shape ``(*)`` (docs/physics.md §3.3).
 
         ``sigma = |g_drift| * Q_s(g_T / g_max) * sqrt(max(ln((t_eff + t_read) / (2 t_read)), 0))``.
         """

@@ -1,9 +1,9 @@
-"""Closed-loop iterative program-and-verify around a statistical device model (SPEC §1 "programming").
+"""Closed-loop iterative program-and-verify around a statistical device model (docs/physics.md §2.4).
 
 The chip programs each weight by RESETting its devices, SETting the device(s) of the weight's polarity, then
 iterating on one device with a current proportional to the error, until the error is below 5 ADC counts or 30
-iterations have passed (SPEC §1). :class:`ProgramVerify` simulates that loop for every modelled conductance at
-once (vectorised over devices; the Python loop runs over iterations only, and converged devices are masked):
+iterations have passed (docs/physics.md §2.4). :class:`ProgramVerify` simulates that loop for every modelled conductance
+at once (vectorised over devices; the Python loop runs over iterations only, and converged devices are masked):
 
 1. RESET: ``g = 0``. Targets of 0 uS stay there.
 2. SET: ``g = g_set``, the device's SET conductance, drawn per device as
@@ -30,16 +30,17 @@ from aimc.errors import ArgumentTypeError, ValidationError
 from aimc.spec import ChipSpec
 
 #: Mean SET conductance of a device, as a multiple of g_max. Assumption: the chip paper gives no value; it only says
-#: g_max is chosen so that programmed weights stay reachable (SPEC §1 "max conductance"), so SET lies a little above.
+#: g_max is chosen so that programmed weights stay reachable (docs/physics.md §2.2), so SET lies a little above.
 SET_CONDUCTANCE_RATIO = 1.1
 #: Relative device-to-device spread (std) of the SET conductance. Assumption: no paper gives a value.
 SET_CONDUCTANCE_SPREAD = 0.05
-#: Delay (s) between a programming pulse and its verify read, which sets the verify read's 1/f noise (SPEC §4a
-#: time factor). Assumption: the chip paper gives no value; a read follows its pulse within about a microsecond.
+#: Delay (s) between a programming pulse and its verify read, which sets the verify read's 1/f noise (docs/physics.md
+#: §3.3 time factor). Assumption: the chip paper gives no value; a read follows its pulse within about a microsecond.
 VERIFY_READ_DELAY_S = 1e-6
-#: Fraction of the measured error that one pulse corrects ("current proportional to error", SPEC §1). Assumption:
-#: no paper gives the loop gain. With 1 each pulse aims at the target, which leaves the final error unbiased; a gain
-#: below 1 approaches from the SET side and stops near +tolerance (gain 0.8: mean error +0.18 uS on hermes-1dev).
+#: Fraction of the measured error that one pulse corrects ("current proportional to error", docs/physics.md §2.4).
+#: Assumption: no paper gives the loop gain. With 1 each pulse aims at the target, which leaves the final error
+#: unbiased; a gain below 1 approaches from the SET side and stops near +tolerance (gain 0.8: mean error +0.18 uS on
+#: hermes-1dev).
 PV_GAIN = 1.0
 #: Write noise of one pulse, relative to the intended conductance step. Assumption: no paper gives a value.
 PV_WRITE_NOISE_REL = 0.2
@@ -48,13 +49,13 @@ PV_WRITE_NOISE_ABS_uS = 0.05
 
 
 class ProgramVerify(DeviceModel):
-    """Iterative program-and-verify (SPEC §1) around a base device model.
+    """Iterative program-and-verify (docs/physics.md §2.4) around a base device model.
 
     Args:
         base: the device model whose drift exponents, stuck cells (``yield_fraction``, ``stuck_set_fraction``),
             drift and read noise are used; ``name`` becomes ``f"{base.name}+verify"``.
         tolerance_uS: stop when the verify-read error is below this (uS). Default
-            ``spec.pv_tolerance_counts * spec.conductance_per_count_uS`` (5 ADC counts, SPEC §1).
+            ``spec.pv_tolerance_counts * spec.conductance_per_count_uS`` (5 ADC counts, docs/physics.md §2.4).
         max_iterations: at most this many verify/pulse iterations; default ``spec.pv_max_iterations`` (30).
         spec: the chip whose programming figures give the defaults; ``ChipSpec.hermes()`` if None.
         set_conductance_ratio, set_conductance_spread, verify_read_delay_s, gain, write_noise_rel,
@@ -149,7 +150,7 @@ class ProgramVerify(DeviceModel):
     def verify_read_std(self, g_uS: torch.Tensor, g_target_uS: torch.Tensor) -> torch.Tensor:
         """Std (uS) of a verify read of devices at conductance ``g_uS`` aiming at ``g_target_uS`` (same shape).
 
-        For a :class:`StatisticalDeviceModel` base it is the SPEC §4a 1/f noise ``|g| Q_s(g_T/g_max) *
+        For a :class:`StatisticalDeviceModel` base it is the 1/f noise of docs/physics.md §3.3, ``|g| Q_s(g_T/g_max) *
         sqrt(ln((d + t_read) / (2 t_read)))`` at the physical delay ``d = verify_read_delay_s`` after the pulse,
         without the HERMES time offset (which counts from the end of programming the whole array). For any other
         base it is ``base.read_noise_std`` of a drift-free state at ``verify_read_delay_s``.
@@ -197,15 +198,15 @@ class ProgramVerify(DeviceModel):
             g_set = (
                 self.g_max_uS * self.set_conductance_ratio * (1.0 + self.set_conductance_spread * n_set)
             ).clamp_min(0.0)
-            # drift exponent from the base statistics (SPEC §4a): nu = |mu_nu + sigma_nu * N|
+            # drift exponent from the base statistics (docs/physics.md §3.3): nu = |mu_nu + sigma_nu * N|
             nu = (self.base.drift_nu_mean(g_norm) + self.base.drift_nu_std(g_norm) * n_nu).abs()
-            # stuck cells as in the base model (SPEC §1 "yield")
+            # stuck cells as in the base model (docs/physics.md §2.5)
             stuck = u_yield > self.yield_fraction
             stuck_value = torch.where(
                 u_stuck < self.stuck_set_fraction, torch.full_like(g_t, self.g_max_uS), torch.zeros_like(g_t)
             )
 
-            # RESET everything, then SET the devices with a non-zero target (SPEC §1 "programming")
+            # RESET everything, then SET the devices with a non-zero target (docs/physics.md §2.4)
             g = torch.where(g_t > 0, g_set, torch.zeros_like(g_t))
             active = (g_t > 0) & ~stuck
             iterations = torch.zeros(shape, dtype=torch.int64, device=device)

@@ -1,4 +1,4 @@
-"""The global digital processing unit (GDPU): the LSTM cell in FP16 with a tanh look-up table (SPEC §2).
+"""The global digital processing unit (GDPU): the LSTM cell in FP16 with a tanh look-up table (docs/physics.md §9.3).
 
 A GDPU slice takes the i, f, g, o gate pre-activations (INT8) of up to 64 hidden units, keeps their cell states in
 FP16 registers and returns h as INT8. tanh is a look-up table of 17 comparators (18 bins) with linear interpolation
@@ -46,7 +46,7 @@ def tanh_lut(x: torch.Tensor) -> torch.Tensor:
 
 
 def sigmoid_lut(x: torch.Tensor) -> torch.Tensor:
-    """sigmoid(x) = 1/2 + tanh(x/2)/2 with the table tanh (SPEC §2)."""
+    """sigmoid(x) = 1/2 + tanh(x/2)/2 with the table tanh (docs/physics.md §9.3)."""
     return 0.5 + 0.5 * tanh_lut(0.5 * x)
 
 

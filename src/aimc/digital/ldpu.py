@@ -1,4 +1,4 @@
-"""The per-channel work of a local digital processing unit (LDPU) after the MVM, in FP16 (SPEC §1).
+"""The per-channel work of a local digital processing unit (LDPU) after the MVM, in FP16 (docs/physics.md §9.2).
 
 Order of operations on the chip: per-channel affine scale and bias (batch norm folded in), optional ReLU, add an
 INT8 input from a neighbour core or from off-chip (partial sums, residual adds), optional second ReLU, convert to

@@ -1,10 +1,10 @@
 """A layer's LDPU chain as one compiled pass (simulation numerics, not physics).
 
-After the MVM of a layer's r x c cores, the LDPUs (SPEC §1) add the partial sums along each column chain (every
-core scales its output, adds the INT8 value it receives and sends INT8 on), apply the per-channel affine registers,
-the ReLU, an added INT8 input (residual), a second ReLU, and convert to INT8 for the link. As PyTorch operations in
-``torch.float16`` (``aimc.chip._ldpu_chain``, the reference, used on GPUs and without numba) that is a dozen
-passes over memory per core plus the copies that put the column blocks back into the output layout. This module
+After the MVM of a layer's r x c cores, the LDPUs (docs/physics.md §9.2) add the partial sums along each column chain
+(every core scales its output, adds the INT8 value it receives and sends INT8 on), apply the per-channel affine
+registers, the ReLU, an added INT8 input (residual), a second ReLU, and convert to INT8 for the link. As PyTorch
+operations in ``torch.float16`` (``aimc.chip._ldpu_chain``, the reference, used on GPUs and without numba) that is a
+dozen passes over memory per core plus the copies that put the column blocks back into the output layout. This module
 does the whole chain in one pass, compiled by numba, and writes each output row straight to its place in the
 layer's output.
 
@@ -193,7 +193,8 @@ def ldpu_chain(
             e.g. an NCHW or channels-last image viewed as ``(images, H·W, channels)``), or None.
         out: ``(R, N)`` float32 output, N <= c·m: row ``R`` holds channel ``k`` of column block ``k // m``.
         relu, relu2: ReLU after the affine step / after the addition; with r > 1 the residual is added at the
-            head of the chain and one ReLU (either flag) comes last (SPEC §1 order, as the compiler fuses it).
+            head of the chain and one ReLU (either flag) comes last (the LDPU's order, docs/physics.md §9.2, as the
+            compiler fuses it).
         psum_range: full scale of the INT8 partial sums on the chain's links; out_range: of the layer's output.
 
     Returns:

@@ -1,6 +1,6 @@
 """A layer's input as the PWM levels of its cores, in one compiled pass (simulation numerics, not physics).
 
-Before a layer's cores read it, its input is quantised to signed PWM levels (SPEC §1 "input":
+Before a layer's cores read it, its input is quantised to signed PWM levels (docs/physics.md §5:
 :func:`aimc.core.pwm.quantize_input`, round half to even and saturate at full scale) and handed to the input pass
 as bfloat16 (exact for |level| <= 255). As PyTorch operations that is four passes over the image (scale, round,
 clip, convert) and a fifth for the convolution's zero padding; :func:`pwm_levels_bf16` does them in one, reading

@@ -1,4 +1,4 @@
-"""Number formats of the chip's digital units: FP16 inside the LDPU/GDPU, INT8 on the links (SPEC §1, §2).
+"""Number formats of the chip's digital units: FP16 inside the LDPU/GDPU, INT8 on the links (docs/physics.md §9.1).
 
 FP16 is emulated by computing each operation in float32 and rounding its result to the nearest IEEE half value:
 for a single add or multiply of FP16 operands this equals the correctly rounded FP16 result, and it runs at float32
@@ -28,7 +28,8 @@ def fp16(x: torch.Tensor) -> torch.Tensor:
 
 
 def fp16_fma(x: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
-    """FP16 fused multiply-add ``x*a + b`` rounded once to FP16 (an LDPU FMA unit, SPEC §1). Shapes broadcast."""
+    """FP16 fused multiply-add ``x*a + b`` rounded once to FP16 (an LDPU FMA unit, docs/physics.md §9.2). Shapes
+    broadcast."""
     return fp16(
         torch.addcmul(
             torch.as_tensor(b, dtype=x.dtype, device=x.device),
@@ -39,7 +40,8 @@ def fp16_fma(x: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor | float) 
 
 
 def to_int8(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """Convert to the INT8 link format: ``round(x / scale)`` saturated to [-128, 127] (SPEC §1, last LDPU step).
+    """Convert to the INT8 link format: ``round(x / scale)`` saturated to [-128, 127] (the last LDPU step,
+    docs/physics.md §9.2).
 
     Returns the integer codes as an ``int8`` tensor of ``x``'s shape; the value they stand for is ``code * scale``.
     """

@@ -1,4 +1,6 @@
-"""A trained network on the simulated chip: software, quantisation-only and chip metrics over time (SPEC §3).
+"""A trained network on the simulated chip: software, quantisation-only and chip metrics over time.
+
+The chip paper's networks and figures: docs/physics.md §11.
 
 One entry point for both of the chip paper's benchmark tasks:
 
@@ -7,7 +9,7 @@ One entry point for both of the chip paper's benchmark tasks:
   :mod:`aimc.experiments.language`.
 
 For each seed a chip is programmed once and read at every time after programming (as real hardware is), each read
-with fresh read noise; global drift compensation is always on (SPEC §4) and adaptive batch-norm statistics
+with fresh read noise; global drift compensation is always on (docs/physics.md §4.1) and adaptive batch-norm statistics
 (:mod:`aimc.adabs`) optionally recalibrates the LDPU registers at each time on unlabelled training data.
 """
 

@@ -1,4 +1,4 @@
-"""The chip paper's MVM characterisation (SPEC §1, "MVM error metrics"; Le Gallo et al. 2023, Eqs. 2-4).
+"""The chip paper's MVM characterisation (Le Gallo et al. 2023, Eqs. 2-4; docs/physics.md §8).
 
 Uniform random weights in [-1, 1] and uniform random inputs in [-1, 1] with 30% of the inputs zero, 2,048 input
 vectors per core. With y_fp the exact result and y_exp the chip's:
@@ -28,11 +28,12 @@ from aimc.devices.base import check_time
 from aimc.devices.registry import get as get_device
 from aimc.spec import READ_MODES, ChipSpec
 
-#: Input sparsity of the chip paper's MVM test (SPEC §1).
+#: Input sparsity of the chip paper's MVM test (docs/physics.md §8).
 TEST_SPARSITY = 0.3
-#: Input vectors per core in the chip paper's MVM test (SPEC §1).
+#: Input vectors per core in the chip paper's MVM test (docs/physics.md §8).
 TEST_INPUTS_PER_CORE = 2048
-#: Device model that goes with each strategy by default: the HERMES fits of one and of two devices (SPEC §4b).
+#: Device model that goes with each strategy by default: the HERMES fits of one and of two devices (docs/physics.md
+#: §3.2).
 DEFAULT_DEVICE = {"odp": "hermes-1dev", "tdp": "hermes-2dev"}
 
 

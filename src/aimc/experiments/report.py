@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The chip paper's numbers (SPEC §3): software, quantisation-only simulation, chip TDP and ODP (four-phase, 1 h).
+#: The chip paper's numbers (docs/physics.md §11): software, quantisation-only simulation, chip TDP and ODP (four-phase,
+#: 1 h).
 PAPER = {
     "resnet9": {"software": 0.9367, "quantisation": 0.9343, "tdp": 0.9281, "odp": 0.9223},
     "char-lstm": {"software": 1.336, "quantisation": 1.358, "tdp": 1.433, "odp": 1.456},

@@ -1,4 +1,4 @@
-"""The reference networks of the chip paper (SPEC §3), by name or by factory.
+"""The reference networks of the chip paper (docs/physics.md §11), by name or by factory.
 
 - :func:`resnet9` / :class:`ResNet9` — ResNet-9, CIFAR-10 (``"resnet9"``).
 - :func:`char_lstm` / :class:`CharLSTM` — character-level Penn Treebank LSTM (``"char-lstm"``).

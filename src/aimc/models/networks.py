@@ -1,4 +1,5 @@
-"""The three reference networks that the chip paper runs on the 64-core chip (SPEC §3), as plain ``torch.nn.Module``s.
+"""The three reference networks that the chip paper runs on the 64-core chip (docs/physics.md §11), as plain
+``torch.nn.Module``s.
 
 - :class:`ResNet9` — ResNet-9 for CIFAR-10: 8 bias-free 3×3 convolutions with BatchNorm, two residual blocks,
   4 max-pools and one dense layer; 1,866,536 on-chip weights + 10 biases.
@@ -36,7 +37,7 @@ from torch import nn
 from aimc._validation import check_number, make_generator
 from aimc.errors import ArgumentTypeError, ValidationError
 
-#: Filters of the 8 convolutions of ResNet-9, conv0 … conv7 (SPEC §3).
+#: Filters of the 8 convolutions of ResNet-9, conv0 … conv7 (docs/physics.md §11).
 RESNET9_FILTERS: tuple[int, ...] = (56, 112, 112, 112, 224, 224, 224, 224)
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
@@ -62,7 +63,8 @@ def _seeded_init(seed: int) -> Iterator[None]:
 
 
 def orthogonal_embedding(num_embeddings: int, embedding_dim: int, seed: int = 0) -> torch.Tensor:
-    """``num_embeddings`` orthonormal rows of length ``embedding_dim``, fixed by ``seed`` (SPEC §3, PTB LSTM).
+    """``num_embeddings`` orthonormal rows of length ``embedding_dim``, fixed by ``seed`` (docs/physics.md §11, PTB
+    LSTM).
 
     The rows are the first ``num_embeddings`` rows of the orthogonal factor Q of the QR decomposition of an
     ``embedding_dim × embedding_dim`` standard Gaussian matrix (computed in float64 with the sign of R's diagonal
@@ -85,7 +87,7 @@ def orthogonal_embedding(num_embeddings: int, embedding_dim: int, seed: int = 0)
 
 
 class ResNet9(nn.Module):
-    """ResNet-9 for CIFAR-10 as mapped onto the chip (SPEC §3).
+    """ResNet-9 for CIFAR-10 as mapped onto the chip (docs/physics.md §11).
 
     Layout (every convolution 3×3, stride 1, padding 1, no bias, followed by BatchNorm2d):
 
@@ -105,8 +107,9 @@ class ResNet9(nn.Module):
     ====== ============ ============================== =====================
 
     The residual add comes before the ReLU of the block's second convolution, ``relu(bn3(conv3(...)) + h1)``: on the
-    chip the LDPU that receives conv3's partial sums applies BN, adds the skip and then the ReLU (SPEC §3). The four
-    max-pools run off-chip. Trainable parameters: 1,866,536 weights + 10 fc biases + 2,576 BN affine = 1,869,122.
+    chip the LDPU that receives conv3's partial sums applies BN, adds the skip and then the ReLU (docs/physics.md §11).
+    The four max-pools run off-chip. Trainable parameters: 1,866,536 weights + 10 fc biases + 2,576 BN affine =
+    1,869,122.
 
     Args:
         num_classes: outputs of the dense layer.
@@ -155,17 +158,17 @@ class ResNet9(nn.Module):
         h = torch.relu(self.bn0(self.conv0(x)))  # (B, 56, 32, 32)
         h1 = self.pool1(torch.relu(self.bn1(self.conv1(h))))  # (B, 112, 16, 16)
         r = torch.relu(self.bn2(self.conv2(h1)))
-        h = torch.relu(self.bn3(self.conv3(r)) + h1)  # residual conv1 → conv3, add before the ReLU (SPEC §3)
+        h = torch.relu(self.bn3(self.conv3(r)) + h1)  # residual conv1 → conv3, added before the ReLU
         h = self.pool4(torch.relu(self.bn4(self.conv4(h))))  # (B, 224, 8, 8)
         h5 = self.pool5(torch.relu(self.bn5(self.conv5(h))))  # (B, 224, 4, 4)
         r = torch.relu(self.bn6(self.conv6(h5)))
-        h = torch.relu(self.bn7(self.conv7(r)) + h5)  # residual conv5 → conv7, add before the ReLU (SPEC §3)
+        h = torch.relu(self.bn7(self.conv7(r)) + h5)  # residual conv5 → conv7, added before the ReLU
         h = self.flatten(self.pool7(h))  # (B, 224)
         return self.fc(h)
 
 
 class CharLSTM(nn.Module):
-    """One-layer LSTM for character-level Penn Treebank (SPEC §3).
+    """One-layer LSTM for character-level Penn Treebank (docs/physics.md §11).
 
     - ``embedding``: ``nn.Embedding(vocab_size, embedding_dim)`` holding fixed random orthonormal rows
       (:func:`orthogonal_embedding`), frozen (``requires_grad=False``) and off-chip.
@@ -174,7 +177,8 @@ class CharLSTM(nn.Module):
       ``bias_hh_l0``; the chip holds one bias per gate row, their sum (2,016 values).
     - ``fc``: ``nn.Linear(hidden_size, vocab_size)``, on chip as 504 × 50 plus 50 biases.
 
-    On-chip: 1,299,312 weights + 2,066 biases. Dropout (0.25 in training, SPEC §3) is left to the training loop.
+    On-chip: 1,299,312 weights + 2,066 biases. Dropout (0.25 in training, as in the chip paper) is left to the training
+    loop.
 
     Args:
         vocab_size: characters in the vocabulary (≤ ``embedding_dim``, so the embedding rows can be orthonormal).
@@ -186,7 +190,7 @@ class CharLSTM(nn.Module):
         tokens (B, T) int64 → logits (B, T, vocab_size); state ``(h, c)`` each (1, B, hidden_size).
     """
 
-    #: Submodules that run in software (SPEC §3: "embedding … (off-chip)").
+    #: Submodules that run in software (the embedding is off-chip, docs/physics.md §11).
     offchip_modules: tuple[str, ...] = ("embedding",)
 
     def __init__(self, vocab_size: int = 50, embedding_dim: int = 128, hidden_size: int = 504, seed: int = 0) -> None:
@@ -225,7 +229,7 @@ class CharLSTM(nn.Module):
 
 
 class CaptionLSTM(nn.Module):
-    """One-layer LSTM image captioner on InceptionV3 features, Flickr8k (SPEC §3).
+    """One-layer LSTM image captioner on InceptionV3 features, Flickr8k (docs/physics.md §11).
 
     - ``project`` + ``project_bn``: ``Linear(feature_dim, embedding_dim)`` and ``BatchNorm1d(embedding_dim)`` mapping
       an image feature to the LSTM's first input; they run in software (off-chip).
@@ -234,7 +238,7 @@ class CaptionLSTM(nn.Module):
       504 × 2016 each (PyTorch's two bias vectors are one summed bias on chip).
     - ``fc``: ``nn.Linear(hidden_size, vocab_size)``, on chip as 504 × 4064.
 
-    On-chip: 4,080,384 weights (all 64 cores, SPEC §3).
+    On-chip: 4,080,384 weights (all 64 cores, docs/physics.md §11).
 
     Teacher forcing (:meth:`forward`): the input sequence is the projected image feature followed by the embedded
     caption tokens; output ``t`` predicts caption token ``t`` and the last output predicts the token after the caption.
@@ -250,7 +254,8 @@ class CaptionLSTM(nn.Module):
         features (B, feature_dim), captions (B, T) int64 → logits (B, T + 1, vocab_size).
     """
 
-    #: Submodules that run in software (SPEC §3: "InceptionV3 features (software) → 504 projection + BN").
+    #: Submodules that run in software (InceptionV3 features, then the 504-wide projection and batch norm,
+    #: docs/physics.md §11).
     offchip_modules: tuple[str, ...] = ("project", "project_bn", "embedding")
 
     def __init__(
@@ -296,7 +301,8 @@ class CaptionLSTM(nn.Module):
         bos_id: int | None = None,
         eos_id: int | None = None,
     ) -> torch.Tensor:
-        """Greedy captions (B, max_len) int64 for image ``features`` (B, feature_dim) (SPEC §3: ≤ 24 steps).
+        """Greedy captions (B, max_len) int64 for image ``features`` (B, feature_dim) (at most 24 steps in the chip
+        paper).
 
         Step 0 feeds the projected image feature. With ``bos_id`` the image step only primes the state and the
         first word is predicted from the ``bos_id`` embedding (captions trained as ``[bos, w1, …, eos]``); without
@@ -343,7 +349,7 @@ def onchip_weight_count(model: nn.Module) -> int:
 
     Counts the weight matrices of every ``Conv2d``, ``Linear`` and ``LSTM`` (``weight_ih_l*`` and ``weight_hh_l*``)
     that is not listed in the model's ``offchip_modules``; embeddings, BatchNorm and biases are not counted.
-    resnet9 → 1,866,536; char_lstm → 1,299,312; caption_lstm → 4,080,384 (SPEC §3).
+    resnet9 → 1,866,536; char_lstm → 1,299,312; caption_lstm → 4,080,384 (docs/physics.md §11).
     """
     total = 0
     for module in _onchip_modules(model):
@@ -358,7 +364,7 @@ def onchip_bias_count(model: nn.Module) -> int:
     """Number of biases the chip's digital units hold for ``model`` (on-chip ``Conv2d``/``Linear``/``LSTM`` only).
 
     An LSTM layer counts one bias per gate row (4·H): PyTorch's ``bias_ih`` and ``bias_hh`` are summed on chip.
-    resnet9 → 10; char_lstm → 2,066 (SPEC §3); caption_lstm → 6,080.
+    resnet9 → 10; char_lstm → 2,066 (docs/physics.md §11); caption_lstm → 6,080.
     """
     total = 0
     for module in _onchip_modules(model):
@@ -371,12 +377,12 @@ def onchip_bias_count(model: nn.Module) -> int:
 
 
 def resnet9(num_classes: int = 10, seed: int = 0) -> ResNet9:
-    """ResNet-9 for CIFAR-10 (SPEC §3); see :class:`ResNet9`."""
+    """ResNet-9 for CIFAR-10 (docs/physics.md §11); see :class:`ResNet9`."""
     return ResNet9(num_classes=num_classes, seed=seed)
 
 
 def char_lstm(vocab_size: int = 50, embedding_dim: int = 128, hidden_size: int = 504, seed: int = 0) -> CharLSTM:
-    """Character-level PTB LSTM (SPEC §3); see :class:`CharLSTM`."""
+    """Character-level PTB LSTM (docs/physics.md §11); see :class:`CharLSTM`."""
     return CharLSTM(vocab_size=vocab_size, embedding_dim=embedding_dim, hidden_size=hidden_size, seed=seed)
 
 
@@ -387,7 +393,7 @@ def caption_lstm(
     embedding_dim: int = 504,
     seed: int = 0,
 ) -> CaptionLSTM:
-    """Flickr8k image-captioning LSTM (SPEC §3); see :class:`CaptionLSTM`."""
+    """Flickr8k image-captioning LSTM (docs/physics.md §11); see :class:`CaptionLSTM`."""
     return CaptionLSTM(
         vocab_size=vocab_size, feature_dim=feature_dim, hidden_size=hidden_size, embedding_dim=embedding_dim, seed=seed
     )

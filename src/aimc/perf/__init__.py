@@ -1,4 +1,4 @@
-"""Latency, throughput and energy of a mapped network, calibrated to Table I of the chip paper (issue #4).
+"""Latency, throughput and energy of a mapped network, calibrated to Table I of the chip paper (docs/physics.md §12).
 
 - :func:`estimate` — per-layer and total figures of one inference, pipelined throughput and bottleneck.
 - :func:`compare_table1` — the six rows of Table I from aimc's mappings, ours beside the paper's.

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # --- fitted to Table I (aimc.perf.fit.fit_table1; see docs/validation.md for the fit and its residuals) ---
-#: Static power of the whole chip (W) while it works (leakage, clocks): SPEC §2 "static + dynamic".
+#: Static power of the whole chip (W) while it works (leakage, clocks); Table I counts "static + dynamic" power
+#: (docs/physics.md §12).
 STATIC_POWER_W = 0.34125
 #: Dynamic energy of one MVM on one fully used core (nJ), one-phase and four-phase (array + ADC + PWM).
 CORE_MVM_ENERGY_NJ = {"one-phase": 12.615, "four-phase": 50.425}

@@ -1,21 +1,22 @@
-"""Latency, energy and throughput of a mapped network: the analytical model (issue #4).
+"""Latency, energy and throughput of a mapped network: the analytical model (docs/physics.md §12).
 
 Timing (one MVM on the cores of a layer, then the digital work behind it):
 
 - MVM: t_mvm = phases·(t_int + d) + e, phases = 1 (one-phase) or 4 (four-phase), t_int the integration window
   (2^(pwm_bits-1) x ns/LSB = 128 ns; or the CCO counting time of a requested ADC resolution if longer), and d, e
   per-phase and fixed overheads derived from the published 133 / 520 ns (d = 1 ns, e = 4 ns). All cores of a layer
-  run their MVMs at once, so t_mvm does not depend on the core count (SPEC §1, Table I).
+  run their MVMs at once, so t_mvm does not depend on the core count (Table I; docs/physics.md §12).
 - Digital: the last core of each column chain streams its block outputs through its LDPU at one value per LDPU
-  clock (SPEC §1), behind a fixed hand-off time and one hop time per partial-sum hop along the chain; an LSTM adds
-  the GDPUs (one output per 4 clocks, SPEC §2) which overlap the stream but for their last output.
+  clock (docs/physics.md §9.2), behind a fixed hand-off time and one hop time per partial-sum hop along the chain; an
+  LSTM adds the GDPUs (one output per 4 clocks, docs/physics.md §9.3) which overlap the stream but for their last
+  output.
 - Latency of one input to a layer (Table I rows): t_mvm + digital time.
 
 Energy: every active core-equivalent (cores x utilisation) spends the fitted per-core MVM energy of the mode, every
 value through an LDPU and every GDPU output a fitted energy, every byte on a link or through the host an assumed
 energy, and the chip's static power runs for the whole latency. TOPS count MVM operations only (1 MAC = 2 ops)
 over the MVM time, TOPS/W divides them by the power while MVMs stream (static + core dynamic power), TOPS/mm² by the
-MVM area of the cores used — as Table I does (SPEC §2).
+MVM area of the cores used — as Table I does (docs/physics.md §12).
 
 Pipelined throughput of a whole network: layers sit on separate cores with stationary weights, so they work on
 successive inputs at once; each layer needs one MVM per output position, each MVM slot lasting the longer of t_mvm
@@ -43,7 +44,7 @@ def _phases(mode: str) -> int:
 
 
 def _overheads() -> tuple[float, float]:
-    """Per-phase and fixed MVM overheads (ns) from the published chip's 133 / 520 ns (SPEC §1)."""
+    """Per-phase and fixed MVM overheads (ns) from the published chip's 133 / 520 ns (Table I)."""
     ref = ChipSpec.hermes()
     t1, t4, t_int = ref.mvm_latency_one_phase_ns, ref.mvm_latency_four_phase_ns, ref.integration_time_ns
     d = (t4 - t1) / 3.0 - t_int
@@ -59,7 +60,7 @@ def integration_time_ns(spec: ChipSpec, adc_resolution_bits: int | None = None) 
 
 
 def mvm_time_ns(spec: ChipSpec, mode: str, adc_resolution_bits: int | None = None) -> float:
-    """Time of one MVM on any number of cores in parallel (SPEC §1: 133 ns one-phase, 520 ns four-phase)."""
+    """Time of one MVM on any number of cores in parallel (Table I: 133 ns one-phase, 520 ns four-phase)."""
     check_choice(mode, "mode", READ_MODES)
     d, e = _overheads()
     return _phases(mode) * (integration_time_ns(spec, adc_resolution_bits) + d) + e

@@ -1,9 +1,9 @@
-"""Scaling study: how latency, energy and TOPS/W move when one design parameter of the chip changes (issue #4).
+"""Scaling study: how latency, energy and TOPS/W move when one design parameter of the chip changes (docs/scaling.md).
 
-One-factor-at-a-time sweeps around the HERMES chip (SPEC §1–2): the tile size (square crossbars), the number of cores
-(square-ish grid), the PWM input bits, the ADC resolution and the read mode, each with everything else at the chip's
-values, for each reference network. Every point is a fresh :func:`aimc.compile` of the network for the variant chip
-(on the fewest chips it fits) and an :func:`aimc.perf.estimate` of one inference.
+One-factor-at-a-time sweeps around the HERMES chip (Le Gallo et al. 2023): the tile size (square crossbars), the number
+of cores (square-ish grid), the PWM input bits, the ADC resolution and the read mode, each with everything else at the
+chip's values, for each reference network. Every point is a fresh :func:`aimc.compile` of the network for the variant
+chip (on the fewest chips it fits) and an :func:`aimc.perf.estimate` of one inference.
 
 - :func:`scaling_study` — the rows (plain dicts, JSON-ready).
 - :func:`clock_rate_answer` — does going analog remove the clock-rate limit on operations per second? Computed from

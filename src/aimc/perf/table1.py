@@ -1,4 +1,4 @@
-"""Table I of the chip paper (SPEC §2) and the workloads behind its rows, mapped by aimc's own compiler."""
+"""Table I of the chip paper (docs/physics.md §12) and the workloads behind its rows, mapped by aimc's own compiler."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from aimc.spec import ChipSpec
 
 @dataclass(frozen=True)
 class PublishedRow:
-    """One row of Table I (SPEC §2): 1 MAC = 2 ops; TOPS and TOPS/W count MVM ops only."""
+    """One row of Table I: 1 MAC = 2 ops; TOPS and TOPS/W count MVM ops only."""
 
     use_case: str
     cores: int

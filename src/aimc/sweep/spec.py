@@ -7,7 +7,7 @@ dict::
     network: resnet9             # a registered network task (aimc.sweep.available_tasks())
     weights: resnet9_hwa         # a shipped weights name or a .safetensors path (default: the task's default)
     data:                        # optional
-      dir: null                  # folder holding the data set (default: $AIMC_DATA or ../shared/data)
+      dir: null                  # folder holding the data set (default: $AIMC_DATA, shared/data, user cache)
       samples: 1000              # test samples (images); null = the whole test set
       calibration_samples: 256   # samples the compiler calibrates the ADC/INT8 ranges on
       batch_size: 250
@@ -44,7 +44,7 @@ from aimc.sweep.errors import SweepSpecError
 from aimc.sweep.points import Point, point_key
 
 #: Device preset per strategy when the grid says ``default``: the HERMES statistics fitted to one device per
-#: polarity for ODP and to a device pair for TDP (SPEC §4b); the same defaults as ``aimc eval``.
+#: polarity for ODP and to a device pair for TDP (docs/physics.md §3.2); the same defaults as ``aimc eval``.
 DEFAULT_DEVICE = {"odp": "hermes-1dev", "tdp": "hermes-2dev"}
 
 #: Seconds per time unit accepted in ``grid.times`` (a year is 365 days, as ``aimc mvm-error``'s 31,536,000 s).
@@ -64,7 +64,8 @@ class DataSpec:
     """Which data a sweep evaluates on.
 
     Attributes:
-        dir: folder holding the data set, or None for the default search ($AIMC_DATA, ../shared/data).
+        dir: folder holding the data set, or None for the default search: ``$AIMC_DATA``, a ``shared/data``
+            folder next to the working directory, then the user cache, downloaded on first use (:mod:`aimc.data`).
         samples: test samples (the first ``samples`` of the test split), or None for all of them.
         calibration_samples: training samples the compiler calibrates on.
         batch_size: samples per ``chip.run`` call (each call draws its own read noise, so it is part of a point's

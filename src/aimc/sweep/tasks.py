@@ -113,7 +113,7 @@ class NetworkTask(ABC):
 
 
 class ResNet9Cifar10(NetworkTask):
-    """ResNet-9 on CIFAR-10, top-1 accuracy (the chip paper's Fig. 3 experiment; SPEC §3)."""
+    """ResNet-9 on CIFAR-10, top-1 accuracy (the chip paper's Fig. 3 experiment; docs/physics.md §11)."""
 
     name = "resnet9"
     metric = "accuracy"

@@ -1,11 +1,11 @@
 """Training ResNet-9 on CIFAR-10 (floating point; the hardware-aware fine-tuning builds on it).
 
-Recipe chosen to fit a 2-core CPU (SPEC §3 uses 300 + 200 epochs on a GPU): SGD with Nesterov momentum 0.9,
-weight decay 5e-4, label smoothing 0.1, batch 256, a one-cycle learning rate (linear warm-up to the peak over the
-first 15% of steps, cosine decay to 0), augmentation by random crop with 4-pixel reflect padding, horizontal flip
-and 8 x 8 cutout. On the CPU the forward/backward pass runs under bfloat16 autocast where that is measured faster
-than float32 on the machine at hand (kernel ``train_precision`` of :mod:`aimc.kernels`; 4x faster on CPUs with AMX,
-much slower where bfloat16 is emulated); on CUDA under float16 autocast.
+Recipe chosen to fit a 2-core CPU (the chip paper used 300 + 200 epochs on a GPU, docs/physics.md §11): SGD with
+Nesterov momentum 0.9, weight decay 5e-4, label smoothing 0.1, batch 256, a one-cycle learning rate (linear warm-up to
+the peak over the first 15% of steps, cosine decay to 0), augmentation by random crop with 4-pixel reflect padding,
+horizontal flip and 8 x 8 cutout. On the CPU the forward/backward pass runs under bfloat16 autocast where that is
+measured faster than float32 on the machine at hand (kernel ``train_precision`` of :mod:`aimc.kernels`; 4x faster on
+CPUs with AMX, much slower where bfloat16 is emulated); on CUDA under float16 autocast.
 
 Every epoch writes ``last.safetensors`` (weights, optimizer state, RNG state) and appends a line to ``log.jsonl``;
 ``resume=True`` continues from it without redoing finished epochs.
@@ -32,7 +32,7 @@ from aimc.models import resnet9
 from aimc.train.checkpoint import load_checkpoint, save_checkpoint
 from aimc.train.hwa import DRIFT_WINDOW_S, analog_io, clip_weights, noisy_weights
 
-#: Recipe constants (our choice for a short CPU schedule; SPEC §3 gives the paper's longer one).
+#: Recipe constants (our choice for a short CPU schedule; docs/physics.md §11 gives the paper's longer one).
 PEAK_LR = 0.2
 WARMUP_FRACTION = 0.15
 MOMENTUM = 0.9
@@ -155,9 +155,9 @@ def train_resnet9(
         init: start from these weights (a checkpoint or weights file of ResNet-9), e.g. the float model for HWA.
         hwa: hardware-aware training: programming-noise injection (2x the HERMES model) and weight clipping
             (:mod:`aimc.train.hwa`).
-        peak_lr: peak of the one-cycle schedule (SPEC §3 fine-tunes HWA at 0.05).
+        peak_lr: peak of the one-cycle schedule (the chip paper fine-tunes HWA at 0.05).
         io_aware: with ``hwa``, also 8-bit inputs and additive output noise in every analog layer
-            (:func:`aimc.train.hwa.analog_io`, SPEC §3).
+            (:func:`aimc.train.hwa.analog_io`, docs/physics.md §11).
         drift_aware: with ``hwa``, the noisy weights also drift to a random read time with global compensation
             (:func:`aimc.train.hwa.drift_factors`, window :data:`aimc.train.hwa.DRIFT_WINDOW_S`).
         tag: name of the final weights file ``resnet9_{tag}.safetensors``.

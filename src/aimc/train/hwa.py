@@ -1,11 +1,11 @@
-"""Hardware-aware (HWA) training: noise injection into the weights during training (SPEC §3, Joshi et al. 2020;
-Rasch et al. 2023).
+"""Hardware-aware (HWA) training: noise injection into the weights during training (docs/physics.md §11; Joshi et al.
+2020; Rasch et al. 2023).
 
 For every training step the weights of each Conv2d/Linear layer are perturbed with Gaussian noise whose std follows
-the PCM device model's programming error, scaled by ``noise_scale`` (SPEC §3: 2x the PCM programming-noise model
+the PCM device model's programming error, scaled by ``noise_scale`` (the chip paper: 2x the PCM programming-noise model
 for ResNet-9), with each layer's largest |w| mapped to the device's G_max as the chip's per-core scaling does; the
 gradient is taken at the noisy weights and applied to the clean ones. After each step the weights are clipped to
-``clip_sigma`` standard deviations of their layer (a robust stand-in for SPEC §3's "weights clipped to ±1",
+``clip_sigma`` standard deviations of their layer (a robust stand-in for the chip paper's "weights clipped to ±1",
 whose scale is not given), so that a few outliers do not set W_max for a whole layer.
 """
 
@@ -22,11 +22,11 @@ from aimc.core.analog import polarity_g_max
 from aimc.devices.base import DeviceModel, DeviceState
 from aimc.devices.registry import get as get_device
 
-#: SPEC §3: weight noise = 2x the PCM programming-noise model (ResNet-9 HWA training).
+#: docs/physics.md §11: weight noise = 2x the PCM programming-noise model (ResNet-9 HWA training).
 RESNET9_NOISE_SCALE = 2.0
 #: Assumption: per-layer clipping of the weights at this many standard deviations after each step.
 CLIP_SIGMA = 2.5
-#: SPEC §3 (PTB LSTM HWA): Gaussian weight noise of std 0.075·(W_max − W_min) per matrix ...
+#: docs/physics.md §11 (PTB LSTM HWA): Gaussian weight noise of std 0.075·(W_max − W_min) per matrix ...
 LSTM_NOISE_FRACTION = 0.075
 #: ... and the weights clipped at 2 standard deviations.
 LSTM_CLIP_SIGMA = 2.0
@@ -75,7 +75,8 @@ def analog_matrices(model: nn.Module) -> list[torch.nn.Parameter]:
 
 @contextmanager
 def range_noise(model: nn.Module, generator: torch.Generator, fraction: float = LSTM_NOISE_FRACTION) -> Iterator[None]:
-    """Within the block every on-chip matrix W carries Gaussian noise of std fraction·(max W − min W) (SPEC §3)."""
+    """Within the block every on-chip matrix W carries Gaussian noise of std fraction·(max W − min W) (docs/physics.md
+    §11)."""
     matrices = analog_matrices(model)
     stds = [fraction * float(w.detach().max() - w.detach().min()) for w in matrices]
     with _perturbed(matrices, stds, generator):
@@ -101,7 +102,7 @@ def weight_noise_std(w: torch.Tensor, device: DeviceModel, strategy: str, noise_
     return noise_scale * sigma_uS * (w_max / g_max)
 
 
-#: Our choice (drift-aware HWA, beyond SPEC §3's recipe): during training the weights are read at a time after
+#: Our choice (drift-aware HWA, beyond the chip paper's recipe): during training the weights are read at a time after
 #: programming drawn log-uniformly from this window (s), with the device model's drift and a global compensation.
 DRIFT_WINDOW_S = (60.0, 86400.0)
 
@@ -110,10 +111,10 @@ def drift_factors(w: torch.Tensor, device: DeviceModel, t_seconds: float, genera
     """Multiplicative drift of every weight of ``w`` read ``t_seconds`` after programming, after a global drift
     compensation of the layer.
 
-    Each weight drifts as a device at g = |w|/max|w| with nu = |nu_mean(g) + nu_std(g)·N| (SPEC §4a/b, the device
-    model's statistics and its own ``drift``: (t_eff/t0)^(-nu) for the presets). The compensation (SPEC §4, GDC)
-    rescales the layer so that the mean |row sum| — the response to an all-equal calibration input — is what it was
-    at programming.
+    Each weight drifts as a device at g = |w|/max|w| with nu = |nu_mean(g) + nu_std(g)·N| (docs/physics.md §3, the
+    device model's statistics and its own ``drift``: (t_eff/t0)^(-nu) for the presets). The compensation (GDC,
+    docs/physics.md §4.1) rescales the layer so that the mean |row sum| — the response to an all-equal calibration input
+    — is what it was at programming.
 
     Returns:
         Factors of ``w``'s shape.
@@ -157,13 +158,14 @@ def noisy_weights(
         yield
 
 
-#: SPEC §3: additive Gaussian output noise of std 10% (0.1) during HWA training. We read "of the output range" as
-#: aihwkit's convention: 0.1 in units of the largest weight times the largest input of each 256-row tile, the
+#: docs/physics.md §11: additive Gaussian output noise of std 10% (0.1) during HWA training. We read "of the output
+#: range" as aihwkit's convention: 0.1 in units of the largest weight times the largest input of each 256-row tile, the
 #: partial sums of a layer's row tiles adding their noises.
 OUTPUT_NOISE = 0.1
-#: SPEC §3: 8-bit DAC/ADC during HWA training; inputs are rounded to 8-bit signed codes of their batch maximum.
+#: docs/physics.md §11: 8-bit DAC/ADC during HWA training; inputs are rounded to 8-bit signed codes of their batch
+#: maximum.
 IO_BITS = 8
-#: SPEC §2: a core holds at most this many rows; a layer with more is split into row tiles.
+#: docs/physics.md §10: a core holds at most this many rows; a layer with more is split into row tiles.
 TILE_ROWS = 256
 
 
@@ -183,7 +185,8 @@ def _rows(layer: nn.Module) -> int:
 def analog_io(
     model: nn.Module, generator: torch.Generator, output_noise: float = OUTPUT_NOISE, bits: int = IO_BITS
 ) -> Iterator[None]:
-    """Within the block every Conv2d/Linear layer sees 8-bit inputs and adds Gaussian output noise (SPEC §3).
+    """Within the block every Conv2d/Linear layer sees 8-bit inputs and adds Gaussian output noise (docs/physics.md
+    §11).
 
     Output noise std per layer: ``output_noise · sqrt(row tiles) · max|W| · max|x|``, one draw per output element
     (the layer's output shape without the batch), shared by the batch and fresh at every step.

@@ -1,13 +1,13 @@
-"""Training the character-level PTB LSTM (SPEC §3) and measuring bits per character (BPC).
+"""Training the character-level PTB LSTM (docs/physics.md §11) and measuring bits per character (BPC).
 
-Recipe, shortened from SPEC §3's 200 epochs to fit a 2-core CPU: Adam with a one-cycle learning rate (warm-up to
-``peak_lr`` then cosine decay to 0), gradient-norm clip 5 and dropout 0.25 on the LSTM output as in SPEC §3,
-truncated back-propagation through time over ``seq_len`` = 150 characters (SPEC §3) on ``batch_size`` contiguous
-streams whose state is carried from chunk to chunk. On CPUs with native bfloat16 (AMX) the training passes run under
-bfloat16 autocast; every evaluation runs in float32.
+Recipe, shortened from the chip paper's 200 epochs (docs/physics.md §11) to fit a 2-core CPU: Adam with a one-cycle
+learning rate (warm-up to ``peak_lr`` then cosine decay to 0), gradient-norm clip 5 and dropout 0.25 on the LSTM output
+as in the chip paper, truncated back-propagation through time over ``seq_len`` = 150 characters (as in the paper) on
+``batch_size`` contiguous streams whose state is carried from chunk to chunk. On CPUs with native bfloat16 (AMX) the
+training passes run under bfloat16 autocast; every evaluation runs in float32.
 
-Hardware-aware fine-tuning (``hwa=True``, SPEC §3): Gaussian noise of std 0.075·(W_max − W_min) on each on-chip
-matrix (input, hidden and output) at every step and the weights clipped to 2 standard deviations after each step
+Hardware-aware fine-tuning (``hwa=True``, docs/physics.md §11): Gaussian noise of std 0.075·(W_max − W_min) on each
+on-chip matrix (input, hidden and output) at every step and the weights clipped to 2 standard deviations after each step
 (:mod:`aimc.train.hwa`).
 
 Every epoch writes ``last.safetensors`` (weights, optimizer and RNG state) and a line of ``log.jsonl``;
@@ -36,7 +36,7 @@ from aimc.train.checkpoint import load_checkpoint, save_checkpoint
 from aimc.train.cifar import _autocast, lr_at
 from aimc.train.hwa import LSTM_CLIP_SIGMA, clip_matrices, range_noise
 
-#: SPEC §3 (PTB LSTM): sequence length, gradient-norm clip and dropout.
+#: The chip paper's PTB LSTM recipe (docs/physics.md §11): sequence length, gradient-norm clip and dropout.
 SEQ_LEN = 150
 GRAD_CLIP = 5.0
 DROPOUT = 0.25
@@ -101,7 +101,7 @@ def train_char_lstm(
         epochs, batch_size, seq_len, peak_lr, seed: the schedule and its randomness.
         resume: continue from ``out_dir/last.safetensors`` if it exists.
         init: start from these weights (e.g. the float model, for HWA fine-tuning).
-        hwa: hardware-aware fine-tuning (SPEC §3 noise and clipping).
+        hwa: hardware-aware fine-tuning (the chip paper's noise and clipping, docs/physics.md §11).
         tag: name of the final weights file ``char_lstm_{tag}.safetensors``.
         progress: show the batches of each epoch on stderr (a live bar on a terminal, a line every 20 batches
             otherwise); ``log`` still receives each epoch's record.
