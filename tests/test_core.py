@@ -84,7 +84,7 @@ def test_adc_saturates_at_the_bit_line_limit_and_is_monotone():
     assert bool((counts[1:] >= counts[:-1]).all())
     sat = counts[currents >= SPEC.adc_saturation_uA]
     assert float(sat.max() - sat.min()) == 0.0  # flat above 100 uA
-    # At 100 uA the CCO runs at ~A*i/(1+B*i)+C = 3353 MHz: about one count per 300 ps (SPEC §1).
+    # At 100 uA the CCO runs at ~A*i/(1+B*i)+C = 3353 MHz: about one count per 300 ps (docs/physics.md §6).
     assert abs(float(sat[0]) / window - 1 / 0.3) < 0.05 * (1 / 0.3)
 
 

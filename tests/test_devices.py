@@ -196,7 +196,7 @@ def test_user_statistical_model_passes_suite_including_levels_clamped_at_zero() 
 
 # ---------------------------------------------------------------------------------------------------- equations
 def _ref_standard(g: float) -> tuple[float, float, float, float]:
-    """SPEC §4a in plain floats: sigma_prog (uS), mu_nu, sigma_nu, Q_s."""
+    """docs/physics.md §3.2 (one device) in plain floats: sigma_prog (uS), mu_nu, sigma_nu, Q_s."""
     lg = math.log(max(g, 1e-12))
     sigma = max(0.26348 + 1.9650 * g - 1.1731 * g * g, 0.0)
     mu = min(max(-0.0155 * lg + 0.0244, 0.049), 0.1)
@@ -206,7 +206,7 @@ def _ref_standard(g: float) -> tuple[float, float, float, float]:
 
 
 def _ref_hermes(g: float, devices: int) -> tuple[float, float, float, float]:
-    """SPEC §4b in plain floats: sigma_prog (uS), mu_nu, sigma_nu, Q_s."""
+    """docs/physics.md §3.2 (two devices) in plain floats: sigma_prog (uS), mu_nu, sigma_nu, Q_s."""
     lg = math.log(max(g, 1e-12))
 
     def clip(x: float, lo: float, hi: float) -> float:
@@ -305,7 +305,7 @@ def test_zero_targets_give_finite_statistics(name: str) -> None:
         assert bool(torch.isfinite(t).all()) and bool((t >= 0).all())
     if name in ("ideal", "standard+verify"):  # exact programming / a RESET device stays at 0 uS
         assert bool((state.g_prog == 0).all())
-    else:  # SPEC §4a/b: sigma_prog(0) > 0, so a zero target programs to max(sigma_prog(0) N, 0)
+    else:  # docs/physics.md §3.2: sigma_prog(0) > 0, so a zero target programs to max(sigma_prog(0) N, 0)
         assert float(state.g_prog.max()) > 0 and float(state.g_prog.min()) == 0
 
 

@@ -1,4 +1,4 @@
-"""Program-and-verify (SPEC §1 "programming"): convergence, iteration counts, stuck cells, defaults."""
+"""Program-and-verify (docs/physics.md §2.4): convergence, iteration counts, stuck cells, defaults."""
 
 from __future__ import annotations
 

@@ -187,14 +187,14 @@ def test_stuck_set_units_drift_like_set_devices():
     chip = aimc.program(mapping, model, "tdp", seed=0, faults=Faults(stuck_set=0.5, seed=1))
     nus = torch.cat([c.states.nu[c.states.stuck].flatten() for c in chip.cores.values()])
     one = torch.ones(())
-    # SPEC §4: nu = |mu(1) + sigma(1) N| at the SET state; the folded-normal mean at g = 1
+    # docs/physics.md §3.3: nu = |mu(1) + sigma(1) N| at the SET state; the folded-normal mean at g = 1
     from aimc.devices.base import folded_normal_mean
 
     expected = float(folded_normal_mean(model.drift_nu_mean(one), model.drift_nu_std(one)))
     assert float(nus.mean()) == pytest.approx(expected, rel=0.02)
     core = next(iter(chip.cores.values()))
     g_year = model.drift(core.states, 3.15e7)[core.states.stuck] / model.g_max_uS
-    # (t_eff / t0)^-nu with t_eff / t0 = 1.05e5 and nu ~ 0.017 (SPEC §4b at g = 1): about 0.82 on average
+    # (t_eff / t0)^-nu with t_eff / t0 = 1.05e5 and nu ~ 0.017 (physics.md §3.2 at g = 1): about 0.82 on average
     assert float(g_year.max()) < 1.0 and 0.7 < float(g_year.mean()) < 0.95
 
 

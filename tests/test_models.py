@@ -1,4 +1,5 @@
-"""The reference networks of SPEC §3: sizes, shapes, fx-traceability, fixed embedding, determinism, registry."""
+"""The chip paper's reference networks (docs/physics.md §11): sizes, shapes, fx-traceability, fixed embedding,
+determinism, registry."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def _trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# --- sizes (SPEC §3) ---------------------------------------------------------------------------------------------
+# --- sizes (docs/physics.md §11) --------------------------------------------------------------------------------------
 
 
 def test_resnet9_parameter_counts(rn9: ResNet9) -> None:
@@ -173,7 +174,7 @@ def test_greedy_decode_stops_at_eos() -> None:
         model.greedy_decode(torch.zeros((1, 8)), eos_id=20)
 
 
-# --- the fixed orthogonal embedding (SPEC §3) ------------------------------------------------------------------
+# --- the fixed orthogonal embedding (docs/physics.md §11) -------------------------------------------------------------
 
 
 def test_orthogonal_embedding_orthonormal_and_frozen(clstm: CharLSTM) -> None:

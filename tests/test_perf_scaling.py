@@ -66,7 +66,7 @@ def test_rows_match_a_fresh_compile_and_estimate_for_the_variant_chip(rows):
         assert r["throughput_per_s"] == pytest.approx(rep.throughput_per_s)
         assert r["tops_per_w"] == pytest.approx(rep.tops_per_w)
         assert r["mvm_time_ns"] == pytest.approx(aimc.perf.mvm_time_ns(spec, mode))
-    for mode in ("one-phase", "four-phase"):  # the chip itself: Table I's MVM times, ResNet-9 on 40 cores (SPEC §3)
+    for mode in ("one-phase", "four-phase"):  # the chip itself: Table I's MVM times, ResNet-9 on 40 cores
         (r,) = pick(rows, network="resnet9", factor="mode", value=mode)
         assert r["mvm_time_ns"] == pytest.approx(SPEC.mvm_latency_ns(mode))
         assert r["cores_used"] == 40 and r["chips"] == 1

@@ -14,7 +14,7 @@ from aimc.experiments.language import bpc_from_logits, windows
 
 def test_character_test_set_is_the_papers():
     test = ptb_chars("test")
-    assert test.numel() == PAPER_TEST_CHARS  # SPEC §3: 442,423 characters
+    assert test.numel() == PAPER_TEST_CHARS  # the chip paper: 442,423 characters
     assert len(VOCAB) == 50
     assert int(test.max()) < 50 and int(test.min()) >= 0
     assert decode(test[:12]) == "no_it_was_n'"

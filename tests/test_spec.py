@@ -1,4 +1,4 @@
-"""ChipSpec: the published numbers, their consistency (SPEC §2 Table I), variants and validation."""
+"""ChipSpec: the published numbers, their consistency (the chip paper's Table I), variants and validation."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_hermes_preset_holds_the_published_organisation():
 
 
 def test_table_one_full_chip_row_is_consistent():
-    """64 x 256 x 256 x 2 ops in 133 ns = 63.1 TOPS; / 0.86 uJ = 9.76 TOPS/W (SPEC §2, "Consistency")."""
+    """64 x 256 x 256 x 2 ops in 133 ns = 63.1 TOPS; / 0.86 uJ = 9.76 TOPS/W (docs/physics.md §12)."""
     spec = ChipSpec.hermes()
     ops = spec.total_weights * 2
     assert ops / spec.mvm_latency_ns("one-phase") / 1e3 == pytest.approx(63.1, rel=0.002)

@@ -81,8 +81,9 @@ def test_hwa_noise_follows_twice_the_programming_noise_and_is_removed_after_the_
 
 
 def test_drift_aware_noise_follows_the_device_drift_with_global_compensation():
-    """drift_factors: the device model's conductance-dependent drift (SPEC §4b: small g drifts faster), rescaled so
-    that the layer's response to an all-equal input is unchanged (GDC); no drift at t = 0; restored after the step."""
+    """drift_factors: the device model's conductance-dependent drift (docs/physics.md §3.2: small g drifts faster),
+    rescaled so that the layer's response to an all-equal input is unchanged (GDC); no drift at t = 0; restored after
+    the step."""
     device = get("hermes-2dev")
     gen = torch.Generator().manual_seed(0)
     w = torch.rand(300, 200, generator=gen) * 2 - 1

