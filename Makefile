@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean fuzz
+.PHONY: run test lint bench clean fuzz dist-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_resnet9.py
 	$(BIN)/python benchmarks/bench_perf.py
+
+# Build the wheel and sdist offline, check their contents, install the wheel into a fresh venv and run aimc
+# from outside the repository; the checked files are left in dist/.
+dist-check: $(STAMP)
+	AIMC_DIST_DIR=dist $(BIN)/python -m pytest -q tests/test_wheel.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -12,6 +12,8 @@ Public API (everything else is private and may change):
 - :mod:`aimc.models` — the chip paper's networks: ``resnet9``, ``char_lstm``, ``caption_lstm``.
 - :func:`compile` -> :class:`~aimc.compiler.Mapping`; :func:`program` -> :class:`ProgrammedChip`;
   ``ProgrammedChip.run`` / ``.save``; :func:`load`.
+- :class:`AnalogModule` — a programmed chip as a ``torch.nn.Module`` (``chip.as_module(t, mode, seed)``), fresh
+  read noise on every call, reproducible from its seed.
 - :mod:`aimc.perf` — latency, energy and throughput of a mapping (``estimate``), Table I, the scaling study.
 - :mod:`aimc.adabs` — adaptive batch-norm statistics on the chip: ``aimc.adabs.adabs(chip, x, t)``.
 - :mod:`aimc.data` — CIFAR-10 and character-level Penn Treebank.
@@ -20,6 +22,7 @@ Public API (everything else is private and may change):
 - :mod:`aimc.sweep` — resumable Monte Carlo sweeps, in-process or on Ray (``aimc.sweep.run``, ``write_report``).
 """
 
+#: The package version, defined here only (pyproject.toml reads it).
 __version__ = "0.1.0"
 
 from aimc import adabs, core, data, devices, digital, errors, experiments, faults, models, perf, sweep
@@ -27,12 +30,14 @@ from aimc.chip import ProgrammedChip, program
 from aimc.compiler import Mapping, UnsupportedLayerError, compile
 from aimc.core import CoreConfig, ProgrammedCore, program_core
 from aimc.errors import AimcError
+from aimc.module import AnalogModule
 from aimc.spec import READ_MODES, ChipSpec
 from aimc.storage import CorruptFileError, load
 
 __all__ = [
     "READ_MODES",
     "AimcError",
+    "AnalogModule",
     "ChipSpec",
     "CoreConfig",
     "CorruptFileError",

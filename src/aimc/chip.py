@@ -16,6 +16,7 @@ from collections.abc import Callable
 from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,9 @@ from aimc.digital.levels import pwm_levels_bf16
 from aimc.errors import AimcError, ArgumentTypeError, ValidationError
 from aimc.faults import Faults, check_mapping_faults, fault_generator
 from aimc.spec import READ_MODES, ChipSpec
+
+if TYPE_CHECKING:
+    from aimc.module import AnalogModule
 
 #: Assumption: the per-core G_max limit keeps the largest calibration bit-line current at this fraction of the ADC
 #: saturation current (the chip paper limits G_max per core so that every bit-line current stays below it;
@@ -185,6 +189,16 @@ class ProgrammedChip:
             faults=self.faults,
             backend=self.backend,
         )
+
+    def as_module(
+        self, t: float = 3600.0, mode: str = "four-phase", seed: int = 0, **run_kwargs: object
+    ) -> AnalogModule:
+        """This chip as a ``torch.nn.Module`` (:class:`aimc.AnalogModule`): ``module(x)`` runs ``self.run(x, t, mode,
+        ..., **run_kwargs)``; the first call with ``seed``, each later one with fresh read noise derived from it
+        (reproducible: ``module.reset()`` starts again; see :mod:`aimc.module`)."""
+        from aimc.module import AnalogModule
+
+        return AnalogModule(self, t=t, mode=mode, seed=seed, **run_kwargs)
 
     @property
     def tensor_device(self) -> torch.device:
