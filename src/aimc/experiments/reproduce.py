@@ -186,8 +186,9 @@ def reproduce(
             try:
                 results["tasks"][task] = _task_blocks(task, settings, store, data_dir, say_progress, bar, progress)
             except (DataNotFoundError, DownloadError) as err:  # its data set is not here and cannot be fetched
-                results["skipped"][task] = str(err)
-                say(f"{task}: skipped, its data set is not available: {err}")
+                hint = "" if "aimc data fetch" in str(err) else "; `aimc data fetch cifar10` fetches or converts it"
+                results["skipped"][task] = f"{err}{hint}"
+                say(f"{task}: skipped, its data set is not available: {results['skipped'][task]}")
                 bar.update(len(_blocks_of(task)))
     results["provenance"] = {**provenance(), "aimc_code": store.code}  # after the runs: the kernels they used
     results["seconds"] = round(time.time() - start, 1)
