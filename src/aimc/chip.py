@@ -834,18 +834,14 @@ def _chain_workloads(after: AbcMapping[str, str], names: tuple[str, ...]) -> dic
     return loads
 
 
-LDPU_CHAIN = kernels.register(
+kernels.register(
     kernels.Operation(
         name="ldpu_chain",
         summary="a layer's LDPU chain after its MVM: partial sums, affine, ReLU, residual add, INT8 links",
-        candidates=(
-            kernels.Candidate(
-                "numba",
-                "one compiled pass per output row, max-pooling fused where it follows (aimc.digital.ldpu_fused)",
-                "bit-identical to torch",
-                lambda device_type: device_type == "cpu" and ldpu_fused.available(),
-            ),
-            kernels.Candidate("torch", "PyTorch float16 operations (any device)", "the reference"),
+        candidates=kernels.compiled_or_torch(
+            "one compiled pass per output row, max-pooling fused where it follows (aimc.digital.ldpu_fused)",
+            "PyTorch float16 operations (any device)",
+            lambda device_type: device_type == "cpu" and ldpu_fused.available(),
         ),
         workloads=_chain_workloads,
     )

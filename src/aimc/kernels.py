@@ -105,6 +105,18 @@ class Candidate:
     available: Callable[[str], bool] = field(default=lambda device_type: True, repr=False)
 
 
+def compiled_or_torch(
+    compiled: str, torch_ops: str, compiled_available: Callable[[str], bool]
+) -> tuple[Candidate, Candidate]:
+    """The two candidates of an operation that has a numba-compiled pass and PyTorch operations giving the same
+    numbers: ``"numba"`` (described by ``compiled``, runnable where ``compiled_available``) and ``"torch"`` (the
+    reference, described by ``torch_ops``)."""
+    return (
+        Candidate("numba", compiled, "bit-identical to torch", compiled_available),
+        Candidate("torch", torch_ops, "the reference"),
+    )
+
+
 @dataclass
 class Workload:
     """The calls that time one candidate: ``probe`` (small, made first; a clearly slow candidate is abandoned after
@@ -335,7 +347,8 @@ def measure(
 ) -> Choice:
     """Time the candidates ``names`` of ``operation`` (the module docstring's steps 2 and 3); the fastest wins.
 
-    A candidate whose workload raises ``RuntimeError`` (an operator that refuses this build or shape) is skipped.
+    A candidate whose workload raises ``RuntimeError`` (an operator that refuses this build or shape; this includes
+    ``NotImplementedError``) is skipped.
     """
     loads = operation.workloads(after, names)
     probe: dict[str, float | None] = {}
@@ -345,7 +358,7 @@ def measure(
             start = clock()
             loads[name].probe()
             probe[name] = (clock() - start) * 1e3
-        except (RuntimeError, NotImplementedError):
+        except RuntimeError:
             probe[name] = None
     finished = [t for t in probe.values() if t is not None]
     if not finished:
@@ -358,7 +371,7 @@ def measure(
         for name in list(alive):
             try:
                 loads[name].run()
-            except (RuntimeError, NotImplementedError):
+            except RuntimeError:
                 alive.remove(name)
     spent = 0.0
     for _ in range(REPEATS):  # in rounds, one call of each candidate per round: a slow spell hits all alike
@@ -370,7 +383,7 @@ def measure(
                 loads[name].run()
                 samples[name].append(clock() - start)
                 spent += samples[name][-1]
-            except (RuntimeError, NotImplementedError):
+            except RuntimeError:
                 alive.remove(name)
     times: dict[str, float | None] = {
         n: statistics.median(samples[n]) * 1e3 if n in alive and samples[n] else None for n in names
@@ -570,6 +583,7 @@ __all__ = [
     "Workload",
     "cache_path",
     "clear_memory",
+    "compiled_or_torch",
     "cpu_model",
     "forget",
     "get_operation",

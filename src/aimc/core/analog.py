@@ -846,7 +846,8 @@ class ProgrammedCore:
         )
 
 
-#: The operations whose kernels a :class:`CoreReadout` runs with.
+#: The operations whose kernels a :class:`CoreReadout` runs with, in the order they are chosen (each measured with the
+#: earlier ones' choices in place).
 READOUT_OPERATIONS = ("aux_product", "pos_neg_product", "mvm_tail", "mvm_threads")
 
 
@@ -1007,60 +1008,44 @@ def _parts_available(device_type: str) -> bool:
     return device_type == "cpu" and torch.get_num_threads() > 1
 
 
-AUX_PRODUCT = kernels.register(
-    kernels.Operation(
-        name="aux_product",
-        summary="a core's products |x|·(G+ + G-) and x²·σ² (counter common mode, fresh-noise variance)",
-        candidates=AUX_PRODUCT_CANDIDATES,
-        workloads=lambda after, names: _mvm_workloads("aux_product", after, names),
-    )
+_MVM_TAIL_CANDIDATES = kernels.compiled_or_torch(
+    "one compiled pass per output row (aimc.core.fused)",
+    "PyTorch element-wise operations (any device)",
+    lambda device_type: device_type == "cpu" and fused.available(),
 )
 
-POS_NEG_PRODUCT = kernels.register(
-    kernels.Operation(
-        name="pos_neg_product",
-        summary="a core's signed product x·(G+ - G-), the MVM's result",
-        candidates=POS_NEG_PRODUCT_CANDIDATES,
-        workloads=lambda after, names: _mvm_workloads("pos_neg_product", after, names),
-        after=("aux_product",),
-    )
+_MVM_THREADS_CANDIDATES = (
+    kernels.Candidate("pools", "PyTorch's and numba's thread pools, one operation after another", "the reference"),
+    kernels.Candidate(
+        "parts",
+        "the batch split into one part per thread, each part's whole MVM on its own thread (pays off where the two "
+        "pools' idle workers take each other's cores)",
+        "bit-identical to pools",
+        _parts_available,
+    ),
 )
 
-MVM_TAIL = kernels.register(
-    kernels.Operation(
-        name="mvm_tail",
-        summary="an MVM's converters and LDPU after its products: read noise, CCO counts, FP16 correction",
-        candidates=(
-            kernels.Candidate(
-                "numba",
-                "one compiled pass per output row (aimc.core.fused)",
-                "bit-identical to torch",
-                lambda device_type: device_type == "cpu" and fused.available(),
-            ),
-            kernels.Candidate("torch", "PyTorch element-wise operations (any device)", "the reference"),
-        ),
-        workloads=lambda after, names: _mvm_workloads("mvm_tail", after, names),
-        after=("aux_product", "pos_neg_product"),
-    )
-)
+_READOUT_SUMMARIES = {
+    "aux_product": "a core's products |x|·(G+ + G-) and x²·σ² (counter common mode, fresh-noise variance)",
+    "pos_neg_product": "a core's signed product x·(G+ - G-), the MVM's result",
+    "mvm_tail": "an MVM's converters and LDPU after its products: read noise, CCO counts, FP16 correction",
+    "mvm_threads": "how an MVM of a large batch uses PyTorch's threads",
+}
+_READOUT_CANDIDATES = {
+    "aux_product": AUX_PRODUCT_CANDIDATES,
+    "pos_neg_product": POS_NEG_PRODUCT_CANDIDATES,
+    "mvm_tail": _MVM_TAIL_CANDIDATES,
+    "mvm_threads": _MVM_THREADS_CANDIDATES,
+}
 
-MVM_THREADS = kernels.register(
-    kernels.Operation(
-        name="mvm_threads",
-        summary="how an MVM of a large batch uses PyTorch's threads",
-        candidates=(
-            kernels.Candidate(
-                "pools", "PyTorch's and numba's thread pools, one operation after another", "the reference"
-            ),
-            kernels.Candidate(
-                "parts",
-                "the batch split into one part per thread, each part's whole MVM on its own thread (pays off where "
-                "the two pools' idle workers take each other's cores)",
-                "bit-identical to pools",
-                _parts_available,
-            ),
-        ),
-        workloads=lambda after, names: _mvm_workloads("mvm_threads", after, names),
-        after=("aux_product", "pos_neg_product", "mvm_tail"),
+# each timed on whole MVMs, chosen in the order of READOUT_OPERATIONS with the earlier choices in place
+for _k, _op in enumerate(READOUT_OPERATIONS):
+    kernels.register(
+        kernels.Operation(
+            name=_op,
+            summary=_READOUT_SUMMARIES[_op],
+            candidates=_READOUT_CANDIDATES[_op],
+            workloads=functools.partial(_mvm_workloads, _op),
+            after=READOUT_OPERATIONS[:_k],
+        )
     )
-)

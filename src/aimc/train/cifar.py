@@ -99,7 +99,7 @@ def _precision_workloads(after: Any, names: tuple[str, ...]) -> dict[str, kernel
     return {name: kernels.Workload(call(name, 2), call(name, 64)) for name in names}
 
 
-TRAIN_PRECISION = kernels.register(
+kernels.register(
     kernels.Operation(
         name="train_precision",
         summary="the forward/backward pass of training on the CPU",
