@@ -128,10 +128,12 @@ CASES = [
         "GRU",
     ),
     Case(
-        "unsupported layer (depthwise conv)",
-        lambda e: aimc.compile(nn.Conv2d(8, 8, 3, groups=8), example_input=torch.randn(1, 8, 6, 6)),
+        "unsupported layer (conv with reflection padding)",
+        lambda e: aimc.compile(
+            nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), example_input=torch.randn(1, 8, 6, 6)
+        ),
         aimc.UnsupportedLayerError,
-        "groups=8",
+        "padding_mode='reflect'",
     ),
     Case(
         "too-large network (72 cores on a 64-core chip)",

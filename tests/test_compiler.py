@@ -109,7 +109,7 @@ def test_a_network_too_large_for_one_chip_says_how_many_cores_it_needs():
 @pytest.mark.parametrize(
     ("module", "what"),
     [
-        (nn.Sequential(nn.Conv2d(4, 4, 3, groups=4)), "groups=4"),
+        (nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")), "padding_mode='reflect'"),
         (nn.Sequential(nn.Linear(4, 4), nn.GELU()), "GELU"),
         (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), "LayerNorm"),
     ],

@@ -1,11 +1,13 @@
 """Graph capture and lowering: a PyTorch module -> analog layers + a list of ops (docs/design.md "Whole networks").
 
 The module is traced with ``torch.fx``. Each node becomes one op; Conv2d, Linear and LSTM become analog layers
-(conv via im2col: K = in_channels·kh·kw rows, N = out_channels columns). A fusion pass then folds into each analog
-layer what its LDPU does after the MVM, in the LDPU's order (docs/physics.md §9.2): per-channel affine (bias and a
-following batch norm), ReLU, one added input (residual), a second ReLU, INT8 output. Batch norm that follows an
-activation is folded into the next Linear layer where that is exact, and otherwise runs as its own per-channel affine
-pass.
+(conv via im2col: K = in_channels·kh·kw rows, N = out_channels columns). A grouped or depthwise Conv2d (groups > 1)
+gets the matrix of the equivalent dense convolution, which is block-diagonal: the column of an output channel holds
+its weights in the rows of its group's input channels and zeros in all other rows (:func:`grouped_conv_matrix`); the
+zeros take crossbar cells like any weight. A fusion pass then folds into each analog layer what its LDPU does after
+the MVM, in the LDPU's order (docs/physics.md §9.2): per-channel affine (bias and a following batch norm), ReLU, one
+added input (residual), a second ReLU, INT8 output. Batch norm that follows an activation is folded into the next
+Linear layer where that is exact, and otherwise runs as its own per-channel affine pass.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class UnsupportedLayerError(AimcError, TypeError):
 
 #: Modules aimc maps, and where they run (error messages list these).
 SUPPORTED_MODULES: tuple[str, ...] = (
-    "Conv2d (groups=1)",
+    "Conv2d (any groups: grouped/depthwise placed block-diagonally)",
     "Linear",
     "LSTM (1 layer, batch_first)",
     "BatchNorm1d",
@@ -91,11 +93,9 @@ def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
 def _analog_from_module(name: str, mod: nn.Module, spec: ChipSpec) -> MappedLayer:
     """Lower one Conv2d / Linear / LSTM module to a layer matrix."""
     if isinstance(mod, nn.Conv2d):
-        if mod.groups != 1:
-            raise _unsupported(name, f"Conv2d with groups={mod.groups} (grouped/depthwise convolution)")
         if mod.padding_mode != "zeros":
             raise _unsupported(name, f"Conv2d with padding_mode={mod.padding_mode!r}")
-        w = mod.weight.detach().reshape(mod.out_channels, -1).float().clone()
+        w = grouped_conv_matrix(mod.weight.detach().float(), mod.groups)
         bias = mod.bias.detach().float().clone() if mod.bias is not None else torch.zeros(mod.out_channels)
         geometry = {
             "in_channels": mod.in_channels,
@@ -104,6 +104,7 @@ def _analog_from_module(name: str, mod: nn.Module, spec: ChipSpec) -> MappedLaye
             "stride": list(mod.stride),
             "padding": list(_conv_padding(mod)),
             "dilation": list(mod.dilation),
+            "groups": mod.groups,
         }
         kind = "conv2d"
     elif isinstance(mod, nn.Linear):
@@ -130,6 +131,26 @@ def _analog_from_module(name: str, mod: nn.Module, spec: ChipSpec) -> MappedLaye
     return MappedLayer(
         name=name, kind=kind, weight=w, scale=torch.ones(w.shape[0]), bias=bias, tiling=tiling, geometry=geometry
     )
+
+
+def grouped_conv_matrix(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The ``(out_channels, in_channels·kh·kw)`` layer matrix of a convolution weight ``(out_channels,
+    in_channels / groups, kh, kw)``: the weight of the dense convolution that computes the same thing, in im2col
+    order (in_channels, kh, kw), as for groups=1.
+
+    Output channel o belongs to group g = o // (out_channels / groups) and reads input channels
+    g·(in_channels / groups) ... (g + 1)·(in_channels / groups) - 1; its weights for all other input channels are
+    zero. The matrix is block-diagonal: ``groups`` blocks of (out_channels / groups) x (in_channels / groups)·kh·kw.
+    With groups=1 it is ``weight.reshape(out_channels, -1)``.
+    """
+    out_channels, per_group, kh, kw = weight.shape
+    if groups == 1:
+        return weight.reshape(out_channels, -1).clone()
+    out_per_group = out_channels // groups
+    dense = weight.new_zeros(groups, out_per_group, groups, per_group * kh * kw)
+    diagonal = torch.arange(groups)
+    dense[diagonal, :, diagonal] = weight.reshape(groups, out_per_group, -1)
+    return dense.reshape(out_channels, groups * per_group * kh * kw)
 
 
 def gate_order(hidden: int, col_blocks: int) -> torch.Tensor:
@@ -406,8 +427,15 @@ def check_fits(layers: dict[str, MappedLayer], spec: ChipSpec, chips: int) -> No
     if need > have:
         import math
 
+        grouped = [layer.name for layer in layers.values() if layer.groups > 1]
+        note = (
+            f" (grouped convolutions {', '.join(map(repr, grouped))} take the cells of their block-diagonal "
+            "matrix's zeros too)"
+            if grouped
+            else ""
+        )
         raise ValidationError(
-            f"the network needs {need} cores ({sum(layer.weight.numel() for layer in layers.values()):,} weights) "
+            f"the network needs {need} cores ({sum(layer.weight_count for layer in layers.values()):,} weights) "
             f"but {chips} chip(s) have {have}; map it across at least {math.ceil(need / spec.cores)} chips with "
-            f"chips={math.ceil(need / spec.cores)}"
+            f"chips={math.ceil(need / spec.cores)}{note}"
         )

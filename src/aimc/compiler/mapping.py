@@ -62,12 +62,14 @@ class MappedLayer:
     Attributes:
         name: the module path in the source network.
         kind: ``"conv2d"``, ``"linear"`` or ``"lstm"``.
-        weight: ``(N, K)`` outputs x inputs; conv in im2col order (in_channels, kh, kw); LSTM [W_ih | W_hh] with
-            the gate rows grouped per GDPU (see ``geometry["gate_order"]``).
+        weight: ``(N, K)`` outputs x inputs; conv in im2col order (in_channels, kh, kw), a grouped conv's
+            block-diagonal (zero outside each group's block); LSTM [W_ih | W_hh] with the gate rows grouped per GDPU
+            (see ``geometry["gate_order"]``).
         scale, bias: ``(N,)`` LDPU affine registers (batch norm and bias folded in).
         tiling: the split into equal blocks.
         cores: ``[row_block][col_block]`` -> global core id (``chip * cores_per_chip + core``).
-        geometry: conv (in_channels, kernel, stride, padding, dilation) or LSTM (input_size, hidden_size) facts.
+        geometry: conv (in_channels, out_channels, kernel, stride, padding, dilation, groups) or LSTM (input_size,
+            hidden_size) facts.
         x_range: input value mapped to PWM full scale.
         psum_range: INT8 full scale of partial sums sent between the cores of a column block.
         out_range: INT8 full scale of the layer's output after the LDPU pipeline.
@@ -100,6 +102,27 @@ class MappedLayer:
     def shape(self) -> tuple[int, int]:
         """(K inputs, N outputs): the layer matrix as the chip paper writes it (rows x columns, docs/physics.md §11)."""
         return int(self.weight.shape[1]), int(self.weight.shape[0])
+
+    @property
+    def groups(self) -> int:
+        """The convolution's groups (1 for an ungrouped conv, a linear layer or an LSTM, and for mappings saved
+        before grouped convolutions were supported)."""
+        return int(self.geometry.get("groups", 1)) if self.kind == "conv2d" else 1
+
+    @property
+    def weight_count(self) -> int:
+        """Weights the layer holds: K x N, or K x N / groups for a grouped convolution, whose block-diagonal matrix
+        is zero outside its groups' blocks."""
+        k, n = self.shape
+        return k * n // self.groups
+
+    @property
+    def utilization(self) -> float:
+        """Fraction of the cells of the layer's cores that hold one of its weights (:attr:`weight_count`). For an
+        ungrouped layer it is :attr:`Tiling.utilization`, the share its matrix occupies; a grouped convolution's
+        zeros occupy cells without holding a weight (a depthwise conv: 1 / in_channels of the matrix)."""
+        t = self.tiling
+        return self.weight_count / (t.cores * t.tile_rows * t.tile_cols)
 
     def core_list(self) -> list[int]:
         """All cores of the layer, row block by row block."""
@@ -219,7 +242,8 @@ class Mapping:
         return out
 
     def summary(self) -> str:
-        """A printable table: layer, matrix, blocks, cores, utilisation."""
+        """A printable table: layer, matrix, blocks, cores, utilisation (the share of the layer's core cells that
+        hold a weight; a grouped convolution's block-diagonal zeros do not count)."""
         head = f"{'layer':<24} {'kind':<7} {'matrix (KxN)':>14} {'blocks':>8} {'block':>9} {'util':>6}  cores"
         lines = [
             f"{self.model_name}: {self.cores_used} cores on {self.chips} chip(s) of {self.spec.cores}",
@@ -231,21 +255,41 @@ class Mapping:
             k, n = layer.shape
             lines.append(
                 f"{layer.name:<24} {layer.kind:<7} {f'{k}x{n}':>14} {f'{t.row_blocks}x{t.col_blocks}':>8} "
-                f"{f'{t.block_inputs}x{t.block_outputs}':>9} {100 * t.utilization:>5.1f}%  {_ranges(layer.core_list())}"
+                f"{f'{t.block_inputs}x{t.block_outputs}':>9} {100 * layer.utilization:>5.1f}%  "
+                f"{_ranges(layer.core_list())}"
             )
+        grouped = [layer for layer in self.layers.values() if layer.groups > 1]
+        if grouped:
+            lines.append(
+                "grouped convolutions, placed block-diagonally (util counts only the weights in the groups' blocks):"
+            )
+            for layer in grouped:
+                k, n = layer.shape
+                lines.append(
+                    f"  {layer.name}: groups={layer.groups}, {layer.weight_count:,} of the {k * n:,} matrix entries "
+                    f"are weights; the matrix spans {100 * layer.tiling.utilization:.1f}% of its cores' cells"
+                )
         links = self.links_used()
         inter = sum(1 for link in links if link["kind"] == "inter-chip")
         lines.append(f"partial-sum transfers: {len(links)} ({inter} inter-chip)")
         return "\n".join(lines)
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready description: what ``aimc map --json`` prints."""
+        """JSON-ready description: what ``aimc map --json`` prints. Per layer, ``weights`` and ``utilization``
+        count the weights it holds (a grouped convolution's block-diagonal zeros excluded), ``occupied`` is the share
+        of its cores' cells that its matrix spans, zeros included."""
         return {
             "model": self.model_name,
             "cores_used": self.cores_used,
             "chips": self.chips,
             "layers": [
-                {**layer.meta(), "matrix": list(layer.shape), "utilization": layer.tiling.utilization}
+                {
+                    **layer.meta(),
+                    "matrix": list(layer.shape),
+                    "weights": layer.weight_count,
+                    "utilization": layer.utilization,
+                    "occupied": layer.tiling.utilization,
+                }
                 for layer in self.layers.values()
             ],
             "links_used": self.links_used(),

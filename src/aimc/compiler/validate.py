@@ -90,6 +90,9 @@ def _check_geometry(layer: MappedLayer, where: str) -> None:
         )
         if not ok or g["in_channels"] * g["kernel"][0] * g["kernel"][1] != t.inputs:
             raise _fail(where, "conv geometry (kernel, stride, dilation, padding, in_channels) is malformed")
+        groups = g.get("groups", 1)
+        if not _is_int(groups, 1) or g["in_channels"] % groups or t.outputs % groups:
+            raise _fail(where, "conv groups must be a positive integer that divides in_channels and out_channels")
     elif layer.kind == "lstm":
         h = g.get("hidden_size")
         order = g.get("gate_order")
