@@ -146,7 +146,7 @@ def test_attention_and_gru_are_rejected():
 
 
 def test_compile_argument_errors():
-    with pytest.raises(ArgumentTypeError, match="example_input"):
+    with pytest.raises(ArgumentTypeError, match="calibration data"):
         aimc.compile(nn.Linear(4, 4))
     with pytest.raises(ArgumentTypeError, match="model"):
         aimc.compile("resnet9", example_input=torch.randn(2, 4))  # type: ignore[arg-type]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from aimc._validation import check_choice
-from aimc.compiler.calibrate import calibrate
-from aimc.compiler.capture import SUPPORTED_MODULES, UnsupportedLayerError, check_fits, fuse, lower, trace
+from aimc._progress import progress as _progress
+from aimc._validation import check_choice, check_number
+from aimc.compiler import batches as _batches
+from aimc.compiler.calibrate import DEFAULT_METHOD, Calibrator
+from aimc.compiler.capture import SUPPORTED_MODULES, Captured, UnsupportedLayerError, check_fits, fuse, lower, trace
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
+from aimc.compiler.observe import DEFAULT_PERCENTILE, METHODS
 from aimc.compiler.placement import place
 from aimc.compiler.tiling import Tiling
 from aimc.compiler.topology import Topology
@@ -32,8 +36,12 @@ __all__ = [
 def compile(
     model: nn.Module,
     spec: ChipSpec | None = None,
-    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    example_input: _batches.CalibrationData | None = None,
     *,
+    calibration: _batches.CalibrationData | None = None,
+    calibration_method: str = DEFAULT_METHOD,
+    percentile: float = DEFAULT_PERCENTILE,
+    progress: bool = True,
     chips: int = 1,
     avoid_cores: Iterable[int] = (),
     avoid_links: Iterable[tuple[int, int]] = (),
@@ -46,9 +54,18 @@ def compile(
         model: an ``nn.Sequential`` or any torch.fx-traceable module of supported layers (``SUPPORTED_MODULES``).
             It is evaluated in eval mode (batch norm running statistics, no dropout).
         spec: the chip (default ``ChipSpec.hermes()``).
-        example_input: a representative input batch; it calibrates the PWM input ranges, the INT8 output and
-            partial-sum ranges and the per-core G_max limits. Image models: float ``(B, C, H, W)``; LSTM models:
-            token ids ``(B, T)``.
+        example_input: the calibration data (an older name of ``calibration``; give one of the two).
+        calibration: representative model inputs; they calibrate the PWM input ranges, the INT8 output and
+            partial-sum ranges, and each core's ADC range and G_max limit. A tensor (image models: float
+            ``(B, C, H, W)``; LSTM models: token ids ``(B, T)``), a tuple of tensors (one per model input), or an
+            iterable of batches such as a ``DataLoader`` (a batch's first elements are the model inputs, so an
+            ``(images, labels)`` loader works). It streams through the float model a batch at a time.
+        calibration_method: how each conversion's full scale is chosen from the values it sees (docs/design.md
+            "Calibration"): ``"mae"`` (least expected absolute conversion error, rounding plus saturation; the
+            default), ``"mse"`` (least squared error), ``"percentile"`` (the ``percentile`` of |value|) or ``"max"``
+            (the largest value: nothing saturates).
+        percentile: the percentile of the ``"percentile"`` method, in (0, 100].
+        progress: show the calibration's progress on stderr when it has several batches.
         chips: number of chips to spread the network over (inter-chip transfers are marked as such).
         avoid_cores: global core ids not to use (dead cores); spare cores take their blocks.
         avoid_links: pairs of linked global core ids whose link is dead: no column chain sends its partial sums
@@ -69,18 +86,18 @@ def compile(
         raise ArgumentTypeError(f"name must be a str or None, got {type(name).__name__} {name!r}")
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise ArgumentTypeError(
-            "example_input must be a tensor batch of representative inputs, or a tuple of them for a model with "
-            f"several inputs (it calibrates the chip's number conversions); got {type(example_input).__name__}"
-        )
     if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
         raise ValidationError(f"chips must be an int >= 1, got {chips!r}")
-    if any(t.numel() == 0 for t in inputs):
-        raise ValidationError(f"example_input must not be empty; got shapes {[tuple(t.shape) for t in inputs]}")
-    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in inputs):
-        raise ValidationError("example_input must be finite; it holds NaN/Inf values")
+    check_choice(calibration_method, "calibration_method", METHODS)
+    check_number(percentile, "percentile", low=0.0, high=100.0, low_inclusive=False)
+    if example_input is not None and calibration is not None:
+        raise ArgumentTypeError("give the calibration data once: calibration= or example_input=, not both")
+    data = calibration if calibration is not None else example_input
+    if data is None:
+        raise ArgumentTypeError(
+            "compile needs calibration data: calibration= a tensor of representative model inputs or a DataLoader "
+            "of them (it calibrates the chip's number conversions)"
+        )
     was_training = model.training
     model.eval()
     try:
@@ -92,13 +109,7 @@ def compile(
             raise UnsupportedLayerError("the model has no Conv2d, Linear or LSTM layer to put on the chip")
         fuse(captured)
         check_fits(captured.layers, spec, chips)
-        try:
-            calibrate(gm, captured, example_input)
-        except (RuntimeError, IndexError, TypeError) as err:
-            shapes = [f"{tuple(t.shape)} {t.dtype}" for t in inputs]
-            raise ValidationError(
-                f"the model cannot run example_input {', '.join(shapes)}: {str(err).splitlines()[0]}"
-            ) from None
+        first, calibration_info = _calibrate(gm, captured, spec, data, calibration_method, percentile, progress)
     finally:
         model.train(was_training)
     check_choice(pooling, "pooling", ("off-chip", "ldpu"))
@@ -122,9 +133,44 @@ def compile(
                 "dtype": "float" if t.is_floating_point() else "int",
                 "features": int(t.shape[1]) if t.is_floating_point() and t.dim() >= 2 else None,
             }
-            for t in inputs
+            for t in first
         ),
+        calibration=calibration_info,
     )
+
+
+def _calibrate(
+    gm: torch.fx.GraphModule,
+    captured: Captured,
+    spec: ChipSpec,
+    data: _batches.CalibrationData,
+    method: str,
+    percentile: float,
+    progress: bool,
+) -> tuple[tuple[torch.Tensor, ...], dict[str, Any]]:
+    """Stream ``data`` through the model and set the layers' ranges; returns the first batch and the calibration's
+    record (method, batches, inputs)."""
+    # the inputs without a default value (an LSTM model's optional initial state is not calibration data)
+    n_inputs = sum(node.op == "placeholder" and not node.args for node in gm.graph.nodes)
+    cal = Calibrator(gm, captured, spec, method, percentile)
+    total = _batches.count(data)
+    first: tuple[torch.Tensor, ...] = ()
+    with _progress(
+        total=total, desc="calibrate", unit="batches", enabled=progress and (total is None or total > 1)
+    ) as bar:
+        for index, inputs in enumerate(_batches.batches(data, n_inputs)):
+            first = first or inputs
+            try:
+                cal.add(inputs)
+            except (RuntimeError, IndexError, TypeError, ValueError) as err:
+                shapes = ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in inputs)
+                raise ValidationError(
+                    f"the model cannot run calibration batch {index} ({shapes}): {str(err).splitlines()[0]}"
+                ) from None
+            bar.update(1)
+    if not first:
+        raise ValidationError("the calibration data is empty: it gave no batch of model inputs")
+    return first, cal.finish()
 
 
 def _listed(items: object, name: str) -> list:

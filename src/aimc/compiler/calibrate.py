@@ -1,9 +1,15 @@
-"""Ranges of the chip's number conversions, measured on example inputs (the compile step's calibration).
+"""Ranges of the chip's number conversions, measured on calibration inputs (the compile step's calibration).
 
-For each analog layer: the input value that maps to PWM full scale (``x_range``: the largest |input| seen), the
-INT8 full scale of its output after the LDPU pipeline (``out_range``) and of the partial sums passed along its
-column chains (``psum_range``), and the largest normalised bit-line load of each core (``load``), from which
-``program`` limits each core's G_max below ADC saturation.
+For each analog layer: the input value that maps to PWM full scale (``x_range``), the INT8 full scale of its output
+after the LDPU pipeline (``out_range``) and of the partial sums passed along its column chains (``psum_range``), and
+the normalised bit-line load of each core (``load``), from which ``program`` sets each core's ADC range and limits its
+G_max below ADC saturation.
+
+The calibration inputs stream through the float model batch by batch (:class:`Calibrator`). Each range's values go
+into a histogram (:mod:`aimc.compiler.observe`), and at the end the full scale of each conversion is chosen from it by
+the calibration method: ``"max"`` (the largest value seen), ``"percentile"``, ``"mse"`` (least expected squared
+conversion error) or ``"mae"`` (least expected absolute error, the default). Memory is bounded by one batch and the
+histograms; time is linear in the number of inputs.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
+from aimc._validation import check_choice, check_number
 from aimc.compiler.capture import Captured
 from aimc.compiler.layout import block_view, column_blocks, layer_rows, output_rows, weight_blocks
 from aimc.compiler.mapping import MappedLayer, Op
+from aimc.compiler.observe import DEFAULT_PERCENTILE, METHODS, AbsHistogram
 from aimc.digital.gdpu import TANH_LUT_RANGE
+from aimc.spec import ChipSpec
 
 #: INT8 full scale limit of LSTM gate pre-activations: sigmoid(x) = 1/2 + tanh(x/2)/2 reaches the end of the
 #: GDPU's tanh table (±TANH_LUT_RANGE, docs/physics.md §9.3) at |x| = 2·TANH_LUT_RANGE, tanh itself at TANH_LUT_RANGE;
@@ -27,12 +36,16 @@ GATE_RANGE_LIMIT = 2 * TANH_LUT_RANGE
 H_RANGE = 1.0
 #: Our choice: largest factor by which an LSTM input is scaled up to the PWM range of h.
 MAX_INPUT_SCALE = 16.0
+#: INT8 links (outputs, partial sums): codes -128..127, full scale at 127 (docs/physics.md §9.2).
+INT8_LEVELS = 127
 
 #: Floor of every range, so that an all-zero calibration value never gives a zero scale.
 MIN_RANGE = 1e-6
 #: Calibration rows per step of the bit-line load and partial-sum computation (not physics: it bounds the work
-#: tensors, about 64 MB for a layer of 4 x 2 cores, and keeps the time linear in the number of example inputs).
+#: tensors, about 64 MB for a layer of 4 x 2 cores, and keeps the time linear in the number of calibration inputs).
 CHUNK_ROWS = 8192
+#: The default calibration method (the one that kept the most accuracy in docs/validation.md's measurements).
+DEFAULT_METHOD = "mae"
 
 
 class _Recorder(torch.fx.Interpreter):
@@ -48,12 +61,11 @@ class _Recorder(torch.fx.Interpreter):
         return out
 
 
-def record(gm: torch.fx.GraphModule, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> dict[str, Any]:
-    """Every node's value for ``example_input`` (float forward, no gradients)."""
+def record(gm: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    """Every node's value for the model inputs ``inputs`` (float forward, no gradients)."""
     rec = _Recorder(gm)
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
     with torch.no_grad():
-        rec.run(*args)
+        rec.run(*inputs)
     return rec.values
 
 
@@ -69,8 +81,9 @@ def _scale_lstm_input(layer: MappedLayer, x: torch.Tensor) -> None:
 
     x (e.g. an off-chip embedding with entries of 0.1-0.3) and h (|h| < 1) share the rows of a core and so one PWM
     full scale; a small x would use a few of the 127 levels. The host multiplies x by ``input_scale`` =
-    H_RANGE / max|x| (at most :data:`MAX_INPUT_SCALE`) and the input weight columns are divided by it — the same
-    function, with x at full PWM resolution (at the price of smaller conductances for those weights).
+    H_RANGE / max|x| (at most :data:`MAX_INPUT_SCALE`; max|x| of the first calibration batch) and the input weight
+    columns are divided by it — the same function, with x at full PWM resolution (at the price of smaller
+    conductances for those weights).
     """
     k_in = layer.geometry["input_size"]
     peak = float(x.abs().max())
@@ -80,113 +93,170 @@ def _scale_lstm_input(layer: MappedLayer, x: torch.Tensor) -> None:
     layer.weight[:, :k_in] /= scale
 
 
-def calibrate(
-    gm: torch.fx.GraphModule, captured: Captured, example_input: torch.Tensor | tuple[torch.Tensor, ...]
-) -> None:
-    """Set ``x_range``, ``out_range``, ``psum_range`` and ``load`` of every analog layer; in place."""
-    values = record(gm, example_input)
-    ops_by_name = {op.name: op for op in captured.ops}
-    for op in captured.ops:
-        if op.kind not in ("analog", "lstm"):
-            continue
-        layer = captured.layers[op.attrs["layer"]]
-        x = _value(values, ops_by_name, op.inputs[0]).float()
+class _LayerStats:
+    """The histograms of one analog layer's conversions."""
+
+    def __init__(self, layer: MappedLayer) -> None:
         t = layer.tiling
-        wb = weight_blocks(layer)  # (r, c, m, n)
-        scale = None  # partial sums travel down the column chains where there are several row blocks
-        if t.row_blocks > 1:
-            scale = F.pad(layer.scale, (0, t.col_blocks * t.block_outputs - t.outputs)).reshape(t.col_blocks, 1, -1)
-        if layer.kind == "lstm":
-            h = values[op.name][0].float()  # (B, T, H): h_t for every step
-            h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
-            _scale_lstm_input(layer, x)
-            x = x * layer.geometry["input_scale"]
-            rows = torch.cat([x, h_prev], dim=-1).reshape(-1, x.shape[-1] + h.shape[-1])
-            out = rows @ layer.weight.T + layer.bias
-            # the GDPU's tables are flat beyond these pre-activations, so a wider INT8 range only loses resolution
-            layer.out_range = max(min(float(out.abs().max()), GATE_RANGE_LIMIT), MIN_RANGE)
-            layer.x_range = max(float(rows.abs().max()), MIN_RANGE)
-            layer.load, psum = core_ranges(block_view(layer, rows), layer.x_range, wb, scale)
-        else:
-            if layer.kind == "conv2d":
-                layer.geometry["input_hw"] = [int(x.shape[-2]), int(x.shape[-1])]
-            out = _value(values, ops_by_name, op.attrs.get("value_node", op.name))
-            layer.out_range = max(float(out.abs().max()), MIN_RANGE)
-            addend = None
-            if scale is not None and layer.add is not None and layer.add_at_chain_head:
-                addend = _value(values, ops_by_name, layer.add).float()
-            layer.x_range, layer.load, psum = _input_ranges(layer, x, wb, scale, addend)
-        layer.psum_range = max(psum, MIN_RANGE) if scale is not None else 1.0
+        self.x = AbsHistogram()
+        self.out = AbsHistogram()
+        self.psum = AbsHistogram() if t.row_blocks > 1 else None
+        self.load = AbsHistogram(t.row_blocks * t.col_blocks)
+        self.wb: torch.Tensor | None = None  # (r, c, m, n) weight blocks, once the layer's weight is final
+        self.scale: torch.Tensor | None = None  # (c, 1, m) affine scale of the partial sums
+
+    def blocks(self, layer: MappedLayer) -> torch.Tensor:
+        if self.wb is None:
+            t = layer.tiling
+            self.wb = weight_blocks(layer)
+            if t.row_blocks > 1:
+                pad = (0, t.col_blocks * t.block_outputs - t.outputs)
+                self.scale = F.pad(layer.scale, pad).reshape(t.col_blocks, 1, -1)
+        return self.wb
 
 
-def _input_ranges(
-    layer: MappedLayer, x: torch.Tensor, wb: torch.Tensor, scale: torch.Tensor | None, addend: torch.Tensor | None
-) -> tuple[float, torch.Tensor, float]:
-    """``x_range``, the cores' loads and the largest partial sum (:func:`core_ranges`) of a conv or linear layer's
-    input ``x`` (its example batch), its im2col rows made for about :data:`CHUNK_ROWS` rows of items at a time."""
-    per_item = max(1, layer_rows(layer, x[:1]).shape[0])
-    step = max(1, CHUNK_ROWS // per_item)
-    chunks = [slice(i, i + step) for i in range(0, x.shape[0], step)]
-    g = layer.geometry
-    if layer.kind == "conv2d" and all(v == 1 for v in (*g["stride"], *g["dilation"])):
-        low, high = torch.aminmax(x)  # stride 1: every pixel is in some patch, so |x| has the rows' maximum
-        x_range = max(float(high), -float(low))
-    else:
-        x_range = max(float(layer_rows(layer, x[sl]).abs().max()) for sl in chunks)
-    x_range = max(x_range, MIN_RANGE)
-    load, psum = torch.zeros(wb.shape[:2], dtype=wb.dtype), 0.0
-    for sl in chunks:
-        xb = block_view(layer, layer_rows(layer, x[sl]))  # (r, R', n)
-        head = None if addend is None else column_blocks(layer, output_rows(layer, addend[sl]))
-        chunk_load, chunk_psum = core_ranges(xb, x_range, wb, scale, head)
-        load, psum = torch.maximum(load, chunk_load), max(psum, chunk_psum)
-    return x_range, load, psum
+class Calibrator:
+    """Streams calibration batches through the float model and sets every analog layer's ranges from them.
+
+    Usage: ``cal = Calibrator(gm, captured, spec)``, ``cal.add(inputs)`` for each batch (a tuple of the model's input
+    tensors), then ``cal.finish()`` sets ``x_range``, ``out_range``, ``psum_range`` and ``load`` in place.
+    """
+
+    def __init__(
+        self,
+        gm: torch.fx.GraphModule,
+        captured: Captured,
+        spec: ChipSpec,
+        method: str = DEFAULT_METHOD,
+        percentile: float = DEFAULT_PERCENTILE,
+    ) -> None:
+        check_choice(method, "calibration method", METHODS)
+        check_number(percentile, "percentile", low=0.0, high=100.0, low_inclusive=False)
+        self.gm, self.captured, self.spec = gm, captured, spec
+        self.method, self.percentile = method, percentile
+        self.ops_by_name = {op.name: op for op in captured.ops}
+        self.analog = [op for op in captured.ops if op.kind in ("analog", "lstm")]
+        self.stats = {op.name: _LayerStats(captured.layers[op.attrs["layer"]]) for op in self.analog}
+        self.batches = 0
+        self.items = 0
+
+    def add(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        """Observe one batch of model inputs."""
+        values = record(self.gm, inputs)
+        for op in self.analog:
+            layer = self.captured.layers[op.attrs["layer"]]
+            stats = self.stats[op.name]
+            x = _value(values, self.ops_by_name, op.inputs[0]).float()
+            if layer.kind == "lstm":
+                self._observe_lstm(op, layer, stats, x, values)
+            else:
+                self._observe_layer(op, layer, stats, x, values)
+        self.batches += 1
+        self.items += int(inputs[0].shape[0])
+
+    def _observe_lstm(
+        self, op: Op, layer: MappedLayer, stats: _LayerStats, x: torch.Tensor, values: dict[str, Any]
+    ) -> None:
+        h = values[op.name][0].float()  # (B, T, H): h_t for every step
+        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+        if stats.wb is None:
+            _scale_lstm_input(layer, x)  # before the weight blocks are taken
+        x = x * layer.geometry["input_scale"]
+        rows = torch.cat([x, h_prev], dim=-1).reshape(-1, x.shape[-1] + h.shape[-1])
+        stats.out.add(rows @ layer.weight.T + layer.bias)
+        stats.x.add(rows)
+        _observe_cores(stats, block_view(layer, rows), stats.blocks(layer))
+
+    def _observe_layer(
+        self, op: Op, layer: MappedLayer, stats: _LayerStats, x: torch.Tensor, values: dict[str, Any]
+    ) -> None:
+        g = layer.geometry
+        if layer.kind == "conv2d":
+            g["input_hw"] = [int(x.shape[-2]), int(x.shape[-1])]
+        stats.out.add(_value(values, self.ops_by_name, op.attrs.get("value_node", op.name)))
+        wb = stats.blocks(layer)
+        addend = None
+        if stats.psum is not None and layer.add is not None and layer.add_at_chain_head:
+            addend = _value(values, self.ops_by_name, layer.add).float()
+        # stride 1: every pixel is in some patch, so the pixels have the rows' values (less the padding's zeros)
+        pixels = layer.kind == "conv2d" and all(v == 1 for v in (*g["stride"], *g["dilation"]))
+        if pixels:
+            stats.x.add(x)
+        per_item = max(1, layer_rows(layer, x[:1]).shape[0])
+        step = max(1, CHUNK_ROWS // per_item)
+        for i in range(0, x.shape[0], step):
+            rows = layer_rows(layer, x[i : i + step])
+            if not pixels:
+                stats.x.add(rows)
+            head = None if addend is None else column_blocks(layer, output_rows(layer, addend[i : i + step]))
+            _observe_cores(stats, block_view(layer, rows), wb, head)
+
+    def finish(self) -> dict[str, Any]:
+        """Set every analog layer's ranges from the histograms; returns what was done (method, batches, items)."""
+        if self.batches == 0:
+            raise ValueError("no calibration batch was observed")
+        for op in self.analog:
+            layer = self.captured.layers[op.attrs["layer"]]
+            stats = self.stats[op.name]
+            layer.x_range = max(self._full_scale(stats.x, self.spec.input_levels), MIN_RANGE)
+            out_range = self._full_scale(stats.out, INT8_LEVELS)
+            if layer.kind == "lstm":  # the GDPU's tables are flat beyond this: a wider range only loses resolution
+                out_range = min(out_range, GATE_RANGE_LIMIT)
+            layer.out_range = max(out_range, MIN_RANGE)
+            layer.psum_range = 1.0 if stats.psum is None else max(self._full_scale(stats.psum, INT8_LEVELS), MIN_RANGE)
+            t = layer.tiling
+            load = stats.load.full_scale(self.method, self.spec.adc_max_count, self.percentile) / layer.x_range
+            layer.load = load.reshape(t.row_blocks, t.col_blocks).to(layer.weight.dtype)
+        info: dict[str, Any] = {"method": self.method, "batches": self.batches, "inputs": self.items}
+        if self.method == "percentile":
+            info["percentile"] = self.percentile
+        return info
+
+    def _full_scale(self, hist: AbsHistogram, levels: int) -> float:
+        return float(hist.full_scale(self.method, levels, self.percentile)[0])
 
 
-def core_ranges(
-    xb: torch.Tensor,
-    x_range: float,
-    wb: torch.Tensor,
-    scale: torch.Tensor | None = None,
-    addend: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, float]:
-    """The bit-line load of each core and the largest partial sum of the column chains, over all input rows.
+def _observe_cores(stats: _LayerStats, xb: torch.Tensor, wb: torch.Tensor, addend: torch.Tensor | None = None) -> None:
+    """Count the bit-line load of each core and the partial sums of the column chains for input rows ``xb``.
 
-    The load is the max over rows and outputs of each one-phase counter's sum_j (|w_j|/w_max)(|x_j|/x_range) for
-    the inputs of one sign and the weights of one sign (the positive counter: x+·w+ + x-·w-; the negative one:
-    x+·w- + x-·w+). With pos + neg = |x|·|w| and pos - neg = x·w, max(pos, neg) = (|x|·|w| + |x·w|) / 2: two
-    products per core instead of four. Rows are taken :data:`CHUNK_ROWS` at a time.
+    A core's load for one input row is its largest one-phase counter over the outputs: sum_j (|w_j|/w_max)·|x_j| over
+    the inputs of one sign and the weights of one sign (positive counter: x+·w+ + x-·w-; negative: x+·w- + x-·w+), in
+    units of the input (divided by ``x_range`` once it is chosen). With pos + neg = |x|·|w| and pos - neg = x·w,
+    max(pos, neg) = (|x|·|w| + |x·w|) / 2: two products per core. One value per row and core goes into the
+    histogram, so that a clipped load is the load that a given share of the rows stays within. Rows are taken
+    :data:`CHUNK_ROWS` at a time.
 
     Args:
+        stats: the layer's histograms (``load``: one row per core; ``psum``: the running partial sums).
         xb: ``(r, R, n)`` inputs of each row block.
-        x_range: the input value at PWM full scale.
         wb: ``(r, c, m, n)`` weight blocks (w_max: each block's max |W|).
-        scale: ``(c, 1, m)`` affine scale of the partial sums per column block, or None to skip the partial sums.
         addend: ``(c, R, m)`` value added at each column chain's head, or None.
-
-    Returns:
-        ``(r, c)`` loads and the largest |running partial sum| sent along a column chain (affine scale applied,
-        bias not yet; 0.0 without ``scale``).
     """
+    r, c = wb.shape[:2]
     w_max = wb.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
     wn = wb / w_max
     w_abs = wn.abs()
-    load = torch.zeros(wb.shape[:2], dtype=wb.dtype)
-    psum = 0.0
     for start in range(0, xb.shape[1], CHUNK_ROWS):
-        x = xb[:, start : start + CHUNK_ROWS].unsqueeze(1) / x_range  # (r, 1, R', n) within [-1, 1]
+        x = xb[:, start : start + CHUNK_ROWS].unsqueeze(1)  # (r, 1, R', n)
         y = x @ wn.mT  # (r, c, R', m): pos - neg
-        counters = (x.abs() @ w_abs.mT).add_(y.abs())  # 2·max(pos, neg)
-        load = torch.maximum(load, counters.amax(dim=(-2, -1)) / 2)
-        if scale is not None:
-            running = torch.cumsum(y.mul_(w_max * x_range).mul_(scale), dim=0)[:-1]  # the partial sums sent on
+        if stats.psum is not None:
+            running = torch.cumsum(y * (w_max * stats.scale), dim=0)[:-1]  # the partial sums sent on
             if addend is not None:
                 running += addend[:, start : start + CHUNK_ROWS]
-            psum = max(psum, float(running.abs().max()))
-    return load, psum
+            stats.psum.add(running)
+        counters = (x.abs() @ w_abs.mT).add_(y.abs_())  # 2·max(pos, neg)
+        stats.load.add(counters.amax(dim=-1).mul_(0.5).reshape(r * c, -1))
 
 
 def bit_line_load(xn: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    """:func:`core_ranges`' loads of inputs already divided by their range: ``xn`` ``(r, R, n)`` within [-1, 1],
-    ``wb`` ``(r, c, m, n)`` -> ``(r, c)``."""
-    return core_ranges(xn, 1.0, wb)[0]
+    """The largest bit-line load of each core: ``xn`` ``(r, R, n)`` inputs already divided by their range (within
+    [-1, 1]), ``wb`` ``(r, c, m, n)`` weight blocks -> ``(r, c)``, the max over rows and outputs of the larger
+    one-phase counter (see :func:`_observe_cores`), max(pos, neg) = (|x|·|w| + |x·w|) / 2."""
+    w_max = wb.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+    wn = wb / w_max
+    load = torch.zeros(wb.shape[:2], dtype=wb.dtype)
+    for start in range(0, xn.shape[1], CHUNK_ROWS):
+        x = xn[:, start : start + CHUNK_ROWS].unsqueeze(1)
+        counters = (x.abs() @ wn.abs().mT).add_((x @ wn.mT).abs_())
+        load = torch.maximum(load, counters.amax(dim=(-2, -1)) / 2)
+    return load

@@ -190,6 +190,8 @@ class Mapping:
         input_signature: per input op, what the compile-time example input looked like: ``ndim``, ``dtype``
             (``"float"`` or ``"int"``) and ``features`` (size of dim 1 of a float input: channels or features);
             ``ProgrammedChip.run`` checks its inputs against it. Empty for mappings saved before it existed.
+        calibration: how the conversion ranges were calibrated: ``method``, ``batches``, ``inputs`` (and
+            ``percentile``); empty for mappings saved before it was recorded.
     """
 
     spec: ChipSpec
@@ -201,6 +203,7 @@ class Mapping:
     avoid_cores: tuple[int, ...] = ()
     avoid_links: tuple[tuple[int, int], ...] = ()
     input_signature: tuple[dict[str, Any], ...] = ()
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def topology(self) -> Topology:
@@ -319,6 +322,7 @@ class Mapping:
             "avoid_cores": list(self.avoid_cores),
             "avoid_links": [list(p) for p in self.avoid_links],
             "input_signature": [dict(sig) for sig in self.input_signature],
+            "calibration": dict(self.calibration),
         }
 
     @classmethod
@@ -342,6 +346,7 @@ class Mapping:
                 avoid_cores=tuple(int(c) for c in meta.get("avoid_cores", [])),
                 avoid_links=tuple((int(a), int(b)) for a, b in meta.get("avoid_links", [])),
                 input_signature=tuple(dict(sig) for sig in meta.get("input_signature", [])),
+                calibration=dict(meta.get("calibration", {})),
             )
         except (KeyError, TypeError) as err:
             raise ValidationError(f"mapping metadata is incomplete or malformed: {err!r}") from None

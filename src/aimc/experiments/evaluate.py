@@ -133,7 +133,7 @@ def chip_metric(chip: ProgrammedChip, data: TaskData, t: float, mode: str, seed:
 
 def compile_task(model: torch.nn.Module, data: TaskData) -> Mapping:
     """The network compiled for the chip, converter ranges calibrated on unlabelled training inputs."""
-    return compile_network(model, example_input=data.x_cal[:CALIBRATION_INPUTS], name=data.task)
+    return compile_network(model, calibration=data.x_cal[:CALIBRATION_INPUTS], name=data.task)
 
 
 def quantisation_only(mapping: Mapping, data: TaskData) -> float:

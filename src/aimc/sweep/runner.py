@@ -92,7 +92,7 @@ def prepare(spec: SweepSpec, task: NetworkTask, store: ResultStore) -> Payload:
     context = spec.context()
     mapping = load_mapping(store.folder, context)
     if mapping is None:
-        mapping = aimc.compile(model, example_input=task.calibration_input(spec.data), name=spec.network)
+        mapping = aimc.compile(model, calibration=task.calibration_input(spec.data), name=spec.network)
         save_mapping(mapping, store.folder, context)
     return Payload(task=task, mapping=mapping, data=data, batch_size=spec.data.batch_size)
 

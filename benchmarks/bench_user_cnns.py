@@ -1,0 +1,208 @@
+"""How well aimc keeps the accuracy of networks trained without it: calibration methods and HWA fine-tuning.
+
+The networks are the two CIFAR-10 CNNs of ``benchmarks/user_cnns.py`` (a VGG-style net with BatchNorm after ReLU and
+raw 0-255 pixel inputs, a MobileNet-style net with depthwise convolutions), trained in plain PyTorch. For each net and
+each calibration method (``aimc.compile(..., calibration_method=...)``, calibrated on training images):
+
+- software: the PyTorch model (float32);
+- quantisation only: ideal devices, no read noise, the chip's converters and digital units;
+- hermes-2dev TDP and hermes-1dev ODP, four-phase reads, at 1 hour and 1 day after programming (global drift
+  compensation on), over ``--seeds`` programming seeds.
+
+Then, with ``--finetune-epochs N``, the net is fine-tuned hardware-aware (``aimc.train.hwa_finetune``, hermes-2dev
+TDP noise) for N epochs on the CIFAR-10 training set, and measured again with the default calibration method. The
+fine-tuned weights go to ``benchmarks/weights/<net>_hwa.safetensors``.
+
+Every figure is kept in ``--results`` (JSON) as soon as it is measured: a run that is stopped continues where it
+stopped, and computes nothing twice. ``--write`` puts the table into docs/validation.md.
+
+Usage: ``python benchmarks/bench_user_cnns.py [--nets vgg,mobilenet] [--images 2000] [--finetune-epochs 5] [--write]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import aimc
+import user_cnns
+from aimc.compiler.calibrate import DEFAULT_METHOD
+from aimc.compiler.observe import METHODS
+from aimc.data import load_cifar10
+
+from _common import machine, today
+
+VALIDATION = Path(__file__).resolve().parent.parent / "docs" / "validation.md"
+#: The chip configurations measured: (label, device preset, strategy).
+CHIPS = (("TDP", "hermes-2dev", "tdp"), ("ODP", "hermes-1dev", "odp"))
+TIMES = {"1 h": 3600.0, "1 d": 86400.0}
+#: Training images that calibrate the ranges.
+CALIBRATION_IMAGES = 512
+BATCH = 250
+
+
+def _accuracy(run, x: torch.Tensor, y: torch.Tensor) -> float:
+    correct = 0
+    for i in range(0, len(x), BATCH):
+        correct += int((run(x[i : i + BATCH], i).argmax(1) == y[i : i + BATCH]).sum())
+    return 100.0 * correct / len(x)
+
+
+class Results:
+    """The figures measured so far, in a JSON file written after each one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str, compute) -> float:
+        if key not in self.data:
+            start = time.perf_counter()
+            self.data[key] = float(compute())
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+            print(f"{key}: {self.data[key]:.2f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        return self.data[key]
+
+
+def measure(res: Results, prefix: str, model: torch.nn.Module, net: str, data: dict, methods, seeds) -> None:
+    """Every figure of ``model`` under the keys ``prefix/...``."""
+    x, y, x_cal = data["x"], data["y"], data["x_cal"]
+
+    def software() -> float:
+        with torch.no_grad():
+            return _accuracy(lambda xb, _i: model(xb), x, y)
+
+    res.get(f"{prefix}/software", software)
+    for method in methods:
+        keys = [f"{prefix}/{method}/quant"] + [
+            f"{prefix}/{method}/{label}/{t}/seed{seed}" for label, _, _ in CHIPS for seed in seeds for t in TIMES
+        ]
+        if all(k in res.data for k in keys):
+            continue
+        mapping = aimc.compile(model, calibration=x_cal, calibration_method=method, name=net, progress=False)
+
+        def quant(mapping=mapping) -> float:
+            chip = aimc.program(mapping, "ideal", "tdp", seed=0)
+            return _accuracy(lambda xb, i: chip.run(xb, t=60.0, mode="four-phase", seed=i, read_noise=False), x, y)
+
+        res.get(f"{prefix}/{method}/quant", quant)
+        for label, device, strategy in CHIPS:
+            for seed in seeds:
+                chip = aimc.program(mapping, device, strategy, seed=seed)
+                for tname, t in TIMES.items():
+
+                    def read(chip=chip, t=t, seed=seed) -> float:
+                        return _accuracy(
+                            lambda xb, i: chip.run(xb, t=t, mode="four-phase", seed=seed * 1_000_003 + i), x, y
+                        )
+
+                    res.get(f"{prefix}/{method}/{label}/{tname}/seed{seed}", read)
+
+
+def _mean(res: Results, key: str, seeds) -> str:
+    vals = [res.data[f"{key}/seed{s}"] for s in seeds if f"{key}/seed{s}" in res.data]
+    if not vals:
+        return "–"
+    return f"{statistics.fmean(vals):.2f}" + (f" ± {statistics.pstdev(vals):.2f}" if len(vals) > 1 else "")
+
+
+def table(res: Results, nets, methods, seeds, finetuned: bool) -> str:
+    head = "| net | weights | calibration | software | quantisation only | " + " | ".join(
+        f"{label} {t}" for label, _, _ in CHIPS for t in TIMES
+    )
+    lines = [head + " |", "|" + "---|" * (5 + len(CHIPS) * len(TIMES))]
+    for net in nets:
+        for stage in ("float", "hwa") if finetuned else ("float",):
+            prefix = f"{net}/{stage}"
+            if f"{prefix}/software" not in res.data:
+                continue
+            for method in methods if stage == "float" else (DEFAULT_METHOD,):
+                if f"{prefix}/{method}/quant" not in res.data:
+                    continue
+                cells = [
+                    net,
+                    "as trained" if stage == "float" else "HWA fine-tuned",
+                    f"`{method}`",
+                    f"{res.data[f'{prefix}/software']:.2f}",
+                    f"{res.data[f'{prefix}/{method}/quant']:.2f}",
+                ]
+                cells += [_mean(res, f"{prefix}/{method}/{label}/{t}", seeds) for label, _, _ in CHIPS for t in TIMES]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_validation(markdown: str) -> None:
+    import re
+
+    text = VALIDATION.read_text()
+    start, end = "<!-- user_cnns:start -->", "<!-- user_cnns:end -->"
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    VALIDATION.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nets", default="vgg,mobilenet")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--images", type=int, default=2000, help="test images (default 2000)")
+    parser.add_argument("--seeds", default="0", help="programming seeds, comma-separated (default 0)")
+    parser.add_argument("--finetune-epochs", type=int, default=0)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--results", type=Path, default=Path("results/user_cnns.json"))
+    parser.add_argument("--write", action="store_true", help="put the table into docs/validation.md")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    nets, methods = args.nets.split(","), args.methods.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    res = Results(args.results)
+    test_images, test_labels = load_cifar10("test", args.data_dir, args.images)
+    train_images, train_labels = load_cifar10("train", args.data_dir, None)
+    for net in nets:
+        data = {
+            "x": user_cnns.to_input(test_images, net),
+            "y": torch.as_tensor(test_labels).long(),
+            "x_cal": user_cnns.to_input(train_images[:CALIBRATION_IMAGES], net),
+        }
+        model = user_cnns.load(net)
+        measure(res, f"{net}/float", model, net, data, methods, seeds)
+        if args.finetune_epochs:
+            out = user_cnns.WEIGHTS_DIR / f"{net}_hwa.safetensors"
+            if not out.exists():
+                from aimc.train import hwa_finetune
+                from aimc.train.checkpoint import save_weights
+
+                x_train = user_cnns.to_input(train_images, net)
+                loader = torch.utils.data.DataLoader(
+                    torch.utils.data.TensorDataset(x_train, torch.as_tensor(train_labels).long()),
+                    batch_size=128,
+                    shuffle=True,
+                    generator=torch.Generator().manual_seed(0),
+                )
+                tuned = hwa_finetune(
+                    model, loader, epochs=args.finetune_epochs, seed=0, checkpoint=f"results/{net}_hwa.ckpt"
+                )
+                save_weights(out, tuned, {"finetune_epochs": str(args.finetune_epochs), "base": f"{net}.safetensors"})
+            tuned = user_cnns._load_file(net, out)
+            measure(res, f"{net}/hwa", tuned, net, data, (DEFAULT_METHOD,), seeds)
+    markdown = (
+        f"Machine: {machine()}. Date: {today()}. {args.images} CIFAR-10 test images; calibration on "
+        f"{CALIBRATION_IMAGES} training images; accuracy in %; chip columns: mean over programming seeds "
+        f"{', '.join(map(str, seeds))}.\n\n" + table(res, nets, methods, seeds, bool(args.finetune_epochs))
+    )
+    print(markdown)
+    if args.write:
+        write_validation(markdown)
+
+
+if __name__ == "__main__":
+    main()
