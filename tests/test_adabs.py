@@ -100,3 +100,58 @@ def test_adabs_rejects_bad_arguments(setup):
         adabs(chip, x, 60.0, layers=["nope"])
     with pytest.raises(ValidationError, match="ProgrammedChip"):
         adabs(mapping, x, 60.0)
+
+
+def _user_cnn(batch_norm: bool) -> nn.Module:
+    """A user's CNN with batch norm after the ReLU (not folded into the conv: a separate LDPU affine pass, and before
+    the pooling one that is not folded into the classifier either), or the same network without batch norm."""
+    torch.manual_seed(2)
+    bn = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        bn(8),
+        nn.Conv2d(8, 12, 3, padding=1),
+        nn.ReLU(),
+        bn(12),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(48, 10),
+    )
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(0.0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+@pytest.mark.parametrize("batch_norm", [True, False], ids=["bn-after-relu", "no-bn"])
+def test_adabs_on_a_user_cnn(batch_norm):
+    """AdaBS restores every conv/linear layer's channel statistics of a user's network whose batch norms are
+    separate affine passes after the ReLU (each layer is measured on inputs that passed them), and of one without
+    batch norm (it then recalibrates the layers' bias registers)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 3, 8, 8, generator=g)
+    mapping = aimc.compile(_user_cnn(batch_norm), example_input=x[:50], name="user")
+    affine = [op for op in mapping.ops if op.kind == "affine"]
+    assert len(affine) == (2 if batch_norm else 0)
+    t = 31_536_000.0
+    chip = aimc.program(mapping, "hermes-2dev", "tdp", seed=3)
+    ref = reference_moments(mapping, x)
+    before = _mismatch(mapping, chip, x, t, ref)
+    fixed = adabs(chip, x, t, seed=5, reference=ref)
+    after = _mismatch(mapping, fixed, x, t, ref)
+    assert after[0] < 0.05 and after[1] < 0.05, (before, after)
+    assert after[0] < before[0] and after[1] < before[1], (before, after)
+    assert set(fixed.mapping.layers) == {"0", "3", "8"}
+    # the batch norms' own affine passes keep their registers: the layers after them absorb the correction
+    for op in affine:
+        for part in ("scale", "shift"):
+            assert torch.equal(
+                fixed.mapping.extra_tensors[f"{op.name}.{part}"], mapping.extra_tensors[f"{op.name}.{part}"]
+            )
+    out = fixed.run(x[:20], t=t, seed=6)
+    assert out.shape == (20, 10) and bool(torch.isfinite(out).all())

@@ -136,7 +136,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     from aimc.compiler.draw import draw_core_map
 
     model, example, name = _load_network(args.model, args.arch)
-    mapping = aimc.compile(model, example_input=example, chips=args.chips, name=name)
+    mapping = aimc.compile(model, calibration=example, chips=args.chips, name=name)
     if args.json:
         print(json.dumps(mapping.describe(), indent=2))
     else:
@@ -197,7 +197,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     import aimc
 
     model, example, name = _load_network(args.model, args.arch)
-    mapping = aimc.compile(model, example_input=example, name=name)
+    mapping = aimc.compile(model, calibration=example, name=name)
     modes = ["one-phase", "four-phase"] if args.mode == "both" else [args.mode]
     reports = [estimate(mapping, mode, transport=args.transport) for mode in modes]
     if args.json:
@@ -388,6 +388,133 @@ def cmd_train(args: argparse.Namespace) -> int:
         final = train_char_lstm(args.out, **kwargs)
     metric = {k: v for k, v in final.items() if k in ("test_acc", "test_bpc", "valid_bpc")}
     print(f"wrote {args.out} ({json.dumps(metric)})")
+    return 0
+
+
+def _user_model(path: str, factory: str) -> Any:
+    """The ``nn.Module`` returned by the function ``factory`` of the Python file ``path`` (which is run)."""
+    import importlib.util
+
+    import torch
+
+    file = Path(path)
+    if file.suffix != ".py" or not file.is_file():
+        raise ValidationError(f"MODEL must be a Python file (.py) defining {factory}(); got {path!r}")
+    name = f"aimc_user_model_{file.stem}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ValidationError(f"cannot load {path!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(file.resolve().parent)
+    sys.path.insert(0, folder)  # the file may import modules beside it
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+    build = getattr(module, factory, None)
+    if not callable(build):
+        raise ValidationError(f"{path!r} defines no function {factory}() returning the model (see --factory)")
+    model = build()
+    if not isinstance(model, torch.nn.Module):
+        raise ValidationError(f"{factory}() of {path!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _finetune_data(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The training images ``(N, 3, 32, 32)`` float and labels of ``aimc finetune``, in the chosen pixel scale."""
+    import torch
+
+    from aimc.data import cifar10_tensors, load_cifar10
+
+    if args.raw_pixels or args.unit_pixels:
+        images, labels = load_cifar10("train", args.data_dir, args.images)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+        return (x if args.raw_pixels else x / 255.0), torch.from_numpy(labels.astype("int64"))
+    return cifar10_tensors("train", args.images, args.data_dir)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """``aimc finetune MODEL.py WEIGHTS``: hardware-aware fine-tuning of a user's network on CIFAR-10."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from aimc import __version__
+    from aimc._validation import check_number
+    from aimc.devices.registry import get as get_device
+    from aimc.train.checkpoint import load_weights_file, save_weights
+    from aimc.train.finetune import hwa_finetune
+
+    # the arguments are checked before the model file runs and the data are read
+    check_number(args.epochs, "--epochs", low=1, integer=True)
+    check_number(args.batch, "--batch", low=1, integer=True)
+    check_number(args.lr, "--lr", low=0.0, low_inclusive=False)
+    for name in ("images", "max_steps"):
+        if getattr(args, name) is not None:
+            check_number(getattr(args, name), f"--{name.replace('_', '-')}", low=1, integer=True)
+    if args.seed < 0:
+        raise ValidationError(f"--seed must be a non-negative int; got {args.seed}")
+    if not args.out.endswith(".safetensors"):
+        raise ValidationError(f"--out must name a .safetensors file; got {args.out!r}")
+    device = args.device or ("hermes-1dev" if args.strategy == "odp" else "hermes-2dev")
+    get_device(device)  # an unknown preset raises here
+    model = _user_model(args.model, args.factory)
+    meta = load_weights_file(args.weights, model)  # checked: size, header, dtypes, finite values, names, shapes
+    x, y = _finetune_data(args)
+    if len(x) < args.batch:
+        raise ValidationError(f"--batch {args.batch} is larger than the {len(x)} training images")
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=args.batch,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu")
+    hwa_finetune(
+        model,
+        loader,
+        device=device,
+        strategy=args.strategy,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        max_steps=args.max_steps,
+        progress=not args.quiet,
+    )
+    total = args.epochs * len(loader)
+    steps = total if args.max_steps is None else min(total, args.max_steps)
+    pixels = "raw" if args.raw_pixels else "unit" if args.unit_pixels else "normalised"
+    record = {
+        "model_file": Path(args.model).name,
+        "factory": args.factory,
+        "weights": Path(args.weights).name,
+        "data": args.data,
+        "pixels": pixels,
+        "images": len(x),
+        "device": device,
+        "strategy": args.strategy,
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "steps": steps,
+        "total_steps": total,
+        "aimc_version": __version__,
+    }
+    header = {"aimc_hwa_finetune": json.dumps(record), "aimc_version": __version__}
+    if "aimc_model" in meta:
+        header["aimc_model"] = meta["aimc_model"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_weights(args.out, model, header)
+    if steps < total:
+        print(
+            f"wrote {args.out}: stopped at step {steps} of {total} (--max-steps); run again with the same "
+            f"--checkpoint to continue"
+        )
+    else:
+        print(f"wrote {args.out}: {steps} steps of HWA fine-tuning ({device}, {args.strategy.upper()})")
     return 0
 
 
@@ -641,6 +768,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="no progress output (each epoch's record is still written to log.jsonl)"
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "finetune",
+        help="hardware-aware fine-tuning of your own network (a Python file) on CIFAR-10",
+        description="Hardware-aware (HWA) fine-tuning of any PyTorch network: the chip's programming noise on every "
+        "Conv2d/Linear weight, 8-bit inputs and output noise in the forward pass, weight clipping after each step "
+        "(aimc.train.hwa_finetune). MODEL.py is imported and run as Python code: it is your own code, so pass only "
+        "files you trust. Its function model() (or --factory NAME) returns the torch.nn.Module, whose weights are "
+        "then read from WEIGHTS (a .safetensors state dict, checked; never pickle). Data: the CIFAR-10 training "
+        "set, shuffled with --seed, no augmentation; inputs normalised with the CIFAR-10 mean and std unless "
+        "--unit-pixels or --raw-pixels says otherwise.",
+    )
+    p.add_argument("model", metavar="MODEL.py", help="Python file defining model() (run as code: your own file)")
+    p.add_argument("weights", metavar="WEIGHTS.safetensors", help="the trained weights (state dict) to start from")
+    p.add_argument("--out", required=True, metavar="OUT.safetensors", help="where to write the fine-tuned weights")
+    p.add_argument("--factory", default="model", help="name of the function in MODEL.py that returns the network")
+    p.add_argument("--data", default="cifar10", choices=["cifar10"], help="training set (default cifar10)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    pixels = p.add_mutually_exclusive_group()
+    pixels.add_argument("--unit-pixels", action="store_true", help="inputs are pixels in [0, 1] (not normalised)")
+    pixels.add_argument("--raw-pixels", action="store_true", help="inputs are pixels 0-255 as floats (not normalised)")
+    p.add_argument("--images", type=int, default=None, help="use the first N training images (default all 50,000)")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training images (default 1)")
+    p.add_argument("--batch", type=int, default=128, help="images per step (default 128)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (default 1e-4)")
+    p.add_argument("--device", default=None, help="device preset (default hermes-1dev for ODP, hermes-2dev for TDP)")
+    p.add_argument("--strategy", default="tdp", choices=["tdp", "odp"], help="weight programming strategy")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the shuffling (default 0)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH.safetensors",
+        help="resumable run: continue from this file if it exists, and write it every 200 steps and at the end",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this step of the schedule (continue later with the same --checkpoint)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("reproduce", help="the chip paper's accuracy results (Fig. 3c/4c) and accuracy over time")
     p.add_argument("--out", default="results/reproduce", help="output folder (default results/reproduce)")

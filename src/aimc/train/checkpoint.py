@@ -106,8 +106,14 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     meta: dict[str, Any],
     generator: torch.Generator | None = None,
+    *,
+    extra_generators: dict[str, torch.Generator] | None = None,
 ) -> None:
-    """Atomically write model weights/buffers, optimizer state tensors and ``meta`` (JSON) to ``path``."""
+    """Atomically write model weights/buffers, optimizer state tensors and ``meta`` (JSON) to ``path``.
+
+    ``generator``'s state is stored as ``rng.state``; each of ``extra_generators`` (e.g. a data loader's shuffling
+    generator) as ``NAME.rng.state``, restored by :func:`load_checkpoint` under the same names.
+    """
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_meta: dict[str, Any] = {}
     if optimizer is not None:
@@ -121,6 +127,8 @@ def save_checkpoint(
         opt_meta["param_groups"] = state["param_groups"]
     if generator is not None:
         tensors["rng.state"] = generator.get_state()
+    for name, gen in (extra_generators or {}).items():
+        tensors[_generator_key(name)] = gen.get_state()
     header = {"meta": json.dumps(meta), "optimizer": json.dumps(opt_meta), CHECKSUM_KEY: tensor_checksum(tensors)}
     out = check_path(path)
     tmp = out.with_name(out.name + ".tmp")
@@ -133,8 +141,14 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
+    *,
+    extra_generators: dict[str, torch.Generator] | None = None,
 ) -> dict[str, Any]:
-    """Restore what :func:`save_checkpoint` wrote; returns its ``meta``. Raises CorruptFileError on a bad file."""
+    """Restore what :func:`save_checkpoint` wrote; returns its ``meta``. Raises CorruptFileError on a bad file.
+
+    Each of ``extra_generators`` whose state the file holds (saved under the same name) gets that state; the others
+    are left as they are.
+    """
     where = f"{str(path)!r}"
     try:
         tensors, header = read_weights_file(path, "checkpoint")
@@ -161,9 +175,19 @@ def load_checkpoint(
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:
         raise CorruptFileError(f"{where} holds an optimizer state that does not fit: {err}") from None
     model.load_state_dict(state, strict=True)
-    if generator is not None and "rng.state" in tensors:
-        try:
-            generator.set_state(tensors["rng.state"])
-        except RuntimeError as err:
-            raise CorruptFileError(f"{where} holds an invalid RNG state: {err}") from None
+    restore = {"rng.state": generator} if generator is not None else {}
+    restore.update({_generator_key(name): gen for name, gen in (extra_generators or {}).items()})
+    for key, gen in restore.items():
+        if key in tensors:
+            try:
+                gen.set_state(tensors[key])
+            except RuntimeError as err:
+                raise CorruptFileError(f"{where} holds an invalid RNG state {key!r}: {err}") from None
     return meta
+
+
+def _generator_key(name: str) -> str:
+    """Tensor name of an extra generator's state."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ArgumentTypeError(f"generator names must be Python identifiers, got {name!r}")
+    return f"{name}.rng.state"

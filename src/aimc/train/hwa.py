@@ -177,8 +177,14 @@ def _fake_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _rows(layer: nn.Module) -> int:
-    w = layer.weight
-    return int(w[0].numel())
+    """Rows of the layer's matrix on the chip: ``in_channels·kh·kw`` for a Conv2d, ``in_features`` for a Linear.
+
+    A grouped or depthwise Conv2d is placed block-diagonally, as the equivalent dense convolution, so its matrix has
+    the dense convolution's rows, not the ``(in_channels / groups)·kh·kw`` of one filter.
+    """
+    if isinstance(layer, nn.Conv2d):
+        return int(layer.in_channels * math.prod(layer.kernel_size))
+    return int(layer.weight.shape[1])
 
 
 @contextmanager
@@ -189,7 +195,9 @@ def analog_io(
     §11).
 
     Output noise std per layer: ``output_noise · sqrt(row tiles) · max|W| · max|x|``, one draw per output element
-    (the layer's output shape without the batch), shared by the batch and fresh at every step.
+    (the layer's output shape without the batch), shared by the batch and fresh at every step. The row tiles are
+    ``ceil(rows / 256)`` of the layer's matrix on the chip (:func:`_rows`; for a grouped convolution, its
+    block-diagonal dense matrix).
     """
     handles = []
 

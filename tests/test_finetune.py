@@ -1,0 +1,333 @@
+"""Hardware-aware fine-tuning of any model (``aimc.train.hwa_finetune``, ``aimc finetune``): it learns under the chip's
+noise, a resumed run ends with the weights of an uninterrupted one, bad input gets a clear error, and a grouped
+convolution's output noise counts the row tiles of its block-diagonal matrix."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from aimc.cli import main
+from aimc.errors import ArgumentTypeError, CorruptFileError, UnknownNameError, ValidationError
+from aimc.train import hwa_finetune
+from aimc.train.checkpoint import load_checkpoint, save_weights
+from aimc.train.finetune import DEFAULT_LR, lr_factor
+from aimc.train.hwa import CLIP_SIGMA, DRIFT_WINDOW_S, TILE_ROWS, _rows, analog_io, noisy_weights
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread (two threads' synchronisation costs more than the work on a shared machine)."""
+    torch.set_num_threads(1)
+    yield
+
+
+def _task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """4 classes, each a fixed random 3x8x8 pattern under Gaussian noise of 1.5x its scale."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(123))
+    y = torch.randint(0, 4, (n,), generator=g)
+    return templates[y] + 1.5 * torch.randn(n, 3, 8, 8, generator=g), y
+
+
+def _cnn(dropout: float = 0.0) -> nn.Module:
+    """A small CNN with batch norm, a depthwise convolution and (optionally) dropout."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 4),
+    )
+
+
+def _noisy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy over 5 draws of the chip's weight, input and output noise."""
+    model.eval()
+    g = torch.Generator().manual_seed(7)
+    total = 0.0
+    with torch.no_grad():
+        for _ in range(5):
+            with noisy_weights(model, g), analog_io(model, g):
+                total += float(F.cross_entropy(model(x), y))
+    return total / 5
+
+
+def test_finetuning_lowers_the_loss_under_the_chips_noise():
+    x, y = _task(2048, 0)
+    x_test, y_test = _task(512, 1)
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)]
+    model = _cnn()
+    before = _noisy_loss(model, x_test, y_test)
+    out = hwa_finetune(model, batches, epochs=5, lr=3e-3, progress=False)  # 320 steps
+    after = _noisy_loss(model, x_test, y_test)
+    assert out is model and not model.training
+    assert after < 0.3 * before, (before, after)  # ln 4 = 1.39 at the start; about 0.2 after
+    for layer in (model[0], model[4], model[8]):  # each step ends with the weights clipped
+        w = layer.weight.detach()
+        assert float(w.abs().max()) <= CLIP_SIGMA * float(w.std()) * 1.05
+
+
+def _loader(x: torch.Tensor, y: torch.Tensor) -> DataLoader:
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("stops", [(21,), (32,), (5, 40)], ids=["mid-epoch", "epoch-end", "twice"])
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, stops):
+    """Shuffled batches, dropout, batch norm and drift: interrupted via max_steps and continued from the checkpoint,
+    the run ends bit for bit where the uninterrupted one does (3 epochs of 16 steps)."""
+    x, y = _task(256, 2)
+    kwargs = {"epochs": 3, "lr": 3e-3, "drift_window": DRIFT_WINDOW_S, "seed": 3, "progress": False}
+    rng_before = torch.get_rng_state()
+    whole = hwa_finetune(_cnn(dropout=0.2), _loader(x, y), **kwargs)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's global random state is left alone
+    ckpt = tmp_path / "ft.safetensors"
+    for stop in stops:  # a fresh process: new model, new loader, the same arguments
+        hwa_finetune(_cnn(dropout=0.2), _loader(x, y), checkpoint=ckpt, max_steps=stop, checkpoint_every=7, **kwargs)
+        assert load_checkpoint(ckpt, _cnn())["step"] == stop
+    resumed = hwa_finetune(_cnn(dropout=0.2), _loader(x, y), checkpoint=ckpt, checkpoint_every=7, **kwargs)
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    # a finished run's checkpoint gives the fine-tuned model at once
+    again = hwa_finetune(_cnn(dropout=0.2), _loader(x, y), checkpoint=ckpt, **kwargs)
+    assert torch.equal(again[8].weight, whole[8].weight) and not again.training
+
+
+def test_checkpoint_of_other_settings_is_refused(tmp_path):
+    x, y = _task(64, 3)
+    ckpt = tmp_path / "ft.safetensors"
+    hwa_finetune(_cnn(), _loader(x, y), epochs=2, checkpoint=ckpt, max_steps=2, progress=False)
+    model = _cnn()
+    with pytest.raises(ValidationError, match=r"other settings: epochs=2 \(now 3\)"):
+        hwa_finetune(model, _loader(x, y), epochs=3, checkpoint=ckpt, progress=False)
+    assert torch.equal(model[8].weight, _cnn()[8].weight)  # the model is left as it was
+    weights = tmp_path / "w.safetensors"
+    save_weights(weights, _cnn())
+    with pytest.raises(CorruptFileError, match="not a checkpoint of aimc's HWA fine-tuning"):
+        hwa_finetune(_cnn(), _loader(x, y), epochs=2, checkpoint=weights, progress=False)
+    ckpt.write_bytes(ckpt.read_bytes()[:-10])
+    with pytest.raises(CorruptFileError):
+        hwa_finetune(_cnn(), _loader(x, y), epochs=2, checkpoint=ckpt, progress=False)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    assert lr_factor(0, 100) == pytest.approx(0.2) and lr_factor(4, 100) == pytest.approx(1.0)
+    assert lr_factor(99, 100) < 1e-3
+    from aimc.cli import build_parser
+
+    args = build_parser().parse_args(["finetune", "net.py", "w.safetensors", "--out", "o.safetensors"])
+    assert args.lr == DEFAULT_LR and args.batch == 128 and args.epochs == 1 and args.factory == "model"
+
+
+def _batches(n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    x, y = _task(16 * n, 4)
+    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, len(x), 16)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"epochs": 0}, ValidationError, "epochs must be in"),
+        ({"epochs": 1.5}, ArgumentTypeError, "epochs must be an int"),
+        ({"lr": 0.0}, ValidationError, "lr must be in"),
+        ({"lr": -1e-3}, ValidationError, "lr must be in"),
+        ({"lr": float("nan")}, ValidationError, "lr must be finite"),
+        ({"device": "nope"}, UnknownNameError, "unknown device model name 'nope'"),
+        ({"strategy": "xdp"}, UnknownNameError, "strategy must be one of"),
+        ({"strategy": "odp"}, ValidationError, "ODP needs a one-device model"),
+        ({"drift_window": (100.0, 10.0)}, ValidationError, "drift_window"),
+        ({"max_steps": 0}, ValidationError, "max_steps"),
+        ({"seed": -1}, ValidationError, "seed"),
+        ({"loss_fn": "mse"}, ArgumentTypeError, "loss_fn must be callable"),
+        ({"loss_fn": lambda out, y: out.sum(1)}, ValidationError, "scalar tensor"),
+    ],
+)
+def test_bad_arguments_get_clear_errors(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        hwa_finetune(_cnn(), _batches(), progress=False, **kwargs)
+
+
+def test_bad_loaders_and_models_get_clear_errors():
+    x, y = _task(32, 5)
+    with pytest.raises(ValidationError, match=r"\(inputs, targets\) pairs; batch 0 is a dict"):
+        hwa_finetune(_cnn(), [{"x": x, "y": y}], progress=False)
+    with pytest.raises(ValidationError, match="batch 0 is a tuple of 3 items"):
+        hwa_finetune(_cnn(), [(x, y, y)], progress=False)
+    with pytest.raises(ArgumentTypeError, match="inputs of batch 0 must be a floating-point"):
+        hwa_finetune(_cnn(), [(y, y)], progress=False)
+    with pytest.raises(ArgumentTypeError, match="must have a len"):
+        hwa_finetune(_cnn(), ((x, y) for _ in range(2)), progress=False)
+    with pytest.raises(ValidationError, match="empty"):
+        hwa_finetune(_cnn(), [], progress=False)
+    with pytest.raises(ValidationError, match="no Conv2d or Linear"):
+        hwa_finetune(nn.Sequential(nn.ReLU()), [(x, y)], progress=False)
+    with pytest.raises(ArgumentTypeError, match=r"torch\.nn\.Module"):
+        hwa_finetune("resnet9", [(x, y)], progress=False)
+
+
+class _Short:
+    """A loader whose len() promises more batches than it yields."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches) + 1
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_non_finite_loss_names_the_step_and_short_loaders_are_caught():
+    batches = _batches()
+    bad = batches[2][0].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    batches[2] = (bad, batches[2][1])
+    with pytest.raises(ValidationError, match=r"loss is nan at step 2 \(epoch 1, batch 3\)"):
+        hwa_finetune(_cnn(), batches, progress=False)
+    with pytest.raises(ValidationError, match="yielded 4 batches in epoch 1, fewer than its len"):
+        hwa_finetune(_cnn(), _Short(_batches()), progress=False)
+
+
+def test_grouped_conv_counts_the_row_tiles_of_its_block_diagonal_matrix():
+    """A depthwise 3x3 conv of 64 channels is a 576-row matrix on the chip (3 tiles of 256 rows), not 9 rows."""
+    depthwise = nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False)
+    assert _rows(depthwise) == 576 and math.ceil(_rows(depthwise) / TILE_ROWS) == 3
+    assert _rows(nn.Conv2d(8, 16, 3, groups=2)) == 72 == _rows(nn.Conv2d(8, 16, 3))
+    assert _rows(nn.Linear(300, 10)) == 300
+    # the output noise has std 0.1 · sqrt(3 tiles) · max|W| · max|x|
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 16, 16, generator=g)
+    with torch.no_grad():
+        clean = depthwise(x)
+        with analog_io(depthwise, g, bits=16):
+            noisy = depthwise(x)
+    expected = 0.1 * math.sqrt(3) * float(depthwise.weight.detach().abs().max()) * float(x.abs().max())
+    assert float((noisy - clean).std()) == pytest.approx(expected, rel=0.05)
+
+
+def test_mapping_rows_of_a_grouped_conv_match():
+    """The compiled layer's matrix has the rows the output noise counts."""
+    import aimc
+
+    net = nn.Sequential(nn.Conv2d(40, 40, 3, padding=1, groups=40, bias=False), nn.ReLU()).eval()
+    mapping = aimc.compile(net, example_input=torch.randn(4, 40, 6, 6, generator=torch.Generator().manual_seed(0)))
+    assert mapping.layers["0"].weight.shape[1] == _rows(net[0]) == 360
+
+
+MODEL_FILE = """
+from torch import nn
+
+
+def model():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(1024, 10)
+    )
+
+
+def other():
+    return "not a module"
+"""
+
+
+def _fake_cifar(root, n: int = 64) -> None:
+    """A CIFAR-10 training file of ``n`` random images where the data folder is looked for."""
+    g = np.random.default_rng(0)
+    (root / "cifar10").mkdir(parents=True)
+    np.savez_compressed(
+        root / "cifar10" / "cifar10-train.npz",
+        images=g.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        labels=g.integers(0, 10, n, dtype=np.uint8),
+    )
+
+
+def test_cli_finetunes_a_model_file_and_resumes(tmp_path, capsys):
+    model_py = tmp_path / "net.py"
+    model_py.write_text(MODEL_FILE)
+    torch.manual_seed(0)
+    start = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(1024, 10)
+    )
+    weights = tmp_path / "w.safetensors"
+    save_weights(weights, start)
+    _fake_cifar(tmp_path / "data")
+    common = [
+        "finetune",
+        str(model_py),
+        str(weights),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--epochs",
+        "2",
+        "--batch",
+        "16",
+        "--lr",
+        "1e-3",
+        "--quiet",
+    ]
+    whole, part = tmp_path / "whole.safetensors", tmp_path / "part.safetensors"
+    assert main([*common, "--out", str(whole)]) == 0
+    ckpt = str(tmp_path / "ck.safetensors")
+    assert main([*common, "--out", str(part), "--checkpoint", ckpt, "--max-steps", "3"]) == 0
+    assert "stopped at step 3 of 8" in capsys.readouterr().out
+    assert main([*common, "--out", str(part), "--checkpoint", ckpt]) == 0
+    assert "8 steps of HWA fine-tuning (hermes-2dev, TDP)" in capsys.readouterr().out
+    with safe_open(str(whole), "pt") as a, safe_open(str(part), "pt") as b:
+        record = json.loads(b.metadata()["aimc_hwa_finetune"])
+        for key in a.keys():  # noqa: SIM118 (a safetensors file, not a dict)
+            assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
+        assert not torch.equal(a.get_tensor("4.weight"), start[4].weight.detach())
+    assert record["seed"] == 0 and record["device"] == "hermes-2dev" and record["epochs"] == 2
+    assert record["pixels"] == "normalised" and record["images"] == 64 and record["aimc_version"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--factory", "nope"], "defines no function nope()"),
+        (["--factory", "other"], "returned a str, not a torch.nn.Module"),
+        (["--epochs", "0"], "--epochs must be in"),
+        (["--lr", "-1"], "--lr must be in"),
+        (["--device", "nope"], "unknown device model name"),
+        (["--batch", "100"], "--batch 100 is larger than the 64 training images"),
+    ],
+)
+def test_cli_bad_arguments(tmp_path, capsys, extra, words):
+    from aimc.cli import _user_model
+
+    model_py = tmp_path / "net.py"
+    model_py.write_text(MODEL_FILE)
+    weights = tmp_path / "w.safetensors"
+    save_weights(weights, _user_model(str(model_py), "model"))
+    _fake_cifar(tmp_path / "data")
+    argv = ["finetune", str(model_py), str(weights), "--data-dir", str(tmp_path / "data")]
+    assert main([*argv, "--out", str(tmp_path / "o.safetensors"), "--quiet", *extra]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_cli_pixel_scales(tmp_path):
+    from argparse import Namespace
+
+    from aimc.cli import _finetune_data
+
+    _fake_cifar(tmp_path)
+    args = Namespace(data_dir=str(tmp_path), images=8, raw_pixels=False, unit_pixels=False)
+    normalised, labels = _finetune_data(args)
+    raw, _ = _finetune_data(Namespace(**{**vars(args), "raw_pixels": True}))
+    unit, _ = _finetune_data(Namespace(**{**vars(args), "unit_pixels": True}))
+    assert raw.shape == (8, 3, 32, 32) and labels.dtype == torch.int64
+    assert float(raw.max()) > 200 and float(unit.max()) <= 1.0 and float(normalised.min()) < -1.0
+    torch.testing.assert_close(unit * 255.0, raw)
