@@ -6,8 +6,10 @@ gets the matrix of the equivalent dense convolution, which is block-diagonal: th
 its weights in the rows of its group's input channels and zeros in all other rows (:func:`grouped_conv_matrix`); the
 zeros take crossbar cells like any weight. A fusion pass then folds into each analog layer what its LDPU does after
 the MVM, in the LDPU's order (docs/physics.md §9.2): per-channel affine (bias and a following batch norm), ReLU, one
-added input (residual), a second ReLU, INT8 output. Batch norm that follows an activation is folded into the next
-Linear layer where that is exact, and otherwise runs as its own per-channel affine pass.
+added input (residual), a second ReLU, INT8 output. Batch norm that follows an activation runs as its own
+per-channel affine pass: folded into the next layer's weights, the scale of a channel that is never active (a ReLU
+that is always 0 has a running variance near 0, so a scale near 1/sqrt(eps) ≈ 316) would set that layer's largest
+weight and leave the real weights a few conductance levels.
 """
 
 from __future__ import annotations
@@ -336,7 +338,8 @@ def fuse(captured: Captured) -> None:
     op is folded when it is the only consumer of the layer's current output. With more than one row block the add
     slot of the last core carries the partial sums; a residual can then still be folded if it comes before any
     ReLU (it is added at the head of the partial-sum chain, which is exact since everything before the ReLU is
-    linear), otherwise it stays a separate LDPU pass.
+    linear), otherwise it stays a separate LDPU pass. A batch norm that follows an activation stays its own
+    per-channel affine pass (see the module docstring).
     """
     ops = captured.ops
     users: dict[str, int] = {}
@@ -382,7 +385,6 @@ def fuse(captured: Captured) -> None:
     for layer in captured.layers.values():
         if layer.add is not None:
             layer.add = _resolve(rename, layer.add)
-    _fold_bn_into_next_linear(captured)
 
 
 def _resolve(rename: dict[str, str], name: str) -> str:
@@ -394,30 +396,6 @@ def _resolve(rename: dict[str, str], name: str) -> str:
 def _defined_after(ops: list[Op], value: str, op_name: str) -> bool:
     order = {o.name: i for i, o in enumerate(ops)}
     return order.get(value, -1) > order[op_name]
-
-
-def _fold_bn_into_next_linear(captured: Captured) -> None:
-    """A batch norm after an activation, consumed only by a Linear layer, folds exactly into that layer:
-    W·(a∘x + b) = (W·diag(a))·x + W·b. Other unfused batch norms stay per-channel affine passes."""
-    ops = captured.ops
-    for op in list(ops):
-        if op.kind != "affine":
-            continue
-        consumers = [o for o in ops if op.name in o.inputs]
-        if len(consumers) != 1 or consumers[0].kind != "analog":
-            continue
-        layer = captured.layers[consumers[0].attrs["layer"]]
-        if layer.kind != "linear":
-            continue
-        a = captured.extra_tensors.pop(f"{op.name}.scale")
-        b = captured.extra_tensors.pop(f"{op.name}.shift")
-        if a.numel() != layer.weight.shape[1]:
-            captured.extra_tensors[f"{op.name}.scale"], captured.extra_tensors[f"{op.name}.shift"] = a, b
-            continue
-        layer.bias = layer.bias + layer.scale * (layer.weight @ b)
-        layer.weight = layer.weight * a[None, :]
-        consumers[0].inputs = [op.inputs[0]]
-        ops.remove(op)
 
 
 def check_fits(layers: dict[str, MappedLayer], spec: ChipSpec, chips: int) -> None:
