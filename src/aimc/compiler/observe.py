@@ -67,13 +67,13 @@ class AbsHistogram:
         self.peak = torch.maximum(self.peak, peak)
         for i in torch.nonzero(peak > self.hi).flatten().tolist():
             self._grow(i, float(peak[i]))
-        nonzero = a > 0
-        self.zeros += (~nonzero).sum(1).double()
-        scale = (self.bins / self.hi.clamp_min(1e-300)).float().unsqueeze(1)
-        idx = (a * scale).long().clamp_(max=self.bins - 1)
-        idx += torch.arange(self.k).unsqueeze(1) * self.bins
-        counts = torch.bincount(idx[nonzero], minlength=self.k * self.bins)
-        self.counts += counts.reshape(self.k, self.bins).double()
+        zeros = (a == 0).sum(1).double()
+        self.zeros += zeros
+        for i in range(self.k):  # histc: one pass per row; the zeros fall in bin 0 and are taken out again
+            if float(self.hi[i]) > 0:
+                counts = torch.histc(a[i], bins=self.bins, min=0.0, max=float(self.hi[i])).double()
+                counts[0] -= zeros[i]
+                self.counts[i] += counts
 
     def _grow(self, i: int, peak: float) -> None:
         """Widen row ``i`` to ``hi`` = the power of two at or above ``peak``, merging its bins."""
