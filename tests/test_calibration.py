@@ -181,3 +181,18 @@ def test_max_method_keeps_every_range_at_the_largest_value_seen():
     assert layer.x_range == pytest.approx(float(x.abs().max()), rel=1e-6)
     with torch.no_grad():
         assert layer.out_range == pytest.approx(float(model[0](x).abs().max()), rel=1e-5)
+
+
+def test_column_scaling_gives_every_column_the_largest_weight_and_keeps_the_function():
+    """Each Conv2d/Linear column scaled to the layer's max |W|, its LDPU scale divided by the same factor: W·s is
+    unchanged (float32 rounding), and every non-zero column's max |W| is the layer's."""
+    torch.manual_seed(0)
+    model = _cnn_bn_after_relu().eval()
+    x = _laplace((32, 3, 8, 8), seed=6)
+    plain = aimc.compile(model, calibration=x, column_scaling=False, progress=False)
+    scaled = aimc.compile(model, calibration=x, progress=False)
+    for name, a in plain.layers.items():
+        b = scaled.layers[name]
+        assert torch.allclose(a.weight * a.scale[:, None], b.weight * b.scale[:, None], rtol=1e-5, atol=1e-7)
+        col_max = b.weight.abs().amax(1)
+        assert torch.allclose(col_max[col_max > 0], b.weight.abs().max().expand(int((col_max > 0).sum())))

@@ -12,7 +12,16 @@ from aimc._progress import progress as _progress
 from aimc._validation import check_choice, check_number
 from aimc.compiler import batches as _batches
 from aimc.compiler.calibrate import DEFAULT_METHOD, Calibrator
-from aimc.compiler.capture import SUPPORTED_MODULES, Captured, UnsupportedLayerError, check_fits, fuse, lower, trace
+from aimc.compiler.capture import (
+    SUPPORTED_MODULES,
+    Captured,
+    UnsupportedLayerError,
+    check_fits,
+    fuse,
+    lower,
+    scale_columns,
+    trace,
+)
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
 from aimc.compiler.observe import DEFAULT_PERCENTILE, METHODS
 from aimc.compiler.placement import place
@@ -42,6 +51,7 @@ def compile(
     calibration_method: str = DEFAULT_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     progress: bool = True,
+    column_scaling: bool = True,
     chips: int = 1,
     avoid_cores: Iterable[int] = (),
     avoid_links: Iterable[tuple[int, int]] = (),
@@ -66,6 +76,9 @@ def compile(
             (the largest value: nothing saturates).
         percentile: the percentile of the ``"percentile"`` method, in (0, 100].
         progress: show the calibration's progress on stderr when it has several batches.
+        column_scaling: scale each output column of a Conv2d/Linear layer to the layer's largest |weight| and divide
+            its LDPU affine scale by the same factor (exact), so that every channel uses the full conductance range
+            (:func:`aimc.compiler.capture.scale_columns`). False maps the weights as they are, with one scale per core.
         chips: number of chips to spread the network over (inter-chip transfers are marked as such).
         avoid_cores: global core ids not to use (dead cores); spare cores take their blocks.
         avoid_links: pairs of linked global core ids whose link is dead: no column chain sends its partial sums
@@ -108,6 +121,8 @@ def compile(
         if not captured.layers:
             raise UnsupportedLayerError("the model has no Conv2d, Linear or LSTM layer to put on the chip")
         fuse(captured)
+        if column_scaling:
+            scale_columns(captured)
         check_fits(captured.layers, spec, chips)
         first, calibration_info = _calibrate(gm, captured, spec, data, calibration_method, percentile, progress)
     finally:

@@ -387,6 +387,27 @@ def fuse(captured: Captured) -> None:
             layer.add = _resolve(rename, layer.add)
 
 
+def scale_columns(captured: Captured) -> None:
+    """Give every output column of each Conv2d/Linear layer the layer's largest |weight|, in place: column j is
+    multiplied by c_j = max|W| / max_i |W_ji| and its LDPU affine scale divided by c_j, which is exact (the LDPU
+    applies the scale per output channel after the MVM, docs/physics.md §9.2). Each weight then uses the conductance
+    range of its column's largest weight rather than of the core's: a channel of small weights (common after batch
+    norm, and in a depthwise convolution, whose channels share a core block-diagonally) otherwise gets a few
+    conductance levels and ADC counts, and its errors are multiplied by its large scale. aihwkit offers the same
+    mapping (``MappingParameter.weight_scaling_columnwise``). LSTM layers are left as they are (their gate
+    pre-activations go to the GDPU without a per-channel scale)."""
+    for layer in captured.layers.values():
+        if layer.kind not in ("conv2d", "linear"):
+            continue
+        col_max = layer.weight.abs().amax(dim=1)
+        top = col_max.max()
+        if float(top) == 0.0:
+            continue
+        c = torch.where(col_max > 0, top / col_max.clamp_min(1e-30), torch.ones_like(col_max))
+        layer.weight = layer.weight * c[:, None]
+        layer.scale = layer.scale / c
+
+
 def _resolve(rename: dict[str, str], name: str) -> str:
     while name in rename:
         name = rename[name]
