@@ -72,16 +72,17 @@ def today() -> str:
     return dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
-def write_section(name: str, markdown: str) -> None:
-    """Replace the block between ``<!-- name:start -->`` and ``<!-- name:end -->`` in docs/benchmarks.md."""
-    text = DOCS.read_text()
+def write_section(name: str, markdown: str, doc: Path = DOCS) -> None:
+    """Replace the block between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``doc`` (docs/benchmarks.md),
+    or append it."""
+    text = doc.read_text()
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{markdown.strip()}\n{end}"
     if start in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(text)
+    doc.write_text(text)
 
 
 def machine_label() -> str:

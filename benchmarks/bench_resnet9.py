@@ -174,5 +174,6 @@ def main() -> None:
             ],
         )
 
+
 if __name__ == "__main__":
     main()

@@ -35,7 +35,7 @@ from aimc.compiler.calibrate import DEFAULT_METHOD
 from aimc.compiler.observe import METHODS
 from aimc.data import load_cifar10
 
-from _common import machine, today
+from _common import machine, today, write_section
 
 VALIDATION = Path(__file__).resolve().parent.parent / "docs" / "validation.md"
 #: The chip configurations measured: (label, device preset, strategy).
@@ -137,19 +137,6 @@ def table(res: Results, nets, methods, seeds, finetuned: bool) -> str:
     return "\n".join(lines)
 
 
-def write_validation(markdown: str) -> None:
-    import re
-
-    text = VALIDATION.read_text()
-    start, end = "<!-- user_cnns:start -->", "<!-- user_cnns:end -->"
-    block = f"{start}\n{markdown.strip()}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    VALIDATION.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", default="vgg,mobilenet")
@@ -201,7 +188,7 @@ def main() -> None:
     )
     print(markdown)
     if args.write:
-        write_validation(markdown)
+        write_section("user_cnns", markdown, VALIDATION)
 
 
 if __name__ == "__main__":
