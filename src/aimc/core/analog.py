@@ -823,11 +823,14 @@ class ProgrammedCore:
         t_seconds: float = 3600.0,
         mode: str = "four-phase",
         generator: SeedLike = None,
+        *,
+        backend: kernels.Backend | None = None,
         **kwargs: object,
     ) -> torch.Tensor:
-        """Convenience: :meth:`prepare` then :meth:`CoreReadout.mvm` with the same generator. ``x``: (..., B, n)."""
+        """Convenience: :meth:`prepare` (with ``backend``) then :meth:`CoreReadout.mvm` with the same generator.
+        ``x``: (..., B, n)."""
         gen = make_generator(generator, "generator")
-        return self.prepare(t_seconds, mode, gen).mvm(x, gen, **kwargs)  # type: ignore[arg-type]
+        return self.prepare(t_seconds, mode, gen, backend=backend).mvm(x, gen, **kwargs)  # type: ignore[arg-type]
 
     def to(self, device: torch.device | str) -> ProgrammedCore:
         """A copy with every tensor on ``device`` (e.g. ``"cuda"``)."""
