@@ -55,14 +55,23 @@ def _mismatch(mapping, chip, x, t, ref):
     return worst_mean, worst_std
 
 
-def test_adabs_restores_channel_statistics(setup):
-    mapping, x = setup
-    t = 31_536_000.0  # one year: drift has moved the statistics
+#: One year after programming: drift has moved the statistics.
+ONE_YEAR = 31_536_000.0
+
+
+def _adabs_one_year(mapping, x):
+    """A TDP chip read a year after programming (drift has moved the statistics), before and after AdaBS: the chip,
+    the recalibrated chip and the (mean, std) mismatches of :func:`_mismatch` before and after."""
     chip = aimc.program(mapping, "hermes-2dev", "tdp", seed=3)
     ref = reference_moments(mapping, x)
-    before = _mismatch(mapping, chip, x, t, ref)
-    fixed = adabs(chip, x, t, seed=5, reference=ref)
-    after = _mismatch(mapping, fixed, x, t, ref)
+    before = _mismatch(mapping, chip, x, ONE_YEAR, ref)
+    fixed = adabs(chip, x, ONE_YEAR, seed=5, reference=ref)
+    return chip, fixed, before, _mismatch(mapping, fixed, x, ONE_YEAR, ref)
+
+
+def test_adabs_restores_channel_statistics(setup):
+    mapping, x = setup
+    chip, fixed, before, after = _adabs_one_year(mapping, x)
     # measured again (fresh read noise), every channel's mean is within 5% and its std within 5% of the software
     # values, and both mismatches shrink
     assert after[0] < 0.05 and after[1] < 0.05, (before, after)
@@ -138,12 +147,7 @@ def test_adabs_on_a_user_cnn(batch_norm):
     mapping = aimc.compile(_user_cnn(batch_norm), example_input=x[:50], name="user")
     affine = [op for op in mapping.ops if op.kind == "affine"]
     assert len(affine) == (2 if batch_norm else 0)
-    t = 31_536_000.0
-    chip = aimc.program(mapping, "hermes-2dev", "tdp", seed=3)
-    ref = reference_moments(mapping, x)
-    before = _mismatch(mapping, chip, x, t, ref)
-    fixed = adabs(chip, x, t, seed=5, reference=ref)
-    after = _mismatch(mapping, fixed, x, t, ref)
+    _, fixed, before, after = _adabs_one_year(mapping, x)
     assert after[0] < 0.05 and after[1] < 0.05, (before, after)
     assert after[0] < before[0] and after[1] < before[1], (before, after)
     assert set(fixed.mapping.layers) == {"0", "3", "8"}
@@ -153,5 +157,5 @@ def test_adabs_on_a_user_cnn(batch_norm):
             assert torch.equal(
                 fixed.mapping.extra_tensors[f"{op.name}.{part}"], mapping.extra_tensors[f"{op.name}.{part}"]
             )
-    out = fixed.run(x[:20], t=t, seed=6)
+    out = fixed.run(x[:20], t=ONE_YEAR, seed=6)
     assert out.shape == (20, 10) and bool(torch.isfinite(out).all())
