@@ -32,7 +32,14 @@ from aimc.compiler.layout import (
     weight_blocks,
 )
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
-from aimc.core.analog import STRATEGIES, CoreReadout, ProgrammedCore, polarity_g_max, program_core
+from aimc.core.analog import (
+    BF16_EXACT_LEVELS,
+    STRATEGIES,
+    CoreReadout,
+    ProgrammedCore,
+    polarity_g_max,
+    program_core,
+)
 from aimc.core.config import CoreConfig
 from aimc.core.inputs import FourPhaseInputs, prepare_conv_four_phase, prepare_four_phase
 from aimc.core.pwm import quantize_input
@@ -637,14 +644,15 @@ def _run_analog(
     padded = False
     if quantize:
         # PWM quantisation is element-wise, so it commutes with im2col: quantise the (k·k times smaller) image once
-        # and gather its levels in bfloat16 (exact for |level| <= 255, half the bytes of float32)
+        # and gather its levels in bfloat16 (exact for |level| <= 256, half the bytes of float32; float32 beyond)
         spec = readout.core.spec
         if prepared and conv and x.dim() == 4 and spec.input_levels <= 255:
             # the same levels in one pass, written with the convolution's zero padding
             x = pwm_levels_bf16(x, layer.x_range, spec.input_levels, tuple(layer.geometry["padding"]))
             padded = True
         else:
-            x = quantize_input(x, layer.x_range, spec).to(torch.bfloat16)
+            exact = torch.bfloat16 if spec.input_levels <= BF16_EXACT_LEVELS else torch.float32
+            x = quantize_input(x, layer.x_range, spec).to(exact)
     step_rows = max(256, ELEMENTS_PER_STEP // (t.cores * max(t.block_inputs, t.block_outputs)))
     pooled = None
     if conv:

@@ -71,6 +71,27 @@ PART_MIN_ROWS = 128
 
 #: Kernels whose pos - neg product runs on the int8 planes of :func:`int8_planes`.
 INT8_PRODUCTS = ("int-mm", "onednn-int8")
+#: Largest PWM level the int8 input paths hold exactly (the 8-bit chip's 127; :func:`prepare_four_phase` writes the
+#: levels as int8, and the int8 products multiply them as int8). A chip with more PWM bits runs them in float32.
+INT8_LEVELS = 127
+#: Largest corrected charge (fC, in the LDPU's unit) kept in FP16: its largest finite value, 65,504.
+FP16_CHARGE_LIMIT = 65504.0
+#: Largest PWM level bfloat16 holds exactly (8-bit significand: every integer up to 256). Beyond it, the auxiliary
+#: products run in float32, so that |x| and x^2 keep the input's resolution.
+BF16_EXACT_LEVELS = 256
+
+
+def readout_kernels_for(chosen: Mapping[str, str], spec: ChipSpec) -> dict[str, str]:
+    """The kernels ``chosen`` for the hot operations, restricted to those that hold ``spec``'s PWM levels exactly:
+    no int8 products above :data:`INT8_LEVELS` (pwm_bits > 8), no bfloat16 auxiliary products above
+    :data:`BF16_EXACT_LEVELS` (pwm_bits > 9); float32, the reference kernel, instead."""
+    out = dict(chosen)
+    if spec.input_levels > INT8_LEVELS and out.get("pos_neg_product") in INT8_PRODUCTS:
+        out["pos_neg_product"] = "float32"
+    if spec.input_levels > BF16_EXACT_LEVELS and out.get("aux_product") == "bfloat16":
+        out["aux_product"] = "float32"
+    return out
+
 
 #: Device-assignment strategies (docs/physics.md §2.3): one device per polarity (ODP) or two (TDP).
 STRATEGIES: tuple[str, ...] = ("odp", "tdp")
@@ -288,7 +309,12 @@ class CoreReadout:
         if self.takes_prepared_inputs and not exact_phases and scalar_range:
             src = x.reshape(1, -1, n)  # all rows, in order, as one block of n inputs
             prepared = prepare_four_phase(
-                src, n, 1, self.aux_dtype, scale=None if levels else spec.input_levels / x_range
+                src,
+                n,
+                1,
+                self.aux_dtype,
+                scale=None if levels else spec.input_levels / x_range,
+                limit=spec.input_levels,
             )
             shaped = FourPhaseInputs(*(v.view(x.shape) for v in prepared))
             return self.mvm_prepared(shaped, gen, x_range=x_range, output_dtype=output_dtype)
@@ -315,7 +341,9 @@ class CoreReadout:
             part = x[..., rows, :]
             src = part.reshape(-1, part.shape[-2], n)  # a view where x is contiguous
             nonfinite = np.zeros(src.shape[0] * src.shape[1], dtype=np.int32)
-            prepared = prepare_four_phase(src, n, 1, self.aux_dtype, scale=scale, nonfinite=nonfinite)
+            prepared = prepare_four_phase(
+                src, n, 1, self.aux_dtype, scale=scale, limit=self.core.spec.input_levels, nonfinite=nonfinite
+            )
             counts.append(int(nonfinite.sum()))
             return FourPhaseInputs(*(v.view(part.shape) for v in prepared))
 
@@ -457,8 +485,9 @@ class CoreReadout:
 
     @property
     def takes_prepared_inputs(self) -> bool:
-        """Whether :meth:`mvm_prepared` can run: four-phase, with the fused pass on the CPU."""
-        return self.mode == "four-phase" and self._tail_fused
+        """Whether :meth:`mvm_prepared` can run: four-phase, with the fused pass on the CPU, and PWM levels that
+        fit the int8 levels of :func:`~aimc.core.inputs.prepare_four_phase` (at most :data:`INT8_LEVELS`)."""
+        return self.mode == "four-phase" and self._tail_fused and self.core.spec.input_levels <= INT8_LEVELS
 
     def mvm_prepared(
         self,
@@ -541,7 +570,8 @@ class CoreReadout:
         key = ("scale", lead, x_range, id(self.out_scale))
         hit = self._registers.get(key)
         if hit is None or hit[1] is not self.out_scale:
-            scale = (self.out_scale * x_range).to(torch.float16).float().expand(*lead, 1, 1)
+            unit = self.core.ldpu_charge_unit
+            scale = (self.out_scale * (x_range * unit)).to(torch.float16).float().expand(*lead, 1, 1)
             hit = self._registers[key] = (scale.reshape(math.prod(lead)).contiguous(), self.out_scale)
         return hit[0]
 
@@ -720,7 +750,9 @@ class ProgrammedCore:
         """
         t = check_time(t_seconds)
         check_choice(mode, "mode", READ_MODES)
-        chosen = readout_kernels(kernels.resolve(backend), self.states.g_prog.device.type)
+        chosen = readout_kernels_for(
+            readout_kernels(kernels.resolve(backend), self.states.g_prog.device.type), self.spec
+        )
         gen = make_generator(generator, "generator") if (read_noise or drift_compensation) else None
         g = self.device.drift(self.states, t)
         fresh_var = None
@@ -785,10 +817,19 @@ class ProgrammedCore:
         now = self._gdc_readout(readout, generator)
         return (self.gdc_reference[mode] / now)[..., None, None]
 
+    @property
+    def ldpu_charge_unit(self) -> float:
+        """The charge unit (fC, a power of two) the LDPU's FP16 values count in: 1 fC for the chip's 128 ns window,
+        larger for a variant chip whose four-phase charge at saturation (4 x 100 uA x window) would exceed FP16's
+        largest value. Scaling by a power of two changes no rounding, only the range."""
+        q_max = 4.0 * self.spec.adc_saturation_uA * self.spec.integration_time_ns
+        return 2.0 ** max(0, math.ceil(math.log2(q_max / FP16_CHARGE_LIMIT)))
+
     def ldpu_registers(self, phases: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The LDPU's FP16 correction registers ``(..., 2, m)``: 1/alpha and -phases·beta/alpha, so that the
-        corrected charge of a count c collected over ``phases`` windows is c·(1/alpha) + bias."""
-        inv_a = self.adc.inv_alpha
+        corrected charge of a count c collected over ``phases`` windows is c·(1/alpha) + bias (in
+        :attr:`ldpu_charge_unit`)."""
+        inv_a = self.adc.inv_alpha / self.ldpu_charge_unit
         return inv_a.to(torch.float16), ((-phases * self.adc.beta) * inv_a).to(torch.float16)
 
     def ldpu_combine(
@@ -815,7 +856,7 @@ class ProgrammedCore:
         q = counts.to(half)
         torch.addcmul(bias.unsqueeze(-2), q, inv_a.unsqueeze(-2), out=q)  # corrected charge of each counter (fC)
         diff = torch.sub(q[..., 0, :, :], q[..., 1, :, :])
-        return diff.mul_(out_scale.to(half)).to(output_dtype)
+        return diff.mul_((out_scale * self.ldpu_charge_unit).to(half)).to(output_dtype)
 
     def mvm(
         self,
@@ -981,9 +1022,7 @@ def program_core(
 BENCH_SIZE, BENCH_ROWS, PROBE_ROWS = 256, 1024, 16
 
 
-def _mvm_workloads(
-    operation: str, fixed: Mapping[str, str], names: tuple[str, ...]
-) -> dict[str, kernels.Workload]:
+def _mvm_workloads(operation: str, fixed: Mapping[str, str], names: tuple[str, ...]) -> dict[str, kernels.Workload]:
     """Timed four-phase MVMs with fresh read noise, one readout per candidate of ``operation``, the kernels of the
     operations chosen before it as ``fixed`` and those chosen after it at their first candidate that can run (the
     operations are chosen one after another, each on the whole MVM, so that each choice sees how the others use
