@@ -579,11 +579,66 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dse(args: argparse.Namespace) -> int:
+    """``aimc dse SPACE.yaml``: accuracy and performance across chip designs, resumable, with Pareto fronts."""
+    from aimc import dse
+    from aimc.sweep.errors import SweepInterruptedError
+
+    space = dse.load_space(args.space)
+    try:
+        result = dse.run(
+            space,
+            out=args.out,
+            backend=args.backend,
+            address=args.address,
+            workers=args.workers,
+            threads=args.threads,
+            progress=not args.quiet,
+        )
+    except SweepInterruptedError as err:
+        print(f"aimc: {err}", file=sys.stderr)
+        return 130
+    summary = {
+        "out": str(result.out),
+        "store": str(result.store),
+        "total": result.total,
+        "done_before": result.done_before,
+        "computed": result.computed,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "executor": result.executor,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"dse {space.name}: {result.done_before + result.computed}/{result.total} points stored in "
+            f"{result.store} ({result.computed} run now, {result.done_before} from before, {result.elapsed_s:.1f} s)"
+        )
+    if args.report:
+        for path in dse.write_report(result.out, html_report=args.html):
+            if not args.json:
+                print(f"wrote {path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    """``aimc report OUTDIR``: markdown/HTML tables and figures of a sweep's stored points."""
+    """``aimc report OUTDIR``: markdown/HTML tables and figures of a sweep's or a design space's stored points."""
+    from aimc.dse.report import is_dse_folder
     from aimc.sweep import write_report
 
-    for path in write_report(args.outdir, html_report=args.html, figures=not args.no_figures):
+    if is_dse_folder(args.outdir):
+        from aimc.dse import write_report as write_dse_report
+        from aimc.sweep.spec import _time
+
+        t = None if args.time is None else _time(args.time, "--time", "")
+        paths = write_dse_report(
+            args.outdir, t_seconds=t, max_loss=args.max_loss, html_report=args.html, figures=not args.no_figures
+        )
+    else:
+        if args.time is not None or args.max_loss is not None:
+            raise ValidationError("--time and --max-loss apply to a design-space folder (aimc dse), not a sweep")
+        paths = write_report(args.outdir, html_report=args.html, figures=not args.no_figures)
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
@@ -835,10 +890,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="tables and figures of a sweep's output folder")
-    p.add_argument("outdir", help="the sweep's output folder (holding results.sqlite)")
-    p.add_argument("--html", action="store_true", help="also write report.html")
+    p = sub.add_parser("dse", help="design-space exploration: accuracy and energy across chip designs (Pareto)")
+    p.add_argument("space", help="the design-space file (see docs/dse.md and examples/dse_resnet9.yaml)")
+    p.add_argument("--out", default=None, help="output folder (default: the file's 'output', else results/dse/NAME)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where points run (default local)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster: HOST:PORT (from `ray start --head`), ray://HOST:PORT or auto"
+    )
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs / threads)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (Ray default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--report", action="store_true", help="write the report when the run is done")
+    p.add_argument("--html", action="store_true", help="with --report: also dse_report.html")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_dse)
+
+    p = sub.add_parser("report", help="tables and figures of a sweep's or a design space's output folder")
+    p.add_argument("outdir", help="the output folder of `aimc sweep` or `aimc dse` (holding results.sqlite)")
+    p.add_argument("--html", action="store_true", help="also write report.html (dse_report.html)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument(
+        "--time", default=None, help="design spaces: the time of the Pareto fronts, e.g. 1d (default: the space's)"
+    )
+    p.add_argument(
+        "--max-loss",
+        type=float,
+        default=None,
+        help="design spaces: loss budget of the best-TOPS/W answer (points or BPC)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("info", help="this machine, versions and the kernel chosen for each hot operation")

@@ -37,6 +37,8 @@ from aimc.perf.workload import LayerWork, network_work
 from aimc.spec import READ_MODES, ChipSpec
 
 TRANSPORTS = ("host", "on-chip")
+#: ADC resolutions (bits) the model accepts: a CCO counts 2^bits x 300 ps; beyond 20 bits that is > 0.3 ms per MVM.
+ADC_RESOLUTION_RANGE = (1, 20)
 
 
 def _phases(mode: str) -> int:
@@ -310,7 +312,8 @@ def estimate(
     check_choice(mode, "mode", READ_MODES)
     check_choice(transport, "transport", TRANSPORTS)
     if adc_resolution_bits is not None:
-        check_number(adc_resolution_bits, "adc_resolution_bits", low=1, high=20, integer=True)
+        low, high = ADC_RESOLUTION_RANGE
+        check_number(adc_resolution_bits, "adc_resolution_bits", low=low, high=high, integer=True)
     constants = constants or PerfConstants()
     spec = spec or mapping.spec
     works = network_work(mapping)

@@ -49,6 +49,14 @@ OnResult = Callable[[PointResult], None]
 _ADDRESS_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
 
 
+def make_runner(payload: Any, threads: int | None) -> Any:
+    """The runner of a payload: its own ``make_runner(threads)`` where it has one (a design-space exploration's,
+    :mod:`aimc.dse`), else a sweep's :class:`~aimc.sweep.worker.PointRunner`. A runner has
+    ``run(key, point) -> PointResult``."""
+    factory = getattr(payload, "make_runner", None)
+    return factory(threads) if factory is not None else PointRunner(payload, threads)
+
+
 class Executor(ABC):
     """Runs units of points and hands each result to a callback as soon as it exists."""
 
@@ -85,7 +93,7 @@ class LocalExecutor(Executor):
 
     def start(self, payload: Payload) -> None:
         self._threads_before = torch.get_num_threads()
-        self._runner = PointRunner(payload, self.threads)
+        self._runner = make_runner(payload, self.threads)
 
     def close(self) -> None:
         if self._threads_before is not None:
@@ -153,7 +161,7 @@ class _RemoteRunner:
         if self._runner is None:
             import ray
 
-            self._runner = PointRunner(ray.get(payload_box[0]), self._threads)
+            self._runner = make_runner(ray.get(payload_box[0]), self._threads)
         return self._runner.run(key, point)
 
 

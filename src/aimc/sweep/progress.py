@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from aimc._progress import is_terminal
@@ -20,6 +21,11 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def _describe(result: PointResult) -> str:
+    where = f"{result.strategy} {result.mode} t={result.t_seconds:g}s seed {result.seed}"
+    return f"{where}: {result.metric} {result.value:.4g}"
+
+
 class Progress:
     """Counts finished points and prints ``done/total``, the rate and the time left.
 
@@ -31,10 +37,19 @@ class Progress:
         total: points of the sweep.
         done_before: points already stored when this run started.
         stream: where to print (default stderr); None prints nothing.
+        describe: the text of a finished point after "last:" (default: strategy, mode, time, seed and metric).
     """
 
-    def __init__(self, name: str, total: int, done_before: int, stream: TextIO | None = sys.stderr) -> None:
+    def __init__(
+        self,
+        name: str,
+        total: int,
+        done_before: int,
+        stream: TextIO | None = sys.stderr,
+        describe: Callable[[PointResult], str] | None = None,
+    ) -> None:
         self.name = name
+        self.describe = describe or _describe
         self.total = total
         self.done_before = done_before
         self.computed = 0
@@ -82,10 +97,7 @@ class Progress:
             self.computed += 1
         else:
             self.duplicates += 1
-        last = (
-            f"{result.strategy} {result.mode} t={result.t_seconds:g}s seed {result.seed}: {result.metric} "
-            f"{result.value:.4g}"
-        )
+        last = self.describe(result)
         if self._bar is not None and not self._finished:
             self._bar.set_postfix_str(
                 f"last: {last}" + (f" ({self.duplicates} already stored)" if self.duplicates else ""), refresh=False
