@@ -20,12 +20,14 @@ Public API (everything else is private and may change):
 - :mod:`aimc.experiments` — ``evaluate`` (accuracy / BPC over time), ``reproduce`` (the chip paper's results),
   ``mvm_error``.
 - :mod:`aimc.sweep` — resumable Monte Carlo sweeps, in-process or on Ray (``aimc.sweep.run``, ``write_report``).
+- :mod:`aimc.dse` — design-space exploration: accuracy and energy across chip designs, Pareto fronts
+  (``aimc.dse.run``, ``write_report``).
 """
 
 #: The package version, defined here only (pyproject.toml reads it).
 __version__ = "0.1.0"
 
-from aimc import adabs, core, data, devices, digital, errors, experiments, faults, models, perf, sweep
+from aimc import adabs, core, data, devices, digital, dse, errors, experiments, faults, models, perf, sweep
 from aimc.chip import ProgrammedChip, program
 from aimc.compiler import Mapping, UnsupportedLayerError, compile
 from aimc.core import CoreConfig, ProgrammedCore, program_core
@@ -52,6 +54,7 @@ __all__ = [
     "data",
     "devices",
     "digital",
+    "dse",
     "errors",
     "experiments",
     "faults",
