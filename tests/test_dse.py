@@ -121,6 +121,7 @@ def _space(**changes: object) -> dict:
         ({"design.tile_size": [8]}, ["design.tile_size[0]", "[16, 4096]"]),
         ({"design.pwm_bits": [1]}, ["design.pwm_bits[0]", "[2, 16]"]),
         ({"design.read_voltage_V": [0.5]}, ["design.read_voltage_V[0]", "[0.1, 0.4] V"]),
+        ({"design.g_max_uS": ["default", 80]}, ["design.g_max_uS[1]", "[2, 50] uS"]),
         ({"design.modes": ["two-phase"]}, ["design.modes[0]", "'one-phase', 'four-phase'"]),
         ({"design.tile": [256]}, ["unknown key 'tile'", "did you mean"]),
         ({"networks": [{"network": "vgg"}]}, ["networks[0].network", "'resnet9', 'char-lstm'"]),
@@ -324,3 +325,7 @@ def test_design_labels_and_keys_are_stable():
     paper = next(d for d in designs if d.is_paper_chip)
     assert paper.label() == "256x256 64c pwm8 adc=chip 4ph TDP"
     assert dataclasses.replace(paper, mode="one-phase").chip_key == paper.chip_key  # one mapping for both modes
+    assert "g_max_uS" not in paper.as_dict()  # unset: the keys of designs without it stay as they were
+    wide = dataclasses.replace(paper, g_max_uS=15.0)
+    assert wide.key != paper.key and wide.device_model().g_max_uS == 15.0 and not wide.is_paper_chip
+    assert space.programmed_chip_id(wide) != space.programmed_chip_id(paper)

@@ -164,7 +164,11 @@ class DesignRunner:
         if not reused:
             self._chip = None
             self._chip = program(
-                p.mappings[design.chip_key], design.device, design.strategy, seed=point.seed, config=core_config(design)
+                p.mappings[design.chip_key],
+                design.device_model(),
+                design.strategy,
+                seed=point.seed,
+                config=core_config(design),
             )
             self._chip_id = point.chip
         programmed = time.perf_counter()

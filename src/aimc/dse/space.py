@@ -18,6 +18,7 @@ A design space is YAML (``yaml.safe_load``) or the same structure as a dict::
       strategies: [odp, tdp]         # devices per weight: 1 (ODP) or 2 (TDP) per polarity
       devices: [default]             # device presets; default = hermes-1dev (ODP) / hermes-2dev (TDP)
       read_voltage_V: [default]      # read voltage (V), default = CoreConfig's
+      g_max_uS: [default]            # largest conductance per weight polarity (uS), default = the device preset's
     grid:
       seeds: 2                       # programmed chips per design
       times: [1d]                    # after programming
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -74,6 +76,9 @@ PWM_RANGE = (2, 16)
 ADC_RANGE = ADC_RESOLUTION_RANGE
 #: Read voltages: the chip's (docs/physics.md §5).
 READ_VOLTAGE_RANGE = (ChipSpec.hermes().read_voltage_min_V, ChipSpec.hermes().read_voltage_max_V)
+#: Largest conductance of one weight polarity (uS): from a tenth to about twice and a half the HERMES two-device fit's
+#: 20.7 uS (docs/physics.md §3.2); beyond it the device statistics are extrapolated further than we want to go.
+G_MAX_RANGE = (2.0, 50.0)
 #: Most chips a network may span by default (``max_chips``).
 MAX_CHIPS = 16
 
@@ -101,6 +106,7 @@ _DESIGN_KEYS = (
     "strategies",
     "devices",
     "read_voltage_V",
+    "g_max_uS",
 )
 _GRID_KEYS = ("seeds", "times", "reads")
 _REPORT_KEYS = ("time", "max_loss")
@@ -150,6 +156,7 @@ class Design:
             PWM window: 448 counts at saturation in 128 ns).
         mode, strategy, device: read mode, ODP/TDP, device preset.
         read_voltage_V: read voltage, or None for :class:`~aimc.core.config.CoreConfig`'s default.
+        g_max_uS: the device model's largest conductance per polarity, or None for the preset's.
     """
 
     network: str
@@ -162,10 +169,21 @@ class Design:
     strategy: str
     device: str
     read_voltage_V: float | None
+    g_max_uS: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain fields (JSON-ready)."""
-        return dataclasses.asdict(self)
+        """Plain fields (JSON-ready; ``g_max_uS`` only where set, so that the keys of designs without it are those
+        of the first release)."""
+        d = dataclasses.asdict(self)
+        if d["g_max_uS"] is None:
+            del d["g_max_uS"]
+        return d
+
+    def device_model(self) -> Any:
+        """The device model to program: the preset, with ``g_max_uS`` where set."""
+        from aimc.devices import get
+
+        return get(self.device) if self.g_max_uS is None else get(self.device, g_max_uS=self.g_max_uS)
 
     @property
     def key(self) -> str:
@@ -184,7 +202,7 @@ class Design:
     @property
     def is_paper_chip(self) -> bool:
         """Whether the chip parameters are the HERMES chip's (any read mode, strategy or device)."""
-        return self.chip_spec() == ChipSpec.hermes() and self.read_voltage_V is None
+        return self.chip_spec() == ChipSpec.hermes() and self.read_voltage_V is None and self.g_max_uS is None
 
     def label(self) -> str:
         """A short human-readable label: ``256x256 64c pwm8 adc=chip 4ph TDP``."""
@@ -196,6 +214,8 @@ class Design:
             text += f" {self.device}"
         if self.read_voltage_V is not None:
             text += f" {self.read_voltage_V:g}V"
+        if self.g_max_uS is not None:
+            text += f" Gmax{self.g_max_uS:g}uS"
         return text
 
 
@@ -286,6 +306,7 @@ class DesignSpace:
     strategies: tuple[str, ...]
     devices: tuple[str, ...]
     read_voltages: tuple[float | None, ...]
+    g_maxes: tuple[float | None, ...]
     seeds: tuple[int, ...]
     times: tuple[float, ...]
     reads: int = 1
@@ -313,16 +334,17 @@ class DesignSpace:
                                 for strategy in self.strategies:
                                     for dev in self.devices:
                                         device = DEFAULT_DEVICE[strategy] if dev == "default" else dev
-                                        for v in self.read_voltages:
+                                        for v, g in itertools.product(self.read_voltages, self.g_maxes):
                                             d = Design(
-                                                net.network, rows, cols, cores, pwm, adc, mode, strategy, device, v
+                                                net.network, rows, cols, cores, pwm, adc, mode, strategy, device, v, g
                                             )
                                             out[d] = None
         return list(out)
 
     def programmed_chip_id(self, design: Design) -> str:
         """Identity of a programmed chip of ``design`` before its seed: mapping, device, strategy, read voltage."""
-        return _digest([design.chip_key, design.device, design.strategy, design.read_voltage_V])[:16]
+        parts = [design.chip_key, design.device, design.strategy, design.read_voltage_V]
+        return _digest(parts if design.g_max_uS is None else [*parts, design.g_max_uS])[:16]
 
     def points(self, designs: list[Design] | None = None) -> list[tuple[Design, DesignPoint]]:
         """Every (design, point), grouped by design then seed (the order a chip is programmed once in)."""
@@ -363,6 +385,7 @@ class DesignSpace:
                 "strategies": list(self.strategies),
                 "devices": list(self.devices),
                 "read_voltage_V": ["default" if v is None else v for v in self.read_voltages],
+                "g_max_uS": ["default" if v is None else v for v in self.g_maxes],
             },
             "grid": {"seeds": list(self.seeds), "times": list(self.times), "reads": self.reads},
             "report": {"time": self.report_time, "max_loss": self.max_loss},
@@ -424,7 +447,13 @@ def _parse(raw: object, where: str, default_name: str) -> DesignSpace:
     from aimc.devices import available as available_devices
 
     devices = _choices(design.get("devices", ["default"]), "design.devices", ("default", *available_devices()), where)
-    voltages = _parse_voltages(design.get("read_voltage_V", ["default"]), where)
+    voltages = _parse_defaults(
+        design.get("read_voltage_V", ["default"]), "design.read_voltage_V", READ_VOLTAGE_RANGE, "V", where
+    )
+    g_maxes = _parse_defaults(design.get("g_max_uS", ["default"]), "design.g_max_uS", G_MAX_RANGE, "uS", where)
+    for dev in devices:
+        for g in g_maxes:
+            _check_device(dev, strategies, g, where)
     grid = _mapping(top["grid"], "grid", where)
     _no_unknown(grid, _GRID_KEYS, "grid", where)
     for key in ("seeds", "times"):
@@ -478,6 +507,7 @@ def _parse(raw: object, where: str, default_name: str) -> DesignSpace:
         strategies=strategies,
         devices=devices,
         read_voltages=voltages,
+        g_maxes=g_maxes,
         seeds=seeds,
         times=times,
         reads=reads,
@@ -574,21 +604,42 @@ def _parse_adc(raw: object, where: str) -> tuple[int | None, ...]:
     return tuple(values)
 
 
-def _parse_voltages(raw: object, where: str) -> tuple[float | None, ...]:
-    low, high = READ_VOLTAGE_RANGE
+def _parse_defaults(
+    raw: object, name: str, allowed: tuple[float, float], unit: str, where: str
+) -> tuple[float | None, ...]:
+    """A list of ``default`` (None) or numbers in ``allowed`` (read voltages, G_max)."""
+    low, high = allowed
+    sources = {"V": "the chip's read voltages, docs/physics.md §5", "uS": "G_MAX_RANGE"}
     values: list[float | None] = []
-    for i, v in enumerate(_list(raw, "design.read_voltage_V", where)):
+    for i, v in enumerate(_list(raw, name, where)):
         if v == "default":
             values.append(None)
         elif isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high:
             raise DesignSpaceError(
-                f"{where}design.read_voltage_V[{i}] must be 'default' or a voltage in [{low:g}, {high:g}] V (the "
-                f"chip's read voltages, docs/physics.md §5); got {_show(v)}"
+                f"{where}{name}[{i}] must be 'default' or a value in [{low:g}, {high:g}] {unit} ({sources[unit]}); "
+                f"got {_show(v)}"
             )
         else:
             values.append(float(v))
-    _no_duplicates(tuple(values), "design.read_voltage_V", where)
+    _no_duplicates(tuple(values), name, where)
     return tuple(values)
+
+
+def _check_device(device: str, strategies: tuple[str, ...], g_max: float | None, where: str) -> None:
+    """A device preset that cannot take ``g_max`` (e.g. ``ideal``) is refused now, not at programming."""
+    from aimc.devices import get
+    from aimc.errors import AimcError
+
+    if g_max is None:
+        return
+    names = [DEFAULT_DEVICE[s] for s in strategies] if device == "default" else [device]
+    for name in names:
+        try:
+            get(name, g_max_uS=g_max)
+        except AimcError as err:
+            raise DesignSpaceError(
+                f"{where}design.g_max_uS {g_max:g} cannot be set on device {name!r}: {err}"
+            ) from None
 
 
 def _as_space(space: DesignSpace | str | Path | Mapping[str, Any]) -> DesignSpace:
