@@ -217,6 +217,7 @@ def plot_front(rows: Sequence[DesignRow], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     unit = _unit(rows[0].metric)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -252,6 +253,9 @@ def plot_front(rows: Sequence[DesignRow], path: Path, title: str) -> None:
             if r.reference:
                 ax.plot(r.perf[key], r.loss, "*", color="tab:red", ms=16, label="paper's chip", zorder=5)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda _v, _p: ""))
         ax.set_xlabel(label)
         ax.set_ylabel(f"loss vs software ({unit})")
         ax.grid(alpha=0.3, which="both")
