@@ -73,6 +73,7 @@ def area_mm2(spec: ChipSpec, chips: int) -> dict[str, float]:
 
     Returns:
         ``core_mm2`` (one core), ``area_mm2`` (every core of the chips the network spans) and ``adcs`` (ADCs there).
+        :func:`design_perf` adds ``area_used_mm2``, the cores the network uses.
     """
     periphery = (_CHIP.core_area_mm2 - _CHIP.mvm_area_mm2) * (spec.tile_cols / _CHIP.tile_cols)
     periphery *= spec.adc_bits / _CHIP.adc_bits
@@ -107,6 +108,7 @@ def design_perf(design: Design, mapping: ChipMapping, transport: str = "host") -
         "bottleneck": rep.bottleneck,
         "transport": transport,
         **area,
+        "area_used_mm2": area["core_mm2"] * rep.cores,
     }
 
 
