@@ -29,6 +29,7 @@ from aimc.compiler.layout import (
     conv_output_size,
     from_column_blocks,
     layer_rows,
+    owned_outputs,
     weight_blocks,
 )
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
@@ -477,7 +478,7 @@ def _ldpu_chain(layer: MappedLayer, y: torch.Tensor, addend: torch.Tensor | None
     relu_last = layer.relu or layer.relu2
     if not quantize:
         out = (y * s).sum(0) + b
-        if t.row_blocks > 1 or layer.add_at_chain_head:
+        if y.shape[0] > 1 or layer.add_at_chain_head:
             out = out + (addend if addend is not None else 0.0)
             return F.relu(out) if relu_last else out
         out = F.relu(out) if layer.relu else out
@@ -488,14 +489,14 @@ def _ldpu_chain(layer: MappedLayer, y: torch.Tensor, addend: torch.Tensor | None
     y = y.to(half)
     s16, b16 = s.to(half), b.to(half)
     add16 = addend.to(half) if addend is not None else None
-    if t.row_blocks == 1:
+    if y.shape[0] == 1:
         out = torch.addcmul(b16, y[0], s16)
         out = out.clamp_min_(0.0) if layer.relu else out
         out = out.add_(add16) if add16 is not None else out
         out = out.clamp_min_(0.0) if layer.relu2 else out
         return _int8_values(out.float(), layer.out_range)
     running = None
-    for i in range(t.row_blocks - 1):  # each core adds what it receives and sends INT8 on (r <= 8 steps)
+    for i in range(y.shape[0] - 1):  # each core adds what it receives and sends INT8 on (r <= 8 steps)
         v = y[i] * s16
         if i == 0 and add16 is not None:
             v.add_(add16)
@@ -588,6 +589,8 @@ def _ldpu_rows(
     :func:`_fused_registers`) the chain runs as one compiled pass (:mod:`aimc.digital.ldpu_fused`, same numbers),
     else as :func:`_ldpu_chain`'s PyTorch operations.
     """
+    if layer.whole_columns:
+        y = owned_outputs(layer, y)  # each core's LDPUs finish the columns it holds: no chain
     if registers is not None:
         ldpu_fused.ldpu_chain(
             y.float(),

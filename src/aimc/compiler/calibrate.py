@@ -100,7 +100,7 @@ class _LayerStats:
         t = layer.tiling
         self.x = AbsHistogram()
         self.out = AbsHistogram()
-        self.psum = AbsHistogram() if t.row_blocks > 1 else None
+        self.psum = AbsHistogram() if layer.chained else None
         self.load = AbsHistogram(t.row_blocks * t.col_blocks)
         self.wb: torch.Tensor | None = None  # (r, c, m, n) weight blocks, once the layer's weight is final
         self.scale: torch.Tensor | None = None  # (c, 1, m) affine scale of the partial sums
@@ -109,7 +109,7 @@ class _LayerStats:
         if self.wb is None:
             t = layer.tiling
             self.wb = weight_blocks(layer)
-            if t.row_blocks > 1:
+            if self.psum is not None:
                 pad = (0, t.col_blocks * t.block_outputs - t.outputs)
                 self.scale = F.pad(layer.scale, pad).reshape(t.col_blocks, 1, -1)
         return self.wb

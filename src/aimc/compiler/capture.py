@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aimc.compiler.mapping import MappedLayer, Op
-from aimc.compiler.tiling import Tiling
+from aimc.compiler.tiling import Tiling, tile
 from aimc.errors import AimcError, ValidationError
 from aimc.spec import ChipSpec
 
@@ -129,7 +129,7 @@ def _analog_from_module(name: str, mod: nn.Module, spec: ChipSpec) -> MappedLaye
         kind = "lstm"
     else:  # pragma: no cover - callers check the type
         raise _unsupported(name, type(mod).__name__)
-    tiling = Tiling.split(w.shape[1], w.shape[0], spec)
+    tiling = tile(w.shape[1], w.shape[0], spec, int(geometry.get("groups", 1)))
     return MappedLayer(
         name=name, kind=kind, weight=w, scale=torch.ones(w.shape[0]), bias=bias, tiling=tiling, geometry=geometry
     )
@@ -365,7 +365,7 @@ def fuse(captured: Captured) -> None:
                 layer.relu, stage = True, 2
             elif nxt.kind == "add" and stage < 3 and nxt.inputs.count(current) == 1:
                 other = nxt.inputs[1] if nxt.inputs[0] == current else nxt.inputs[0]
-                chain = layer.tiling.row_blocks > 1
+                chain = layer.chained
                 if chain and layer.relu:
                     break
                 if _defined_after(ops, other, op.name):

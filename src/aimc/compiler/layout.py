@@ -17,6 +17,24 @@ def conv_output_size(layer: MappedLayer, h: int, w: int) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
+def column_owners(layer: MappedLayer) -> torch.Tensor:
+    """``(c, m)`` row block that holds each output column of a layer with :attr:`~MappedLayer.whole_columns`
+    (padding columns: 0)."""
+    t = layer.tiling
+    groups_per_block = t.block_inputs // (t.inputs // layer.groups)
+    column = torch.arange(t.col_blocks * t.block_outputs).clamp(max=t.outputs - 1)
+    owner = torch.div(column // (t.outputs // layer.groups), groups_per_block, rounding_mode="floor")
+    return owner.reshape(t.col_blocks, t.block_outputs)
+
+
+def owned_outputs(layer: MappedLayer, y: torch.Tensor) -> torch.Tensor:
+    """``(r, c, R, m)`` core outputs of a layer with :attr:`~MappedLayer.whole_columns` -> ``(1, c, R, m)``: each
+    column from the core that holds its weights."""
+    _, c, rows, m = y.shape
+    index = column_owners(layer).to(y.device)[None, :, None, :].expand(1, c, rows, m)
+    return y.gather(0, index)
+
+
 def layer_rows(layer: MappedLayer, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as matrix rows ``(rows, K)``: im2col patches for conv, flattened rows otherwise."""
     if layer.kind == "conv2d":

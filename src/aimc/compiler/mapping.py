@@ -110,6 +110,22 @@ class MappedLayer:
         return int(self.geometry.get("groups", 1)) if self.kind == "conv2d" else 1
 
     @property
+    def whole_columns(self) -> bool:
+        """True where the layer spans several row blocks and every output column has all its weights in one of them
+        (a grouped convolution split at group boundaries, :meth:`aimc.compiler.tiling.Tiling.split_groups`): each
+        core's LDPUs then finish the columns it holds, with no partial sums sent along the column chain."""
+        t = self.tiling
+        if self.groups == 1 or t.row_blocks == 1:
+            return False
+        return t.block_inputs % (t.inputs // self.groups) == 0
+
+    @property
+    def chained(self) -> bool:
+        """True where the layer's column blocks are chains of cores that send partial sums on (several row blocks,
+        not :attr:`whole_columns`)."""
+        return self.tiling.row_blocks > 1 and not self.whole_columns
+
+    @property
     def weight_count(self) -> int:
         """Weights the layer holds: K x N, or K x N / groups for a grouped convolution, whose block-diagonal matrix
         is zero outside its groups' blocks."""
@@ -229,7 +245,7 @@ class Mapping:
         dead = {(min(a, b), max(a, b)) for a, b in self.avoid_links}
         out = []
         for layer in self.layers.values():
-            for j in range(layer.tiling.col_blocks):
+            for j in range(layer.tiling.col_blocks if layer.chained else 0):
                 chain = [layer.cores[i][j] for i in range(layer.tiling.row_blocks)]
                 for a, b in itertools.pairwise(chain):
                     if self.chip_of(a) != self.chip_of(b):

@@ -33,6 +33,23 @@ class Tiling:
         c = math.ceil(outputs / spec.tile_cols)
         return cls(inputs, outputs, r, c, math.ceil(inputs / r), math.ceil(outputs / c), spec.tile_rows, spec.tile_cols)
 
+    @classmethod
+    def split_groups(cls, inputs: int, outputs: int, groups: int, spec: ChipSpec) -> Tiling | None:
+        """Split of a block-diagonal ``inputs x outputs`` matrix of ``groups`` equal groups (a grouped convolution)
+        whose row blocks end at group boundaries: each row block holds the rows of whole groups, as many as fit in
+        a crossbar, so that every output column has all its weights in one core. None where one group's rows
+        exceed a crossbar, or for one group."""
+        if groups <= 1 or inputs % groups or outputs % groups:
+            return None
+        rows_per_group = inputs // groups
+        per_block = spec.tile_rows // rows_per_group
+        if per_block < 1:
+            return None
+        r = math.ceil(groups / per_block)
+        c = math.ceil(outputs / spec.tile_cols)
+        block_inputs = rows_per_group * math.ceil(groups / r)  # the same r blocks, as evenly filled as they can be
+        return cls(inputs, outputs, r, c, block_inputs, math.ceil(outputs / c), spec.tile_rows, spec.tile_cols)
+
     @property
     def cores(self) -> int:
         """Cores the layer occupies: r x c."""
@@ -46,3 +63,10 @@ class Tiling:
     def describe(self) -> dict[str, int]:
         """Plain dict (JSON)."""
         return asdict(self)
+
+
+def tile(inputs: int, outputs: int, spec: ChipSpec, groups: int = 1) -> Tiling:
+    """The split of a layer matrix: at group boundaries for a grouped convolution where one fits
+    (:meth:`Tiling.split_groups`), else equal blocks (:meth:`Tiling.split`)."""
+    return Tiling.split_groups(inputs, outputs, groups, spec) or Tiling.split(inputs, outputs, spec)
+

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from aimc.compiler.mapping import OP_KINDS, MappedLayer, Mapping
-from aimc.compiler.tiling import Tiling
+from aimc.compiler.tiling import tile
 from aimc.errors import ValidationError
 from aimc.spec import ChipSpec
 
@@ -48,7 +48,9 @@ def check_layer(layer: MappedLayer, spec: ChipSpec, total_cores: int) -> None:
     if layer.kind not in LAYER_KINDS:
         raise _fail(where, f"kind must be one of {LAYER_KINDS}, got {layer.kind!r}")
     t = layer.tiling
-    if not (_is_int(t.inputs, 1) and _is_int(t.outputs, 1)) or t != Tiling.split(t.inputs, t.outputs, spec):
+    groups = layer.geometry.get("groups", 1) if isinstance(layer.geometry, dict) else 1
+    groups = groups if layer.kind == "conv2d" and _is_int(groups, 1) else 1
+    if not (_is_int(t.inputs, 1) and _is_int(t.outputs, 1)) or t != tile(t.inputs, t.outputs, spec, groups):
         raise _fail(where, f"tiling {t.describe()} is not the chip's split of a {t.inputs}x{t.outputs} matrix")
     _tensor(layer.weight, (t.outputs, t.inputs), where, "weight")
     _tensor(layer.scale, (t.outputs,), where, "scale")
