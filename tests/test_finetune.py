@@ -20,7 +20,16 @@ from aimc.errors import ArgumentTypeError, CorruptFileError, UnknownNameError, V
 from aimc.train import hwa_finetune
 from aimc.train.checkpoint import load_checkpoint, save_weights
 from aimc.train.finetune import DEFAULT_LR, lr_factor
-from aimc.train.hwa import CLIP_SIGMA, DRIFT_WINDOW_S, TILE_ROWS, _rows, analog_io, noisy_weights
+from aimc.train.hwa import (
+    CLIP_SIGMA,
+    DRIFT_WINDOW_S,
+    TILE_ROWS,
+    _row_tiles,
+    _rows,
+    analog_io,
+    input_ranges,
+    noisy_weights,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -196,26 +205,36 @@ def test_non_finite_loss_names_the_step_and_short_loaders_are_caught():
     bad = batches[2][0].clone()
     bad[0, 0, 0, 0] = float("nan")
     batches[2] = (bad, batches[2][1])
+    with pytest.raises(ValidationError, match="batch 3 of train_loader holds NaN or Inf inputs"):
+        hwa_finetune(_cnn(), batches, progress=False)  # caught where the input ranges are calibrated
+    calls = []
+
+    def nan_at_step_2(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return F.cross_entropy(out, y) * (float("nan") if len(calls) == 3 else 1.0)
+
     with pytest.raises(ValidationError, match=r"loss is nan at step 2 \(epoch 1, batch 3\)"):
-        hwa_finetune(_cnn(), batches, progress=False)
+        hwa_finetune(_cnn(), _batches(), loss_fn=nan_at_step_2, progress=False)
     with pytest.raises(ValidationError, match="yielded 4 batches in epoch 1, fewer than its len"):
         hwa_finetune(_cnn(), _Short(_batches()), progress=False)
 
 
 def test_grouped_conv_counts_the_row_tiles_of_its_block_diagonal_matrix():
-    """A depthwise 3x3 conv of 64 channels is a 576-row matrix on the chip (3 tiles of 256 rows), not 9 rows."""
+    """A depthwise 3x3 conv of 64 channels is a 576-row matrix on the chip (3 tiles of 256 rows), not 9 rows, split
+    at channel boundaries: each output sums the partial sums of 1 tile. An ungrouped 300-row layer sums 2."""
     depthwise = nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False)
-    assert _rows(depthwise) == 576 and math.ceil(_rows(depthwise) / TILE_ROWS) == 3
+    assert _rows(depthwise) == 576 and math.ceil(_rows(depthwise) / TILE_ROWS) == 3 and _row_tiles(depthwise) == 1
     assert _rows(nn.Conv2d(8, 16, 3, groups=2)) == 72 == _rows(nn.Conv2d(8, 16, 3))
-    assert _rows(nn.Linear(300, 10)) == 300
-    # the output noise has std 0.1 · sqrt(3 tiles) · max|W| · max|x|
+    assert _rows(nn.Linear(300, 10)) == 300 and _row_tiles(nn.Linear(300, 10)) == 2
+    assert _row_tiles(nn.Conv2d(128, 128, 3, groups=2)) == 5  # a group's 576 rows do not fit in a tile
+    # the output noise has std 0.1 · sqrt(1 tile) · max|W| · max|x|
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 64, 16, 16, generator=g)
     with torch.no_grad():
         clean = depthwise(x)
         with analog_io(depthwise, g, bits=16):
             noisy = depthwise(x)
-    expected = 0.1 * math.sqrt(3) * float(depthwise.weight.detach().abs().max()) * float(x.abs().max())
+    expected = 0.1 * float(depthwise.weight.detach().abs().max()) * float(x.abs().max())
     assert float((noisy - clean).std()) == pytest.approx(expected, rel=0.05)
 
 
@@ -331,3 +350,34 @@ def test_cli_pixel_scales(tmp_path):
     assert raw.shape == (8, 3, 32, 32) and labels.dtype == torch.int64
     assert float(raw.max()) > 200 and float(unit.max()) <= 1.0 and float(normalised.min()) < -1.0
     torch.testing.assert_close(unit * 255.0, raw)
+
+
+def test_input_ranges_are_the_compilers_and_set_the_output_noise():
+    """The fixed input ranges of HWA fine-tuning are the PWM full scales the compiler chooses on the same data, and
+    the output noise is in their units, so that one outlier activation does not set a layer's noise: a batch with an
+    input 1000x the others gets the same noise as without it."""
+    import aimc
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).eval()
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ranges = input_ranges(net, [x[:32], x[32:]])
+    mapping = aimc.compile(net, calibration=x, progress=False)
+    assert ranges == pytest.approx([mapping.layers["0"].x_range, mapping.layers["3"].x_range], rel=1e-6)
+    linear = nn.Linear(16, 16)
+    inputs = torch.zeros(2, 16)
+    outlier = inputs.clone()
+    outlier[1, 0] = 1000.0
+    with torch.no_grad():
+        draws = {}
+        for name, batch in (("plain", inputs), ("outlier", outlier)):
+            g = torch.Generator().manual_seed(1)
+            with analog_io(linear, g, ranges=[2.0]):
+                draws[name] = linear(batch)[0] - linear.bias  # row 0 is all zeros: its output is the noise
+    assert torch.equal(draws["plain"], draws["outlier"])
+    expected = 0.1 * float(linear.weight.detach().abs().max()) * 2.0
+    assert float(draws["plain"].std()) == pytest.approx(expected, rel=0.5)  # 16 draws
+    with (
+        pytest.raises(ValidationError, match="ranges has 2 entries; the model has 1 Conv2d/Linear layers"),
+        analog_io(linear, torch.Generator(), ranges=[1.0, 2.0]),
+    ):
+        pass

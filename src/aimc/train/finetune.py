@@ -49,7 +49,16 @@ from aimc.devices.base import DeviceModel
 from aimc.devices.registry import get as get_device
 from aimc.errors import ArgumentTypeError, CorruptFileError, ValidationError
 from aimc.train.checkpoint import MAX_WEIGHTS_BYTES, load_checkpoint, save_checkpoint
-from aimc.train.hwa import CLIP_SIGMA, OUTPUT_NOISE, RESNET9_NOISE_SCALE, analog_io, analog_layers, clip_weights
+from aimc.train.hwa import (
+    CALIBRATION_BATCHES,
+    CLIP_SIGMA,
+    OUTPUT_NOISE,
+    RESNET9_NOISE_SCALE,
+    analog_io,
+    analog_layers,
+    clip_weights,
+    input_ranges,
+)
 from aimc.train.hwa import noisy_weights as _noisy_weights
 
 __all__ = ["CHECKPOINT_EVERY", "DEFAULT_LR", "WARMUP_FRACTION", "hwa_finetune", "lr_factor"]
@@ -115,6 +124,27 @@ def _loader_generator(loader: Iterable[Any]) -> torch.Generator | None:
     batches), or None."""
     gen = getattr(loader, "generator", None)
     return gen if isinstance(gen, torch.Generator) else None
+
+
+def _input_ranges(
+    model: nn.Module, loader: Iterable[Any], loader_gen: torch.Generator | None, device: torch.device
+) -> list[float]:
+    """:func:`aimc.train.hwa.input_ranges` on the first :data:`CALIBRATION_BATCHES` batches of ``loader``, leaving
+    the loader's shuffling state as it was (so that training sees the batches it would have seen without this)."""
+    state = loader_gen.get_state() if loader_gen is not None else None
+    try:
+        batches = []
+        for step, batch in enumerate(loader):
+            if step >= CALIBRATION_BATCHES:
+                break
+            x = _to(_split_batch(batch, step)[0], device)
+            if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise ValidationError(f"batch {step + 1} of train_loader holds NaN or Inf inputs")
+            batches.append(x)
+        return input_ranges(model, batches)
+    finally:
+        if loader_gen is not None and state is not None:
+            loader_gen.set_state(state)
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
@@ -296,6 +326,8 @@ def hwa_finetune(
     }
     extra = {"loader": loader_gen} if loader_gen is not None else None
     step = 0
+    ranges: list[float] | None = None
+    torch_device = next(iter(params)).device
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         _check_settings(path, settings)  # before anything of the model changes
@@ -303,17 +335,28 @@ def hwa_finetune(
         try:
             sched.load_state_dict(meta["scheduler"])
             step = int(meta["step"])
+            ranges = [float(r) for r in meta["input_ranges"]]
         except (KeyError, TypeError, ValueError) as err:
             raise CorruptFileError(f"checkpoint {str(path)!r} holds no valid schedule state: {err}") from None
         if not 0 <= step <= total:
             raise CorruptFileError(f"checkpoint {str(path)!r} holds step {step}, outside 0-{total}")
+        if len(ranges) != len(layers) or not all(math.isfinite(r) and r > 0 for r in ranges):
+            raise CorruptFileError(
+                f"checkpoint {str(path)!r} holds {len(ranges)} input ranges for a model with {len(layers)} "
+                "Conv2d/Linear layers, or ranges that are not positive"
+            )
 
     def save(done: int) -> None:
         if path is not None:
-            meta = {"settings": settings, "step": done, "total_steps": total, "scheduler": sched.state_dict()}
+            meta = {
+                "settings": settings,
+                "step": done,
+                "total_steps": total,
+                "scheduler": sched.state_dict(),
+                "input_ranges": ranges,
+            }
             save_checkpoint(path, model, opt, meta, gen, extra_generators=extra)
 
-    torch_device = next(iter(params)).device
     fork_devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
     model.train()
     if batchnorm == "frozen":
@@ -328,6 +371,10 @@ def hwa_finetune(
         for epoch in range(step // steps_per_epoch, epochs):
             if step >= stop:
                 break
+            if step == epoch * steps_per_epoch or ranges is None:
+                # each epoch's input ranges from the model as it starts the epoch (a resumed run within an epoch
+                # keeps the checkpoint's)
+                ranges = _input_ranges(model, train_loader, loader_gen, torch_device)
             # the loader's shuffling state at the start of this epoch: what a checkpoint saved within it holds
             epoch_state = loader_gen.get_state() if loader_gen is not None else None
             first = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
@@ -346,7 +393,7 @@ def hwa_finetune(
                     torch.manual_seed(step_seed)  # the model's own random layers (dropout), from ``seed``
                     with (
                         _noisy_weights(model, gen, device_model, strategy, noise_scale, drift_window),
-                        analog_io(model, gen, output_noise),
+                        analog_io(model, gen, output_noise, ranges=ranges),
                         _autocast(torch_device, autocast),
                     ):
                         loss = loss_fn(model(x), y)

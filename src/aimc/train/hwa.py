@@ -12,15 +12,18 @@ whose scale is not given), so that a few outliers do not set W_max for a whole l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from aimc.compiler.calibrate import INT8_LEVELS
+from aimc.compiler.observe import AbsHistogram
 from aimc.core.analog import polarity_g_max
 from aimc.devices.base import DeviceModel, DeviceState
 from aimc.devices.registry import get as get_device
+from aimc.errors import ValidationError
 
 #: docs/physics.md §11: weight noise = 2x the PCM programming-noise model (ResNet-9 HWA training).
 RESNET9_NOISE_SCALE = 2.0
@@ -169,11 +172,49 @@ IO_BITS = 8
 TILE_ROWS = 256
 
 
-def _fake_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """x rounded to ``bits``-bit signed codes of max|x| in the forward pass, identity in the backward pass."""
+def _fake_quantize(x: torch.Tensor, bits: int, full_scale: float | None = None) -> torch.Tensor:
+    """x rounded to ``bits``-bit signed codes of ``full_scale`` (default: max|x|), saturating beyond it, in the
+    forward pass; identity in the backward pass."""
     levels = 2 ** (bits - 1) - 1
-    scale = x.detach().abs().amax().clamp_min(1e-12) / levels
-    return x + ((x.detach() / scale).round() * scale - x.detach())
+    top = x.detach().abs().amax().clamp_min(1e-12) if full_scale is None else max(full_scale, 1e-12)
+    scale = top / levels
+    return x + ((x.detach() / scale).round().clamp(-levels, levels) * scale - x.detach())
+
+
+#: Our choice: training batches whose Conv2d/Linear inputs set the 8-bit input ranges of HWA fine-tuning (at the start
+#: of each epoch).
+CALIBRATION_BATCHES = 8
+
+
+def input_ranges(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "mae") -> list[float]:
+    """The input full scale of every analog layer (:func:`analog_layers` order), chosen as the compiler chooses a
+    layer's PWM range (docs/design.md "Calibration": a streaming |value| histogram and ``method``'s least-error
+    clipping point for the 127 levels of a signed 8-bit code), from the model's float forward passes (eval mode, no
+    noise) on ``batches`` of model inputs.
+
+    With a range that a few outliers do not set, the injected output noise (in units of the range) and the input
+    rounding match what the calibrated chip does; a batch maximum instead lets one outlier activation (common after
+    a batch norm that follows a ReLU) scale the noise of a whole layer.
+    """
+    layers = analog_layers(model)
+    hists = [AbsHistogram() for _ in layers]
+    handles = [
+        layer.register_forward_pre_hook(lambda _m, args, h=h: h.add(args[0].detach().float()))
+        for layer, h in zip(layers, hists, strict=True)
+    ]
+    modes = [(m, m.training) for m in model.modules()]  # restored module by module (frozen batch norms stay so)
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes:
+            m.training = training
+    # a layer whose inputs were all zero keeps full scale 1 (any range converts zeros exactly)
+    return [float(h.full_scale(method, INT8_LEVELS)[0]) or 1.0 for h in hists]
 
 
 def _rows(layer: nn.Module) -> int:
@@ -187,34 +228,56 @@ def _rows(layer: nn.Module) -> int:
     return int(layer.weight.shape[1])
 
 
+def _row_tiles(layer: nn.Module) -> int:
+    """Row tiles whose partial sums add up in one output of the layer: ``ceil(rows / 256)`` of its matrix
+    (:func:`_rows`), but 1 for a grouped convolution whose groups fit in a tile, which the compiler splits at group
+    boundaries so that each output column lies in one core (:meth:`aimc.compiler.tiling.Tiling.split_groups`)."""
+    grouped = isinstance(layer, nn.Conv2d) and layer.groups > 1
+    if grouped and (layer.in_channels // layer.groups) * math.prod(layer.kernel_size) <= TILE_ROWS:
+        return 1
+    return -(-_rows(layer) // TILE_ROWS)
+
+
 @contextmanager
 def analog_io(
-    model: nn.Module, generator: torch.Generator, output_noise: float = OUTPUT_NOISE, bits: int = IO_BITS
+    model: nn.Module,
+    generator: torch.Generator,
+    output_noise: float = OUTPUT_NOISE,
+    bits: int = IO_BITS,
+    ranges: Sequence[float] | None = None,
 ) -> Iterator[None]:
     """Within the block every Conv2d/Linear layer sees 8-bit inputs and adds Gaussian output noise (docs/physics.md
     §11).
 
-    Output noise std per layer: ``output_noise · sqrt(row tiles) · max|W| · max|x|``, one draw per output element
+    Output noise std per layer: ``output_noise · sqrt(row tiles) · max|W| · x_range``, one draw per output element
     (the layer's output shape without the batch), shared by the batch and fresh at every step. The row tiles are
-    ``ceil(rows / 256)`` of the layer's matrix on the chip (:func:`_rows`; for a grouped convolution, its
-    block-diagonal dense matrix).
+    ``ceil(rows / 256)`` of the layer's matrix on the chip (:func:`_row_tiles`; 1 for a grouped convolution whose
+    groups fit in a tile). ``x_range`` is the layer's entry of ``ranges`` (:func:`input_ranges`, in
+    :func:`analog_layers` order; inputs beyond it saturate), or else the batch's max|x|.
     """
     handles = []
+    layers = analog_layers(model)
+    if ranges is not None and len(ranges) != len(layers):
+        raise ValidationError(f"ranges has {len(ranges)} entries; the model has {len(layers)} Conv2d/Linear layers")
+    fixed = {id(layer): float(r) for layer, r in zip(layers, ranges, strict=True)} if ranges is not None else {}
 
     def pre(layer: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        x = _fake_quantize(args[0], bits)
-        layer._aimc_x_max = float(x.detach().abs().amax())  # type: ignore[assignment]
+        full_scale = fixed.get(id(layer))
+        x = _fake_quantize(args[0], bits, full_scale)
+        layer._aimc_x_max = (  # type: ignore[assignment]
+            float(x.detach().abs().amax()) if full_scale is None else full_scale
+        )
         return (x, *args[1:])
 
     def post(layer: nn.Module, args: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
-        tiles = -(-_rows(layer) // TILE_ROWS)
+        tiles = _row_tiles(layer)
         std = output_noise * tiles**0.5 * float(layer.weight.detach().abs().max()) * layer._aimc_x_max
         # one draw per output element shared by the batch (fresh every step): drawing one per sample would cost
         # more than the training step itself on a CPU
         noise = torch.randn(y.shape[1:], generator=generator, dtype=y.dtype).to(y.device)
         return y + noise * std
 
-    for layer in analog_layers(model):
+    for layer in layers:
         handles += [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
     try:
         yield
