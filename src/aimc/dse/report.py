@@ -160,25 +160,30 @@ def _unit(metric: str) -> str:
     return "points" if metric == "accuracy" else "BPC"
 
 
+def _digits(metric: str) -> str:
+    """Number format of a loss: 2 decimals of a point, 3 of a bit per character."""
+    return ".2f" if metric == "accuracy" else ".3f"
+
+
 def answers(rows: Sequence[DesignRow], max_loss: float) -> list[str]:
     """Plain-text answers for one network: the reference, the designs that dominate it, the best TOPS/W within
     the loss budget."""
     out = []
     if not rows:
         return out
-    unit = _unit(rows[0].metric)
+    unit, f = _unit(rows[0].metric), _digits(rows[0].metric)
     ref = next((r for r in rows if r.reference), None)
     if ref is not None:
         out.append(
             f"Paper's chip ({ref.design.label()}): {ref.perf['energy_uj']:.3f} µJ, {ref.perf['latency_us']:.2f} µs, "
-            f"{ref.perf['tops_per_w']:.3f} TOPS/W, loss {ref.loss:.2f} ± {ref.std:.2f} {unit}."
+            f"{ref.perf['tops_per_w']:.3f} TOPS/W, loss {ref.loss:{f}} ± {ref.std:{f}} {unit}."
         )
         better = [r for r in rows if r.dominates_reference]
         if better:
             better.sort(key=lambda r: r.perf["energy_uj"])
             out.append(
                 f"{len(better)} design(s) dominate it in energy and loss: "
-                + "; ".join(f"{r.design.label()} ({r.perf['energy_uj']:.3f} µJ, loss {r.loss:.2f})" for r in better)
+                + "; ".join(f"{r.design.label()} ({r.perf['energy_uj']:.3f} µJ, loss {r.loss:{f}})" for r in better)
                 + "."
             )
         else:
@@ -188,7 +193,7 @@ def answers(rows: Sequence[DesignRow], max_loss: float) -> list[str]:
         best = max(ok, key=lambda r: r.perf["tops_per_w"])
         out.append(
             f"Best TOPS/W at a loss <= {max_loss:g} {unit}: {best.design.label()}, {best.perf['tops_per_w']:.3f} "
-            f"TOPS/W ({best.perf['energy_uj']:.3f} µJ, loss {best.loss:.2f} ± {best.std:.2f})."
+            f"TOPS/W ({best.perf['energy_uj']:.3f} µJ, loss {best.loss:{f}} ± {best.std:{f}})."
         )
     else:
         out.append(f"No design keeps the loss <= {max_loss:g} {unit}.")
@@ -204,7 +209,8 @@ def _table(rows: Sequence[DesignRow]) -> tuple[list[str], list[list[str]]]:
     for r in sorted(rows, key=lambda r: r.perf["energy_uj"]):
         name = r.design.label() + (" ★ paper" if r.reference else "")
         cells = [name, *(format(r.perf[k], f) for k, _, f in PERF_COLUMNS)]
-        cells += [f"{scale * r.mean:.2f}", f"{r.loss:.2f} ± {r.std:.2f} (n={r.n})"]
+        f = _digits(r.metric)
+        cells += [f"{scale * r.mean:{f}}", f"{r.loss:{f}} ± {r.std:{f}} (n={r.n})"]
         cells += ["●" if r.energy_front else "", "●" if r.latency_front else ""]
         body.append(cells)
     return header, body
@@ -306,7 +312,7 @@ def write_report(
     ]
     for net, sw in software.items():
         scale = 100.0 if sw["metric"] == "accuracy" else 1.0
-        facts.append((f"{net} software", f"{sw['metric']} {scale * sw['value']:.2f}"))
+        facts.append((f"{net} software", f"{sw['metric']} {scale * sw['value']:{_digits(sw['metric'])}}"))
     md = [f"# {title}", ""]
     if spec.get("description"):
         md += [str(spec["description"]), ""]
