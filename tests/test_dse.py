@@ -23,7 +23,7 @@ from aimc.dse.pareto import dominates, pareto_front
 from aimc.dse.space import DesignSpaceError, design_chip
 from aimc.perf.model import integration_time_ns, mvm_time_ns
 from aimc.spec import ChipSpec
-from aimc.sweep.errors import SweepInterruptedError
+from aimc.sweep.errors import StoreError, SweepInterruptedError
 from aimc.sweep.store import ResultStore
 
 from conftest import needs_cifar10
@@ -238,6 +238,14 @@ def test_a_run_interrupted_midway_resumes_without_recomputing(interrupted_then_r
         assert all(first[r.key] == (r.value, r.finished_utc) for r in rows if r.key in first)
     again = dse.run(TINY, out=out, progress=False)
     assert (again.done_before, again.computed) == (8, 0)
+
+
+def test_a_folder_of_other_data_for_a_network_is_refused(interrupted_then_resumed):
+    out = interrupted_then_resumed[0]
+    other = _space(networks=[{"network": "tiny-cnn", "samples": 16, "calibration_samples": 16}])
+    with pytest.raises(StoreError) as err:
+        dse.run(other, out=out, progress=False)
+    assert "samples: stored 32, now 16" in str(err.value)
 
 
 def test_every_point_has_accuracy_and_energy(interrupted_then_resumed):

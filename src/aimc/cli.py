@@ -890,21 +890,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("dse", help="design-space exploration: accuracy and energy across chip designs (Pareto)")
-    p.add_argument("space", help="the design-space file (see docs/dse.md and examples/dse_resnet9.yaml)")
-    p.add_argument("--out", default=None, help="output folder (default: the file's 'output', else results/dse/NAME)")
-    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where points run (default local)")
-    p.add_argument(
-        "--address", default=None, help="Ray cluster: HOST:PORT (from `ray start --head`), ray://HOST:PORT or auto"
-    )
-    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs / threads)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (Ray default 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--report", action="store_true", help="write the report when the run is done")
-    p.add_argument("--html", action="store_true", help="with --report: also dse_report.html")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.set_defaults(func=cmd_dse)
-
     p = sub.add_parser("report", help="tables and figures of a sweep's or a design space's output folder")
     p.add_argument("outdir", help="the output folder of `aimc sweep` or `aimc dse` (holding results.sqlite)")
     p.add_argument("--html", action="store_true", help="also write report.html (dse_report.html)")
@@ -945,6 +930,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="fetch and convert again even if the numpy files are there")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_data_fetch)
+
+    # the last subcommand: the choices listed in an "invalid choice" error keep their order (docs/validation.md)
+    p = sub.add_parser("dse", help="design-space exploration: accuracy and energy across chip designs (Pareto)")
+    p.add_argument("space", help="the design-space file (see docs/dse.md and examples/dse_resnet9.yaml)")
+    p.add_argument("--out", default=None, help="output folder (default: the file's 'output', else results/dse/NAME)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where points run (default local)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster: HOST:PORT (from `ray start --head`), ray://HOST:PORT or auto"
+    )
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs / threads)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (Ray default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--report", action="store_true", help="write the report when the run is done")
+    p.add_argument("--html", action="store_true", help="with --report: also dse_report.html")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_dse)
     return parser
 
 

@@ -30,7 +30,7 @@ from aimc.dse.space import Design, DesignPoint, DesignSpace, DesignSpaceError, _
 from aimc.errors import ArgumentTypeError, ValidationError
 from aimc.spec import ChipSpec
 from aimc.sweep.cache import load_mapping, save_mapping
-from aimc.sweep.errors import SweepInterruptedError
+from aimc.sweep.errors import StoreError, SweepInterruptedError
 from aimc.sweep.executors import Executor, make_executor
 from aimc.sweep.points import work_units
 from aimc.sweep.progress import Progress
@@ -273,6 +273,24 @@ def prepare(
     return DsePayload(networks, {d.key: d for d in designs}, mappings, data, {d.key: perf[d.key] for d in designs})
 
 
+def _check_networks(store: ResultStore, space: DesignSpace) -> None:
+    """Refuse a folder whose stored points of a network were computed with other weights or data (their software
+    reference and losses would mix); record the networks' contexts otherwise."""
+    stored = store.get_meta("networks") or {}
+    contexts = {n.network: n.context() for n in space.networks}
+    for name, ctx in contexts.items():
+        old = stored.get(name)
+        if old is not None and old != ctx:
+            diff = ", ".join(
+                f"{k}: stored {old.get(k)!r}, now {ctx.get(k)!r}" for k in sorted(ctx) if old.get(k) != ctx.get(k)
+            )
+            raise StoreError(
+                f"{str(store.folder)!r} holds {name} results of other weights or data ({diff}); use another output "
+                "folder (--out) or delete this one"
+            )
+    store.set_meta("networks", {**stored, **contexts})
+
+
 def run(
     space: DesignSpace | str | Path | Mapping[str, Any],
     *,
@@ -295,6 +313,8 @@ def run(
 
     Raises:
         DesignSpaceError: a malformed space or an impossible design (found before any work).
+        StoreError: the output folder holds another kind of results, or this space's networks with other weights
+            or data (before any work).
         SweepInterruptedError: Ctrl-C; what finished is stored and a re-run resumes.
     """
     from aimc._validation import check_number
@@ -314,6 +334,7 @@ def run(
     stream = sys.stderr if progress is True else (progress or None)
     try:
         store = ResultStore(folder, DSE_CONTEXT)
+        _check_networks(store, space)
         store.set_meta("kind", "dse")
         store.set_meta("spec", space.to_dict())
         designs = space.designs()
