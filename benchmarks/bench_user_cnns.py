@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="test images (default 2000)")
     parser.add_argument("--seeds", default="0", help="programming seeds, comma-separated (default 0)")
     parser.add_argument("--finetune-epochs", type=int, default=0)
+    parser.add_argument("--finetune-nets", default=None, help="nets to fine-tune (default: all of --nets)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--results", type=Path, default=Path("results/user_cnns.json"))
     parser.add_argument("--write", action="store_true", help="put the table into docs/validation.md")
@@ -162,7 +163,7 @@ def main() -> None:
         }
         model = user_cnns.load(net)
         measure(res, f"{net}/float", model, net, data, methods, seeds)
-        if args.finetune_epochs:
+        if args.finetune_epochs and net in (args.finetune_nets or args.nets).split(","):
             out = user_cnns.WEIGHTS_DIR / f"{net}_hwa.safetensors"
             if not out.exists():
                 from aimc.train import hwa_finetune

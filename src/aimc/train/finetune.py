@@ -7,7 +7,9 @@ the analog chip: every training step runs the forward pass with
   programming error at each weight's conductance, scaled by ``noise_scale``; optionally drift to a random read time
   with global compensation),
 - the chip's 8-bit input conversion and additive output noise in every Conv2d/Linear layer
-  (:func:`aimc.train.hwa.analog_io`),
+  (:func:`aimc.train.hwa.analog_io`), both in units of the layer's input range, chosen at the start of each epoch as
+  the compiler chooses a PWM range (:func:`aimc.train.hwa.input_ranges` on the first
+  :data:`~aimc.train.hwa.CALIBRATION_BATCHES` batches),
 
 takes the gradient at the noisy weights (the quantisation passes it straight through), applies it to the clean
 weights and then clips each layer's weights (:func:`aimc.train.hwa.clip_weights`), so that a few outliers do not set
@@ -223,10 +225,8 @@ def hwa_finetune(
             integer class targets).
         batchnorm: ``"update"`` (default): batch statistics in each step, running statistics that follow the noisy
             network; ``"frozen"``: batch norms normalise with their running statistics, which stay as trained (their
-            scale and shift still learn). Neither works yet for a network with batch norm *after* ReLU whose
-            channels include some that are never active (running variance near 0, so a large scale that multiplies
-            the injected noise): on a VGG-style CIFAR-10 net "update" left 32% in software after 3 epochs and
-            "frozen" did not train (docs/validation.md). Batch norm before the ReLU (ResNet-9) trains with "update".
+            scale and shift still learn). "update" trains networks with batch norm before the ReLU (ResNet-9) and
+            after it (the VGG-style net of docs/validation.md: 81.45% -> 81.50% in software after 3 epochs).
         seed: an int or a ``torch.Generator``: the noise, and the random state of the model's own random layers
             (dropout), which is drawn from it for each step and leaves the global RNG of the caller unchanged.
         noise_scale: weight noise in units of the device model's programming error (default 2, the chip paper's
