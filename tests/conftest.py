@@ -56,3 +56,19 @@ def paper_mvm_problem(cores: int, m: int = 256, n: int = 256, batch: int = 2048,
     x = torch.rand((cores, batch, n), generator=g) * 2 - 1
     x = x * (torch.rand(x.shape, generator=g) >= 0.3)
     return w, x, (x.double() @ w.double().mT).float()
+
+
+def small_cnn(first_pool: int) -> torch.nn.Module:
+    """Two conv layers and a classifier of 10 outputs, seeded (``torch.manual_seed(0)``), in eval mode; the first
+    max-pool of ``first_pool`` takes 3-channel images of ``8 * first_pool`` pixels a side to the classifier's 4x4."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(first_pool),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 4 * 4, 10),
+    ).eval()

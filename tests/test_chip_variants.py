@@ -17,24 +17,12 @@ from aimc.chip import program
 from aimc.core.analog import BF16_EXACT_LEVELS, INT8_LEVELS, readout_kernels_for
 from aimc.spec import ChipSpec
 
-
-def _net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(4),
-        torch.nn.Conv2d(16, 32, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(32 * 4 * 4, 10),
-    ).eval()
+from conftest import small_cnn
 
 
 @pytest.fixture(scope="module")
 def problem() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    net = _net()
+    net = small_cnn(4)  # 32x32 images
     x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = net(x)

@@ -8,6 +8,7 @@ accuracy equals `aimc eval` for the same seeds.
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import random
@@ -26,7 +27,7 @@ from aimc.spec import ChipSpec
 from aimc.sweep.errors import StoreError, SweepInterruptedError
 from aimc.sweep.store import ResultStore
 
-from conftest import needs_cifar10
+from conftest import needs_cifar10, small_cnn
 
 
 class TinyCnn(DseNetwork):
@@ -37,17 +38,7 @@ class TinyCnn(DseNetwork):
     metric = "accuracy"
 
     def architecture(self) -> torch.nn.Module:
-        torch.manual_seed(0)
-        return torch.nn.Sequential(
-            torch.nn.Conv2d(3, 16, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(16, 32, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(),
-            torch.nn.Linear(32 * 4 * 4, 10),
-        ).eval()
+        return small_cnn(2)  # 16x16 images
 
     def load_model(self, weights: str | None) -> torch.nn.Module:
         return self.architecture()
@@ -209,7 +200,8 @@ def test_area_proxy_of_the_paper_chip_is_its_cores():
 
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(tmp_path_factory):
-    """The tiny space run once with a Ctrl-C after its third stored point, then again to the end."""
+    """The tiny space run once with a Ctrl-C after its third stored point, then again to the end (its progress
+    lines kept)."""
     out = tmp_path_factory.mktemp("dse") / "tiny"
     seen = []
 
@@ -224,13 +216,18 @@ def interrupted_then_resumed(tmp_path_factory):
     with ResultStore(out, None, create=False) as store:
         first = {r.key: (r.value, r.finished_utc) for r in store.results()}
     resumed = []
-    result = dse.run(TINY, out=out, progress=False, on_result=lambda r: resumed.append(r.key))
-    return out, first, resumed, result
+    log = io.StringIO()
+    result = dse.run(TINY, out=out, progress=log, on_result=lambda r: resumed.append(r.key))
+    return out, first, resumed, result, log.getvalue()
 
 
 def test_a_run_interrupted_midway_resumes_without_recomputing(interrupted_then_resumed):
-    out, first, resumed, result = interrupted_then_resumed
+    out, first, resumed, result, log = interrupted_then_resumed
     assert (result.total, result.done_before, result.computed) == (8, 3, 5)
+    lines = log.splitlines()
+    assert lines[0].startswith("dse tiny: 8 points, 3 already stored, 5 to run on ")
+    assert any(line.startswith("dse tiny: 8/8 points done | ") for line in lines)
+    assert not any(line.startswith("sweep ") for line in lines)
     assert not set(resumed) & set(first)  # the three stored points were not run again
     with ResultStore(out, None, create=False) as store:
         rows = store.results()

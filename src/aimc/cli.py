@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -537,15 +538,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """``aimc sweep SPEC.yaml``: a resumable Monte Carlo sweep, in this process or on a Ray cluster."""
-    from aimc import sweep
+def _run_points(
+    args: argparse.Namespace, kind: str, name: str, run: Callable[..., Any], write_report: Callable[..., Any]
+) -> int:
+    """``aimc sweep`` and ``aimc dse`` after loading the file: ``run`` it with the executor's options, print what it
+    stored (a line, or JSON with --json) and, with --report, write the report. Ctrl-C: the message and status 130."""
     from aimc.sweep.errors import SweepInterruptedError
 
-    spec = sweep.load_spec(args.spec)
     try:
-        result = sweep.run(
-            spec,
+        result = run(
             out=args.out,
             backend=args.backend,
             address=args.address,
@@ -569,56 +570,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(
-            f"sweep {spec.name}: {result.done_before + result.computed}/{result.total} points stored in "
+            f"{kind} {name}: {result.done_before + result.computed}/{result.total} points stored in "
             f"{result.store} ({result.computed} run now, {result.done_before} from before, {result.elapsed_s:.1f} s)"
         )
     if args.report:
-        for path in sweep.write_report(result.out, html_report=args.html):
+        for path in write_report(result.out, html_report=args.html):
             if not args.json:
                 print(f"wrote {path}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``aimc sweep SPEC.yaml``: a resumable Monte Carlo sweep, in this process or on a Ray cluster."""
+    from aimc import sweep
+
+    spec = sweep.load_spec(args.spec)
+    return _run_points(args, "sweep", spec.name, functools.partial(sweep.run, spec), sweep.write_report)
 
 
 def cmd_dse(args: argparse.Namespace) -> int:
     """``aimc dse SPACE.yaml``: accuracy and performance across chip designs, resumable, with Pareto fronts."""
     from aimc import dse
-    from aimc.sweep.errors import SweepInterruptedError
 
     space = dse.load_space(args.space)
-    try:
-        result = dse.run(
-            space,
-            out=args.out,
-            backend=args.backend,
-            address=args.address,
-            workers=args.workers,
-            threads=args.threads,
-            progress=not args.quiet,
-        )
-    except SweepInterruptedError as err:
-        print(f"aimc: {err}", file=sys.stderr)
-        return 130
-    summary = {
-        "out": str(result.out),
-        "store": str(result.store),
-        "total": result.total,
-        "done_before": result.done_before,
-        "computed": result.computed,
-        "elapsed_s": round(result.elapsed_s, 3),
-        "executor": result.executor,
-    }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(
-            f"dse {space.name}: {result.done_before + result.computed}/{result.total} points stored in "
-            f"{result.store} ({result.computed} run now, {result.done_before} from before, {result.elapsed_s:.1f} s)"
-        )
-    if args.report:
-        for path in dse.write_report(result.out, html_report=args.html):
-            if not args.json:
-                print(f"wrote {path}")
-    return 0
+    return _run_points(args, "dse", space.name, functools.partial(dse.run, space), dse.write_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -694,6 +669,17 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"  {mark} {c['name']:<12} {timing:<28} {c['summary']}")
     print(f"\nForce a kernel with {kernels.FORCE_ENV}=operation=kernel[,...] or aimc.kernels.Backend(...).")
     return 0
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``aimc sweep`` and ``aimc dse`` that choose where and how points run."""
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where points run (default local)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster: HOST:PORT (from `ray start --head`), ray://HOST:PORT or auto"
+    )
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs / threads)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (Ray default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -878,13 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="Monte Carlo sweep from a YAML file (resumable; local or on a Ray cluster)")
     p.add_argument("spec", help="the sweep file (see docs/sweeps.md and examples/sweep_resnet9.yaml)")
     p.add_argument("--out", default=None, help="output folder (default: the file's 'output', else results/sweeps/NAME)")
-    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where points run (default local)")
-    p.add_argument(
-        "--address", default=None, help="Ray cluster: HOST:PORT (from `ray start --head`), ray://HOST:PORT or auto"
-    )
-    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs / threads)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (Ray default 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_executor_options(p)
     p.add_argument("--report", action="store_true", help="write the report when the sweep is done")
     p.add_argument("--html", action="store_true", help="with --report: also report.html")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -935,13 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dse", help="design-space exploration: accuracy and energy across chip designs (Pareto)")
     p.add_argument("space", help="the design-space file (see docs/dse.md and examples/dse_resnet9.yaml)")
     p.add_argument("--out", default=None, help="output folder (default: the file's 'output', else results/dse/NAME)")
-    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where points run (default local)")
-    p.add_argument(
-        "--address", default=None, help="Ray cluster: HOST:PORT (from `ray start --head`), ray://HOST:PORT or auto"
-    )
-    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs / threads)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (Ray default 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_executor_options(p)
     p.add_argument("--report", action="store_true", help="write the report when the run is done")
     p.add_argument("--html", action="store_true", help="with --report: also dse_report.html")
     p.add_argument("--json", action="store_true", help="print a JSON summary")

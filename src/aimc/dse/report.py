@@ -23,7 +23,7 @@ from typing import Any
 from aimc.dse.pareto import dominates, pareto_front
 from aimc.dse.space import Design
 from aimc.errors import ValidationError
-from aimc.sweep.report import _write_csv, time_label
+from aimc.sweep.report import _atomic_write, _write_csv, time_label
 from aimc.sweep.store import ResultStore
 
 #: The report's performance columns: key, header, format.
@@ -363,12 +363,6 @@ def write_report(
         _atomic_write(html_path, _html(title, facts, sections))
         written.insert(1, html_path)
     return written
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _html(

@@ -13,9 +13,6 @@ voltage, seed): a chip is programmed once and read at every time and in every re
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import socket
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,14 +24,13 @@ import torch
 from aimc.compiler.mapping import Mapping as ChipMapping
 from aimc.dse.networks import DseNetwork, get_network
 from aimc.dse.space import Design, DesignPoint, DesignSpace, DesignSpaceError, _as_space, check_designs
-from aimc.errors import ArgumentTypeError, ValidationError
+from aimc.errors import ValidationError
 from aimc.spec import ChipSpec
 from aimc.sweep.cache import load_mapping, save_mapping
-from aimc.sweep.errors import StoreError, SweepInterruptedError
-from aimc.sweep.executors import Executor, make_executor
-from aimc.sweep.points import work_units
-from aimc.sweep.progress import Progress
+from aimc.sweep.errors import StoreError
+from aimc.sweep.runner import Plan, SweepResult, check_run_options, run_pending
 from aimc.sweep.store import PointResult, ResultStore
+from aimc.sweep.worker import ChipRunner
 
 #: The context of every design-space store (a folder of a sweep, or of an older schema, is refused).
 DSE_CONTEXT = {"kind": "aimc-dse", "schema": 1}
@@ -45,21 +41,9 @@ _CHIP = ChipSpec.hermes()
 
 
 @dataclass(frozen=True)
-class DseResult:
-    """What a run did: output folder, store, points in the space / stored before / computed now, wall time."""
-
-    out: Path
-    store: Path
-    total: int
-    done_before: int
-    computed: int
-    elapsed_s: float
-    executor: str
-
-    @property
-    def complete(self) -> bool:
-        """Whether every point of the space is stored."""
-        return self.done_before + self.computed == self.total
+class DseResult(SweepResult):
+    """What a run did: output folder, store, points in the space / stored before / computed now, wall time (the
+    fields of :class:`~aimc.sweep.runner.SweepResult`; ``complete``: every point of the space is stored)."""
 
 
 def area_mm2(spec: ChipSpec, chips: int) -> dict[str, float]:
@@ -135,24 +119,10 @@ class DsePayload:
         return DesignRunner(self, threads)
 
 
-class DesignRunner:
+class DesignRunner(ChipRunner):
     """Runs design points on a cached programmed chip (one per (mapping, device, strategy, read voltage, seed))."""
 
-    def __init__(self, payload: DsePayload, threads: int | None = None) -> None:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self.payload = payload
-        self._chip_id: tuple[str, int] | None = None
-        self._chip: Any = None
-        self._code: str | None = None
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
-
-    def _provenance(self) -> dict[str, str]:
-        from aimc._provenance import code_fingerprint, provenance
-
-        if self._code is None:
-            self._code = code_fingerprint()
-        return {**provenance(), "code": self._code}
+    payload: DsePayload
 
     def run(self, key: str, point: DesignPoint) -> PointResult:
         """Evaluate ``point``, programming its chip unless the last one matches."""
@@ -162,17 +132,16 @@ class DesignRunner:
         design = p.designs[point.design]
         start = time.perf_counter()
         cpu_start = time.process_time()
-        reused = self._chip_id == point.chip
-        if not reused:
-            self._chip = None
-            self._chip = program(
+        reused = self._use_chip(
+            point.chip,
+            lambda: program(
                 p.mappings[design.chip_key],
                 design.device_model(),
                 design.strategy,
                 seed=point.seed,
                 config=core_config(design),
-            )
-            self._chip_id = point.chip
+            ),
+        )
         programmed = time.perf_counter()
         data = p.data[design.network]
         value = p.networks[design.network].score(self._chip, data, point.t_seconds, design.mode, point.read_seed)
@@ -317,23 +286,17 @@ def run(
             or data (before any work).
         SweepInterruptedError: Ctrl-C; what finished is stored and a re-run resumes.
     """
-    from aimc._validation import check_number
-
     space = _as_space(space)
-    for value, name in ((workers, "workers"), (threads, "threads")):
-        if value is not None:
-            check_number(value, name, low=1, integer=True)
-    if not isinstance(progress, bool) and not hasattr(progress, "write"):
-        raise ArgumentTypeError(f"progress must be a bool or a text stream, got {type(progress).__name__}")
+    stream = check_run_options(workers, threads, progress)
     chips = check_designs(space)  # impossible designs: before anything runs
-    folder = output_folder(space, out)
-    start = time.perf_counter()
-    executor: Executor = make_executor(backend, address, workers, threads)
-    store: ResultStore | None = None
-    prog: Progress | None = None
-    stream = sys.stderr if progress is True else (progress or None)
-    try:
-        store = ResultStore(folder, DSE_CONTEXT)
+    labels: dict[str, str] = {}
+    todo: list[Design] = []
+
+    def describe(r: PointResult) -> str:
+        label = labels.get(r.details.get("design_key", ""), "?")
+        return f"{r.details['design']['network']} {label} t={r.t_seconds:g}s seed {r.seed}: {r.metric} {r.value:.4g}"
+
+    def plan(store: ResultStore) -> Plan:
         _check_networks(store, space)
         store.set_meta("kind", "dse")
         store.set_meta("spec", space.to_dict())
@@ -344,62 +307,31 @@ def run(
         keyed = [(space.key(d, p), d, p) for d, p in points]
         finished = store.finished_keys()
         pending = [(k, d, p) for k, d, p in keyed if k not in finished]
-        labels = {d.key: d.label() for d in designs}
+        labels.update((d.key, d.label()) for d in designs)
+        todo[:] = dict.fromkeys(d for _, d, _ in pending)
+        return Plan(len(points), [(k, p) for k, _, p in pending], describe)
 
-        def describe(r: PointResult) -> str:
-            label = labels.get(r.details.get("design_key", ""), "?")
-            return (
-                f"{r.details['design']['network']} {label} t={r.t_seconds:g}s seed {r.seed}: {r.metric} {r.value:.4g}"
-            )
+    def log(text: str) -> None:
+        if stream is not None:
+            stream.write(text + "\n")
+            stream.flush()
 
-        prog = Progress(space.name, len(points), len(points) - len(pending), stream, describe)
-        if pending:
-            prog.header(executor.description or "this process")
-            todo = list(dict.fromkeys(d for _, d, _ in pending))
-
-            def log(text: str) -> None:
-                if stream is not None:
-                    stream.write(text + "\n")
-                    stream.flush()
-
-            payload = prepare(space, todo, store, chips, log)
-            executor.start(payload)  # type: ignore[arg-type]
-            by_point = {p: k for k, _, p in pending}
-            units = [
-                [(by_point[p], p) for p in unit] for unit in work_units([p for _, _, p in pending], executor.workers)
-            ]
-
-            def store_result(result: PointResult) -> None:
-                added = store.add(result)  # type: ignore[union-attr]
-                prog.update(result, added)  # type: ignore[union-attr]
-                if on_result is not None:
-                    on_result(result)
-
-            prog.begin()
-            executor.run(units, store_result)  # type: ignore[arg-type]
-        return DseResult(
-            out=folder,
-            store=store.path,
-            total=len(points),
-            done_before=len(points) - len(pending),
-            computed=prog.computed,
-            elapsed_s=time.perf_counter() - start,
-            executor=executor.description,
-        )
-    except KeyboardInterrupt:
-        done = store.count() if store is not None else 0
-        total = prog.total if prog is not None else 0
-        raise SweepInterruptedError(
-            f"interrupted: {done} of {total} points are stored in {str(folder)!r}; run the same space again to resume",
-            done,
-            total,
-        ) from None
-    finally:
-        if prog is not None:
-            prog.finish()
-        executor.close()
-        if store is not None:
-            store.close()
+    return run_pending(  # type: ignore[return-value]
+        output_folder(space, out),
+        DSE_CONTEXT,
+        name=space.name,
+        kind="dse",
+        again="space",
+        plan=plan,
+        prepare=lambda store, pending: prepare(space, todo, store, chips, log),
+        backend=backend,
+        address=address,
+        workers=workers,
+        threads=threads,
+        stream=stream,
+        on_result=on_result,
+        result=DseResult,
+    )
 
 
 __all__ = [

@@ -64,6 +64,7 @@ from aimc.sweep.spec import (
     _show,
     _string,
     _time,
+    read_yaml,
 )
 
 #: Tile sizes (rows and columns) a design may have: from a crossbar too small to be worth its ADCs to 16x the chip's.
@@ -398,18 +399,8 @@ class DesignSpace:
 
 def load_space(path: str | Path) -> DesignSpace:
     """Read and validate a YAML design-space file (its name defaults to the file's stem)."""
-    import yaml
-
     p = Path(path)
-    if not p.is_file():
-        raise DesignSpaceError(f"design-space file {str(p)!r} does not exist or is not a file")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise DesignSpaceError(f"design-space file {str(p)!r} is not valid YAML: {err}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DesignSpaceError(f"design-space file {str(p)!r} cannot be read: {err}") from None
-    return parse_space(raw, source=str(p), default_name=p.stem)
+    return parse_space(read_yaml(p, "design-space file", DesignSpaceError), source=str(p), default_name=p.stem)
 
 
 def parse_space(raw: object, *, source: str = "space", default_name: str = "dse") -> DesignSpace:

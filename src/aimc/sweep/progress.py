@@ -38,6 +38,7 @@ class Progress:
         done_before: points already stored when this run started.
         stream: where to print (default stderr); None prints nothing.
         describe: the text of a finished point after "last:" (default: strategy, mode, time, seed and metric).
+        kind: the word before the name in each line (``"sweep"``; ``aimc dse`` passes ``"dse"``).
     """
 
     def __init__(
@@ -47,8 +48,11 @@ class Progress:
         done_before: int,
         stream: TextIO | None = sys.stderr,
         describe: Callable[[PointResult], str] | None = None,
+        *,
+        kind: str = "sweep",
     ) -> None:
         self.name = name
+        self.kind = kind
         self.describe = describe or _describe
         self.total = total
         self.done_before = done_before
@@ -73,7 +77,8 @@ class Progress:
         """Say what is about to run."""
         todo = self.total - self.done_before
         self._print(
-            f"sweep {self.name}: {self.total} points, {self.done_before} already stored, {todo} to run on {executor}",
+            f"{self.kind} {self.name}: {self.total} points, {self.done_before} already stored, {todo} to run on "
+            f"{executor}",
             final=True,
         )
 
@@ -83,7 +88,7 @@ class Progress:
         if self._tty and self._bar is None and not self._finished:
             self._bar = _progress(
                 total=self.total,
-                desc=f"sweep {self.name}",
+                desc=f"{self.kind} {self.name}",
                 unit="points",
                 stream=self.stream,
                 initial=self.done_before + self.computed,
@@ -109,7 +114,7 @@ class Progress:
         rate = elapsed / self.computed if self.computed else 0.0
         left = rate * (self.total - done)
         self._print(
-            f"sweep {self.name}: {done}/{self.total} points done | {rate:.1f} s/point | "
+            f"{self.kind} {self.name}: {done}/{self.total} points done | {rate:.1f} s/point | "
             f"{_duration(elapsed)} elapsed, ~{_duration(left)} left | last: {last}"
         )
 

@@ -66,11 +66,111 @@ def _as_spec(spec: SweepSpec | str | Path | Mapping[str, Any]) -> SweepSpec:
     raise ArgumentTypeError(f"spec must be a SweepSpec, a path to a sweep file or a dict; got {type(spec).__name__}")
 
 
-def _check_count(value: int | None, name: str) -> None:
+def check_run_options(workers: int | None, threads: int | None, progress: bool | TextIO) -> TextIO | None:
+    """Check a run's ``workers``, ``threads`` and ``progress`` arguments; return the stream progress prints to."""
     from aimc._validation import check_number
 
-    if value is not None:
-        check_number(value, name, low=1, integer=True)
+    for value, name in ((workers, "workers"), (threads, "threads")):
+        if value is not None:
+            check_number(value, name, low=1, integer=True)
+    if not isinstance(progress, bool) and not hasattr(progress, "write"):
+        raise ArgumentTypeError(f"progress must be a bool or a text stream, got {type(progress).__name__}")
+    return sys.stderr if progress is True else (progress or None)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run found in its store: ``total`` points, the ``pending`` ones as (store key, point) pairs in order,
+    and the text of a finished point in the progress line (None: :class:`Progress`'s default)."""
+
+    total: int
+    pending: list[tuple[str, Any]]
+    describe: Callable[[PointResult], str] | None = None
+
+
+def run_pending(
+    folder: Path,
+    context: dict[str, Any],
+    *,
+    name: str,
+    kind: str,
+    again: str,
+    plan: Callable[[ResultStore], Plan],
+    prepare: Callable[[ResultStore, list[tuple[str, Any]]], Any],
+    backend: str,
+    address: str | None,
+    workers: int | None,
+    threads: int | None,
+    stream: TextIO | None,
+    on_result: Callable[[PointResult], None] | None,
+    result: type[SweepResult] = SweepResult,
+) -> SweepResult:
+    """The engine of :func:`run` and :func:`aimc.dse.run`: check the backend, open the store, ``plan`` (record the
+    run's metadata, find the pending points), ``prepare`` the payload, run the pending points, each stored as soon as
+    it finishes.
+
+    Args:
+        folder, context: the output folder and its store's context.
+        name: the run's name; kind: what the progress lines call it (``"sweep"``, ``"dse"``); again: what the
+            interrupted message says to run again (``"sweep"``, ``"space"``).
+        plan: called with the open store; returns the :class:`Plan`.
+        prepare: called with the store and the pending points (only if some are); returns the executor's payload.
+        backend, address, workers, threads: the executor (:func:`~aimc.sweep.executors.make_executor`).
+        stream: where progress prints (None: nowhere).
+        on_result: called with every finished point, after it is stored.
+        result: the class of the returned result (:class:`SweepResult` or a subclass).
+
+    Raises:
+        SweepInterruptedError: Ctrl-C; what finished is stored and a re-run resumes.
+    """
+    start = time.perf_counter()
+    executor: Executor = make_executor(backend, address, workers, threads)
+    store: ResultStore | None = None
+    prog: Progress | None = None
+    try:
+        store = ResultStore(folder, context)
+        found = plan(store)
+        pending = found.pending
+        prog = Progress(name, found.total, found.total - len(pending), stream, found.describe, kind=kind)
+        if pending:
+            prog.header(executor.description or "this process")
+            payload = prepare(store, pending)
+            executor.start(payload)
+            by_point = {p: k for k, p in pending}
+            units = [[(by_point[p], p) for p in unit] for unit in work_units([p for _, p in pending], executor.workers)]
+
+            def store_result(result: PointResult) -> None:
+                added = store.add(result)  # type: ignore[union-attr]
+                prog.update(result, added)  # type: ignore[union-attr]
+                if on_result is not None:
+                    on_result(result)
+
+            prog.begin()
+            executor.run(units, store_result)
+        return result(
+            out=folder,
+            store=store.path,
+            total=found.total,
+            done_before=found.total - len(pending),
+            computed=prog.computed,
+            elapsed_s=time.perf_counter() - start,
+            executor=executor.description,
+        )
+    except KeyboardInterrupt:
+        done = store.count() if store is not None else 0
+        total = prog.total if prog is not None else 0
+        raise SweepInterruptedError(
+            f"interrupted: {done} of {total} points are stored in {str(folder)!r}; run the same {again} again to "
+            "resume",
+            done,
+            total,
+        ) from None
+    finally:
+        if prog is not None:
+            prog.finish()
+        executor.close()
+        if store is not None:
+            store.close()
 
 
 def output_folder(spec: SweepSpec, out: str | Path | None = None) -> Path:
@@ -129,62 +229,31 @@ def run(
         WorkerFailedError: a Ray worker died more often than its retries allow.
     """
     spec = _as_spec(spec)
-    _check_count(workers, "workers")
-    _check_count(threads, "threads")
-    if not isinstance(progress, bool) and not hasattr(progress, "write"):
-        raise ArgumentTypeError(f"progress must be a bool or a text stream, got {type(progress).__name__}")
+    stream = check_run_options(workers, threads, progress)
     task = get_task(spec.network)
     task.check_data(spec.data)
-    folder = output_folder(spec, out)
-    start = time.perf_counter()
-    executor: Executor = make_executor(backend, address, workers, threads)
-    store: ResultStore | None = None
-    prog: Progress | None = None
-    try:
-        store = ResultStore(folder, spec.context())
+
+    def plan(store: ResultStore) -> Plan:
         store.set_meta("spec", spec.to_dict())
         store.set_meta("task", task_info(task))
         points = spec.points()
         store.set_meta("total", len(points))
-        keyed = {p: spec.key(p) for p in points}
+        keyed = [(spec.key(p), p) for p in points]
         finished = store.finished_keys()
-        pending = [p for p in points if keyed[p] not in finished]
-        stream = sys.stderr if progress is True else (progress or None)
-        prog = Progress(spec.name, len(points), len(points) - len(pending), stream)
-        if pending:
-            prog.header(executor.description or "this process")
-            payload = prepare(spec, task, store)
-            executor.start(payload)
-            units = [[(keyed[p], p) for p in unit] for unit in work_units(pending, executor.workers)]
+        return Plan(len(points), [(k, p) for k, p in keyed if k not in finished])
 
-            def store_result(result: PointResult) -> None:
-                added = store.add(result)  # type: ignore[union-attr]
-                prog.update(result, added)  # type: ignore[union-attr]
-                if on_result is not None:
-                    on_result(result)
-
-            prog.begin()
-            executor.run(units, store_result)
-        return SweepResult(
-            out=folder,
-            store=store.path,
-            total=len(points),
-            done_before=len(points) - len(pending),
-            computed=prog.computed,
-            elapsed_s=time.perf_counter() - start,
-            executor=executor.description,
-        )
-    except KeyboardInterrupt:
-        done = store.count() if store is not None else 0
-        total = prog.total if prog is not None else 0
-        raise SweepInterruptedError(
-            f"interrupted: {done} of {total} points are stored in {str(folder)!r}; run the same sweep again to resume",
-            done,
-            total,
-        ) from None
-    finally:
-        if prog is not None:
-            prog.finish()
-        executor.close()
-        if store is not None:
-            store.close()
+    return run_pending(
+        output_folder(spec, out),
+        spec.context(),
+        name=spec.name,
+        kind="sweep",
+        again="sweep",
+        plan=plan,
+        prepare=lambda store, pending: prepare(spec, task, store),
+        backend=backend,
+        address=address,
+        workers=workers,
+        threads=threads,
+        stream=stream,
+        on_result=on_result,
+    )

@@ -186,18 +186,23 @@ def load_spec(path: str | Path) -> SweepSpec:
     Returns:
         The validated :class:`SweepSpec`; its name defaults to the file's stem.
     """
+    p = Path(path)
+    return parse_spec(read_yaml(p, "sweep file", SweepSpecError), source=str(p), default_name=p.stem)
+
+
+def read_yaml(path: Path, what: str, error: type[SweepSpecError]) -> object:
+    """The parsed YAML document in ``path``; raises ``error`` ("``what`` 'PATH' ...") where the file is missing,
+    unreadable or not YAML (the loader of sweep files and of design-space files)."""
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise SweepSpecError(f"sweep file {str(p)!r} does not exist or is not a file")
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist or is not a file")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise SweepSpecError(f"sweep file {str(p)!r} is not valid YAML: {err}") from None
+        raise error(f"{what} {str(path)!r} is not valid YAML: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise SweepSpecError(f"sweep file {str(p)!r} cannot be read: {err}") from None
-    return parse_spec(raw, source=str(p), default_name=p.stem)
+        raise error(f"{what} {str(path)!r} cannot be read: {err}") from None
 
 
 def parse_spec(raw: object, *, source: str = "sweep", default_name: str = "sweep") -> SweepSpec:

@@ -12,7 +12,9 @@ import datetime as _dt
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -39,20 +41,21 @@ class Payload:
     batch_size: int
 
 
-class PointRunner:
-    """Runs points on a cached programmed chip.
+class ChipRunner:
+    """What every runner of points shares: its torch threads, its worker name, the versions of its process, and the
+    chip it programmed last (of :class:`PointRunner` and :class:`aimc.dse.runner.DesignRunner`).
 
     Args:
-        payload: :class:`Payload`.
+        payload: what the points need (kept as ``self.payload``).
         threads: torch intra-op threads of this worker, or None to leave the process's setting.
     """
 
-    def __init__(self, payload: Payload, threads: int | None = None) -> None:
+    def __init__(self, payload: Any, threads: int | None = None) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
         self.payload = payload
-        self._chip_id: tuple[int, str, str] | None = None
-        self._chip = None
+        self._chip_id: Any = None
+        self._chip: Any = None
         self._code: str | None = None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -64,6 +67,27 @@ class PointRunner:
             self._code = code_fingerprint()
         return {**provenance(), "code": self._code}
 
+    def _use_chip(self, chip_id: Any, program: Callable[[], Any]) -> bool:
+        """Make ``self._chip`` the chip ``chip_id``: the last one if it matches (returns True), else ``program()``'s
+        (the previous chip is freed first; returns False)."""
+        reused = self._chip_id == chip_id
+        if not reused:
+            self._chip = None  # free the previous chip before programming the next
+            self._chip = program()
+            self._chip_id = chip_id
+        return reused
+
+
+class PointRunner(ChipRunner):
+    """Runs points on a cached programmed chip.
+
+    Args:
+        payload: :class:`Payload`.
+        threads: torch intra-op threads of this worker, or None to leave the process's setting.
+    """
+
+    payload: Payload
+
     def run(self, key: str, point: Point) -> PointResult:
         """Evaluate ``point`` (whose store key is ``key``), programming its chip unless the last one matches."""
         from aimc.chip import program
@@ -71,11 +95,7 @@ class PointRunner:
         p = self.payload
         start = time.perf_counter()
         cpu_start = time.process_time()
-        reused = self._chip_id == point.chip
-        if not reused:
-            self._chip = None  # free the previous chip before programming the next
-            self._chip = program(p.mapping, point.device, point.strategy, seed=point.seed)
-            self._chip_id = point.chip
+        reused = self._use_chip(point.chip, lambda: program(p.mapping, point.device, point.strategy, seed=point.seed))
         programmed = time.perf_counter()
         seed = read_seed(key)
         scores = p.task.evaluate(
