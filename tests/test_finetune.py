@@ -64,13 +64,14 @@ def _cnn(dropout: float = 0.0) -> nn.Module:
 
 
 def _noisy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean cross-entropy over 5 draws of the chip's weight, input and output noise."""
+    """Mean cross-entropy over 5 draws of the chip's weight, input and output noise (per channel, as
+    hwa_finetune injects them by default)."""
     model.eval()
     g = torch.Generator().manual_seed(7)
     total = 0.0
     with torch.no_grad():
         for _ in range(5):
-            with noisy_weights(model, g), analog_io(model, g):
+            with noisy_weights(model, g, per_channel=True), analog_io(model, g, per_channel=True):
                 total += float(F.cross_entropy(model(x), y))
     return total / 5
 
@@ -85,9 +86,10 @@ def test_finetuning_lowers_the_loss_under_the_chips_noise():
     after = _noisy_loss(model, x_test, y_test)
     assert out is model and not model.training
     assert after < 0.3 * before, (before, after)  # ln 4 = 1.39 at the start; about 0.2 after
-    for layer in (model[0], model[4], model[8]):  # each step ends with the weights clipped
-        w = layer.weight.detach()
-        assert float(w.abs().max()) <= CLIP_SIGMA * float(w.std()) * 1.05
+    for layer in (model[8],):  # each step ends with each output channel of >= 64 weights clipped at its RMS
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        assert bool((w.abs().amax(dim=1) <= CLIP_SIGMA * w.pow(2).mean(dim=1).sqrt() * 1.05).all())
+    assert float(model[4].weight.detach().abs().amax(dim=(1, 2, 3)).min()) > 1e-3  # 9-weight channels: not clipped
 
 
 def _loader(x: torch.Tensor, y: torch.Tensor) -> DataLoader:
@@ -381,3 +383,34 @@ def test_input_ranges_are_the_compilers_and_set_the_output_noise():
         analog_io(linear, torch.Generator(), ranges=[1.0, 2.0]),
     ):
         pass
+
+
+def test_per_channel_noise_and_clipping_follow_each_channels_own_scale():
+    """With ``per_channel`` (hwa_finetune's default, as the compiler's column scaling maps each column to the full
+    conductance range) a channel of weights 100x smaller gets 100x less weight noise, and clipping leaves a channel
+    of large weights as it is; with one scale per layer the small channel's noise is the large one's and the large
+    channel is clipped."""
+    from aimc.devices.registry import get as get_device
+    from aimc.train.hwa import clip_weights, weight_noise_std
+
+    device = get_device("hermes-2dev")
+    w = torch.tensor([[1.0, -0.5, 0.25, 0.0], [0.01, -0.005, 0.0025, 0.0]])
+    per_channel = weight_noise_std(w, device, "tdp", 2.0, per_channel=True)
+    per_layer = weight_noise_std(w, device, "tdp", 2.0)
+    assert torch.allclose(per_channel[1], per_channel[0] / 100)
+    assert torch.allclose(per_channel[0], per_layer[0])
+    assert float(per_layer[1].min()) > float(per_channel[1].max())
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -1.0, 1.0, -1.0], [0.01, -0.01, 0.01, -0.01]]))
+    big = nn.Linear(64, 2, bias=False)
+    with torch.no_grad():
+        big.weight.copy_(torch.tensor([1.0, -1.0] * 32).repeat(2, 1) * torch.tensor([[1.0], [0.01]]))
+        big.weight[1, 0] = 1.0  # one outlier in the small row
+    clip_weights(big, 2.5, per_channel=True)  # row 0: |w| = its RMS, kept; row 1's outlier clipped to 2.5 x RMS
+    assert float(big.weight[0].abs().min()) == 1.0
+    assert float(big.weight[1, 0]) == pytest.approx(2.5 * math.sqrt((1.0 + 63 * 1e-4) / 64), rel=1e-5)
+    clip_weights(layer, 1.0, per_channel=True)  # 4 weights per channel: too few to clip
+    assert float(layer.weight[0].abs().min()) == 1.0
+    clip_weights(layer, 1.0)  # the layer's std (0.756) clips the large row
+    assert float(layer.weight[0].abs().max()) == pytest.approx(0.756, abs=1e-3)

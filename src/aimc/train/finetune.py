@@ -187,6 +187,7 @@ def hwa_finetune(
     max_steps: int | None = None,
     autocast: bool = False,
     batchnorm: str = "update",
+    per_channel: bool = True,
     progress: bool = True,
 ) -> nn.Module:
     """Fine-tune ``model`` hardware-aware on ``train_loader``, in place; returns it in eval mode.
@@ -227,6 +228,12 @@ def hwa_finetune(
             network; ``"frozen"``: batch norms normalise with their running statistics, which stay as trained (their
             scale and shift still learn). "update" trains networks with batch norm before the ReLU (ResNet-9) and
             after it (the VGG-style net of docs/validation.md: 81.45% -> 81.50% in software after 3 epochs).
+        per_channel: the weight noise, output noise and clipping of each output channel in units of its own largest
+            weight (True, the default), as ``aimc.compile``'s column scaling maps every column to the full
+            conductance range; False: of the layer's (the chip paper's per-core mapping, as ResNet-9 was trained).
+            With one scale per layer, a depthwise convolution's channels of small weights get noise far larger than
+            the chip gives them, and the clipping cuts its channels of large weights: the MobileNet-style net of
+            docs/validation.md fell from 83% to 53% in software after 3 epochs.
         seed: an int or a ``torch.Generator``: the noise, and the random state of the model's own random layers
             (dropout), which is drawn from it for each step and leaves the global RNG of the caller unchanged.
         noise_scale: weight noise in units of the device model's programming error (default 2, the chip paper's
@@ -322,6 +329,7 @@ def hwa_finetune(
         "drift_window": list(drift_window) if drift_window is not None else None,
         "clip_sigma": clip_sigma,
         "batchnorm": batchnorm,
+        "per_channel": per_channel,
         "seed": seed if isinstance(seed, int) else "generator",
     }
     extra = {"loader": loader_gen} if loader_gen is not None else None
@@ -392,8 +400,8 @@ def hwa_finetune(
                 with torch.random.fork_rng(devices=fork_devices):
                     torch.manual_seed(step_seed)  # the model's own random layers (dropout), from ``seed``
                     with (
-                        _noisy_weights(model, gen, device_model, strategy, noise_scale, drift_window),
-                        analog_io(model, gen, output_noise, ranges=ranges),
+                        _noisy_weights(model, gen, device_model, strategy, noise_scale, drift_window, per_channel),
+                        analog_io(model, gen, output_noise, ranges=ranges, per_channel=per_channel),
                         _autocast(torch_device, autocast),
                     ):
                         loss = loss_fn(model(x), y)
@@ -408,7 +416,7 @@ def hwa_finetune(
                         loss.backward()  # gradient at the noisy weights, applied to the clean ones
                 opt.step()
                 sched.step()
-                clip_weights(model, clip_sigma)
+                clip_weights(model, clip_sigma, per_channel)
                 step += 1
                 smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
                 bar.set_postfix_str(f"loss {smoothed:.4f}", refresh=False)

@@ -94,10 +94,21 @@ def clip_matrices(model: nn.Module, clip_sigma: float) -> None:
             w.clamp_(-bound, bound)
 
 
-def weight_noise_std(w: torch.Tensor, device: DeviceModel, strategy: str, noise_scale: float) -> torch.Tensor:
-    """Std of the injected noise for each weight of ``w``: noise_scale x sigma_prog(|w|/w_max) in weight units."""
+def _channel_max(w: torch.Tensor) -> torch.Tensor:
+    """``(C, 1, ...)`` largest |w| of each output channel (row) of ``w``."""
+    return w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True)
+
+
+def weight_noise_std(
+    w: torch.Tensor, device: DeviceModel, strategy: str, noise_scale: float, per_channel: bool = False
+) -> torch.Tensor:
+    """Std of the injected noise for each weight of ``w``: noise_scale x sigma_prog(|w|/w_max) in weight units.
+
+    ``w_max``: the layer's largest |w| (one scale per layer, as the chip paper maps a core), or with ``per_channel``
+    each output channel's own (as the compiler's column scaling maps each column to the full conductance range).
+    """
     g_max = polarity_g_max(device, strategy)
-    w_max = w.abs().max().clamp_min(1e-12)
+    w_max = (_channel_max(w) if per_channel else w.abs().max()).clamp_min(1e-12)
     g = (w.abs() / w_max).clamp(0.0, 1.0)
     # the device model's statistics are per modelled conductance (a pair for TDP with a one-device model: the
     # pair's error is approximated by scaling one device's to the pair's range)
@@ -142,6 +153,7 @@ def noisy_weights(
     strategy: str = "tdp",
     noise_scale: float = RESNET9_NOISE_SCALE,
     drift_window: tuple[float, float] | None = None,
+    per_channel: bool = False,
 ) -> Iterator[None]:
     """Within the block, every analog layer's weights carry fresh programming-like noise; restored on exit.
 
@@ -152,7 +164,9 @@ def noisy_weights(
     weights = [layer.weight for layer in analog_layers(model)]
     factors = None
     with torch.no_grad():
-        stds = [weight_noise_std(w.detach().float(), model_device, strategy, noise_scale) for w in weights]
+        stds = [
+            weight_noise_std(w.detach().float(), model_device, strategy, noise_scale, per_channel) for w in weights
+        ]
         if drift_window is not None:
             lo, hi = (math.log(t) for t in drift_window)
             t = math.exp(lo + (hi - lo) * float(torch.rand((), generator=generator)))
@@ -245,11 +259,13 @@ def analog_io(
     output_noise: float = OUTPUT_NOISE,
     bits: int = IO_BITS,
     ranges: Sequence[float] | None = None,
+    per_channel: bool = False,
 ) -> Iterator[None]:
     """Within the block every Conv2d/Linear layer sees 8-bit inputs and adds Gaussian output noise (docs/physics.md
     §11).
 
-    Output noise std per layer: ``output_noise · sqrt(row tiles) · max|W| · x_range``, one draw per output element
+    Output noise std per layer: ``output_noise · sqrt(row tiles) · max|W| · x_range`` (``max|W|``: the layer's, or
+    with ``per_channel`` each output channel's, as column scaling maps it), one draw per output element
     (the layer's output shape without the batch), shared by the batch and fresh at every step. The row tiles are
     ``ceil(rows / 256)`` of the layer's matrix on the chip (:func:`_row_tiles`; 1 for a grouped convolution whose
     groups fit in a tile). ``x_range`` is the layer's entry of ``ranges`` (:func:`input_ranges`, in
@@ -271,7 +287,10 @@ def analog_io(
 
     def post(layer: nn.Module, args: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
         tiles = _row_tiles(layer)
-        std = output_noise * tiles**0.5 * float(layer.weight.detach().abs().max()) * layer._aimc_x_max
+        w = layer.weight.detach()
+        # with per_channel, each output channel's column at its own full scale (column scaling)
+        w_max = _channel_max(w).reshape(-1, *([1] * (y.dim() - 2))).to(y.dtype) if per_channel else float(w.abs().max())
+        std = output_noise * tiles**0.5 * w_max * layer._aimc_x_max
         # one draw per output element shared by the batch (fresh every step): drawing one per sample would cost
         # more than the training step itself on a CPU
         noise = torch.randn(y.shape[1:], generator=generator, dtype=y.dtype).to(y.device)
@@ -286,9 +305,25 @@ def analog_io(
             h.remove()
 
 
-def clip_weights(model: nn.Module, clip_sigma: float = CLIP_SIGMA) -> None:
-    """Clip each analog layer's weights to ±clip_sigma x their std, in place."""
+#: Our choice: per-channel clipping leaves channels of fewer weights than this alone. Clipping at a multiple of a
+#: channel's own spread, step after step, shrinks a channel whose few weights are dominated by one (a depthwise 3x3
+#: kernel close to a delta) towards zero; a statistic of 9 weights is no guide to what an outlier is.
+MIN_CLIP_WEIGHTS = 64
+
+
+def clip_weights(model: nn.Module, clip_sigma: float = CLIP_SIGMA, per_channel: bool = False) -> None:
+    """Clip each analog layer's weights to ±clip_sigma x their std, in place. With ``per_channel`` each output
+    channel of at least :data:`MIN_CLIP_WEIGHTS` weights is clipped to ±clip_sigma x its own root mean square (about
+    zero, as its conductances are: a channel of equal-magnitude weights is left as it is), and smaller channels are
+    not clipped."""
     with torch.no_grad():
         for layer in analog_layers(model):
-            bound = float(layer.weight.std()) * clip_sigma
-            layer.weight.clamp_(-bound, bound)
+            w = layer.weight
+            if per_channel:
+                if w[0].numel() >= MIN_CLIP_WEIGHTS:
+                    rows = w.reshape(w.shape[0], -1)
+                    bound = rows.pow(2).mean(dim=1).sqrt().reshape(-1, *([1] * (w.dim() - 1))) * clip_sigma
+                    w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
+            else:
+                bound = float(w.std()) * clip_sigma
+                w.clamp_(-bound, bound)
