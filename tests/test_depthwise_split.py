@@ -16,7 +16,7 @@ import aimc
 from aimc.compiler.tiling import Tiling
 from aimc.perf.workload import layer_work
 
-SPEC = aimc.ChipSpec.hermes()
+CHIP = aimc.ChipSpec.hermes()
 
 
 class _Residual(nn.Module):
@@ -68,9 +68,9 @@ def test_depthwise_layer_is_split_at_channel_boundaries(net_and_data):
         assert blocks == {column // 22}
     assert not [link for link in mapping.links_used() if link["layer"] == "dw"]
     assert layer_work(dw, 1).hops == 0
-    assert Tiling.split_groups(576, 64, 64, SPEC) == t
-    assert Tiling.split_groups(576, 64, 1, SPEC) is None  # not grouped: the equal split
-    assert Tiling.split_groups(16 * 300, 16, 16, SPEC) is None  # a group's 300 rows exceed a crossbar
+    assert Tiling.split_groups(576, 64, 64, CHIP) == t
+    assert Tiling.split_groups(576, 64, 1, CHIP) is None  # not grouped: the equal split
+    assert Tiling.split_groups(16 * 300, 16, 16, CHIP) is None  # a group's 300 rows exceed a crossbar
     # ungrouped layers keep the equal split and their chains
     assert not mapping.layers["stem"].whole_columns and not mapping.layers["stem"].chained
 

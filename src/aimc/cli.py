@@ -581,7 +581,7 @@ def _run_points(
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """``aimc sweep SPEC.yaml``: a resumable Monte Carlo sweep, in this process or on a Ray cluster."""
+    """``aimc sweep SWEEP.yaml``: a resumable Monte Carlo sweep, in this process or on a Ray cluster."""
     from aimc import sweep
 
     spec = sweep.load_spec(args.spec)
