@@ -110,30 +110,28 @@ class Case:
     fragment: str
 
 
-class _Gru(nn.Module):
+class _Branchy(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.fc = nn.Linear(8, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gru(x)[0]
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)  # control flow on a tensor value
 
 
 CASES = [
     # --- networks the chip cannot hold
     Case(
-        "unsupported layer (GRU)",
-        lambda e: aimc.compile(_Gru(), example_input=torch.randn(2, 3, 8)),
+        "untraceable model (branch on a tensor value)",
+        lambda e: aimc.compile(_Branchy(), example_input=torch.randn(2, 8)),
         aimc.UnsupportedLayerError,
-        "GRU",
+        "could not be captured with torch.export",
     ),
     Case(
-        "unsupported layer (conv with reflection padding)",
-        lambda e: aimc.compile(
-            nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), example_input=torch.randn(1, 8, 6, 6)
-        ),
+        "unsupported layer (transposed convolution)",
+        lambda e: aimc.compile(nn.ConvTranspose2d(8, 8, 3), example_input=torch.randn(1, 8, 6, 6)),
         aimc.UnsupportedLayerError,
-        "padding_mode='reflect'",
+        "transposed convolutions",
     ),
     Case(
         "too-large network (72 cores on a 64-core chip)",

@@ -40,6 +40,9 @@ class TinyCnn(DseNetwork):
     def architecture(self) -> torch.nn.Module:
         return small_cnn(2)  # 16x16 images
 
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(2, 3, 16, 16)
+
     def load_model(self, weights: str | None) -> torch.nn.Module:
         return self.architecture()
 

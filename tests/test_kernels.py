@@ -104,7 +104,10 @@ def test_selection_avoids_a_pathologically_slow_real_kernel(cache, monkeypatch):
     choice = fixed.choose("mvm_tail")
     assert choice.source == "measured"
     assert choice.kernel == "torch"
-    assert choice.times_ms["numba"] is None  # abandoned after its probe: the representative MVM never ran
+    # abandoned after its probe (the representative MVM never ran), unless other jobs slowed PyTorch's probe past
+    # 1 / ABANDON_FACTOR of the slow one's, which the rule then keeps
+    probe = choice.probe_ms
+    assert choice.times_ms["numba"] is None or probe["numba"] <= kernels.ABANDON_FACTOR * probe["torch"]
 
 
 def test_the_choice_is_cached_and_read_back(cache):
@@ -262,7 +265,10 @@ def test_every_mvm_kernel_is_within_its_tolerance_of_the_reference(edge_core, op
 @pytest.fixture(scope="module")
 def small_chip():
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
         torch.nn.Linear(16 * 4 * 4, 10),
     )
     x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))

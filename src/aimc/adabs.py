@@ -41,7 +41,7 @@ class _Moments:
         self.sums: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
     def __call__(self, layer: MappedLayer, y: torch.Tensor) -> None:
-        if layer.kind == "lstm":
+        if layer.kind in ("lstm", "gru"):
             return
         t = layer.tiling
         pad = t.col_blocks * t.block_outputs - t.outputs
@@ -113,8 +113,10 @@ def adabs(
     if not isinstance(x, torch.Tensor) or x.shape[0] < 2:
         raise ValidationError("x must be a tensor of at least 2 calibration inputs (N, ...)")
     mapping = chip.mapping
-    names = [n for n, lay in mapping.layers.items() if lay.kind != "lstm"] if layers is None else list(layers)
-    unknown = [n for n in names if n not in mapping.layers or mapping.layers[n].kind == "lstm"]
+    names = (
+        [n for n, lay in mapping.layers.items() if lay.kind not in ("lstm", "gru")] if layers is None else list(layers)
+    )
+    unknown = [n for n in names if n not in mapping.layers or mapping.layers[n].kind in ("lstm", "gru")]
     if unknown:
         raise ValidationError(f"layers {unknown} are not conv/linear layers of the mapping")
     ref = reference_moments(mapping, x) if reference is None else reference

@@ -24,12 +24,14 @@ import torch.nn.functional as F
 from aimc import kernels
 from aimc._validation import SeedLike, check_choice, make_generator
 from aimc.compiler.layout import (
+    as_image,
     block_view,
     column_blocks,
     conv_output_size,
     from_column_blocks,
     layer_rows,
     owned_outputs,
+    rnn_final_state,
     weight_blocks,
 )
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
@@ -46,8 +48,8 @@ from aimc.core.inputs import FourPhaseInputs, prepare_conv_four_phase, prepare_f
 from aimc.core.pwm import quantize_input
 from aimc.devices.base import DeviceModel, check_time
 from aimc.devices.registry import get as get_device
-from aimc.digital import ldpu_fused
-from aimc.digital.gdpu import lstm_cell
+from aimc.digital import generic, ldpu_fused
+from aimc.digital.gdpu import gru_cell, lstm_cell
 from aimc.digital.levels import pwm_levels_bf16
 from aimc.errors import AimcError, ArgumentTypeError, ValidationError
 from aimc.faults import Faults, check_mapping_faults, fault_generator
@@ -281,13 +283,18 @@ class ProgrammedChip:
                 if op.kind == "input":
                     env[op.name] = next(it).to(self.tensor_device)
                 elif op.kind == "output":
-                    out = env[op.inputs[0]]
-                    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
-                        raise ValidationError(
-                            "the chip's output holds NaN/Inf values: an input, weight or stored chip value is out "
-                            "of the range the chip can represent"
-                        )
-                    return out
+                    outs = [env[name] for name in op.inputs]
+                    for out in outs:
+                        if (
+                            isinstance(out, torch.Tensor)
+                            and out.is_floating_point()
+                            and not bool(torch.isfinite(out).all())
+                        ):
+                            raise ValidationError(
+                                "the chip's output holds NaN/Inf values: an input, weight or stored chip value is out "
+                                "of the range the chip can represent"
+                            )
+                    return outs[0] if len(outs) == 1 else tuple(outs)
                 else:
                     try:
                         pool = pools.get(i)
@@ -373,9 +380,14 @@ class ProgrammedChip:
                 layer = recalibrate(layer, measure)
             window = None if pool is None else (tuple(pool.attrs["kernel"]), tuple(pool.attrs["stride"]))
             return _run_analog(layer, readout, args[0], addend, gen, quantize, pool=window, chain=chain)
-        if op.kind == "lstm":
+        if op.kind in ("lstm", "gru"):
             layer = self.mapping.layers[a["layer"]]
-            return _run_lstm(layer, readouts[layer.name], args[0], gen, quantize, chain)
+            reverse, batch_first = a.get("reverse", False), a.get("batch_first", True)
+            return _run_rnn(layer, readouts[layer.name], args[0], gen, quantize, chain, reverse, batch_first)
+        if op.kind == "rnn_state":
+            return rnn_final_state(args, a["reverse"], a["batch_first"])
+        if op.kind == "digital":
+            return generic.run(a, args, extra, self.tensor_device, quantize=quantize)
         if op.kind == "embedding":
             table = extra[f"{op.name}.weight"]
             ids = args[0]
@@ -630,6 +642,20 @@ def _run_analog(
     in memory, returned as an ``(N, C, H, W)`` view): one output row per position, as the LDPUs produce it, and the
     layout PyTorch's max-pooling is fastest on.
     """
+    one_d = bool(layer.geometry.get("conv1d")) and x.dim() == 3
+    if one_d:  # a Conv1d runs as a conv2d over (1, L) images
+        out = _run_analog(
+            layer,
+            readout,
+            as_image(layer, x),
+            None if addend is None else as_image(layer, addend),
+            gen,
+            quantize,
+            observe,
+            None,
+            chain,
+        )
+        return out.squeeze(2)
     x = x.float()
     t = layer.tiling
     conv = layer.kind == "conv2d"
@@ -709,17 +735,29 @@ def _run_analog(
     return out.reshape(*lead, t.outputs)
 
 
-def _run_lstm(
-    layer: MappedLayer, readout: CoreReadout, x: torch.Tensor, gen: torch.Generator, quantize: bool, chain: bool
+def _run_rnn(
+    layer: MappedLayer,
+    readout: CoreReadout,
+    x: torch.Tensor,
+    gen: torch.Generator,
+    quantize: bool,
+    chain: bool,
+    reverse: bool = False,
+    batch_first: bool = True,
 ) -> torch.Tensor:
-    """An LSTM layer step by step: gate MVMs on the cores (partial sums down the column chains), the cell in the
-    GDPUs (FP16, tanh table), h back as INT8 (scale 1/127, |h| < 1)."""
+    """An LSTM or GRU layer (one direction) step by step: gate MVMs on the cores (partial sums down the column
+    chains), the cell in the GDPUs (FP16, tanh table), h back as INT8 (scale 1/127, |h| < 1). A ``reverse`` direction
+    reads the sequence backwards; ``batch_first=False`` takes and returns ``(T, B, features)``."""
+    if not batch_first:
+        x = x.transpose(0, 1)
+    if reverse:
+        x = x.flip(1)
     batch, steps, features = x.shape
     hidden = layer.geometry["hidden_size"]
     if features + hidden != layer.tiling.inputs:
         raise ValidationError(
-            f"LSTM layer {layer.name!r} takes {layer.tiling.inputs - hidden} features per step; the value reaching "
-            f"it has shape {tuple(x.shape)}: the input does not fit the mapping"
+            f"{layer.kind.upper()} layer {layer.name!r} takes {layer.tiling.inputs - hidden} features per step; the "
+            f"value reaching it has shape {tuple(x.shape)}: the input does not fit the mapping"
         )
     inverse = torch.argsort(torch.tensor(layer.geometry["gate_order"], device=x.device))
     h = torch.zeros(batch, hidden, device=x.device)
@@ -734,11 +772,17 @@ def _run_lstm(
         y = _mvm_rows(layer, readout, rows, gen, quantize, output_dtype=y_dtype)
         gates = torch.empty(batch, layer.tiling.outputs, device=x.device)
         _ldpu_rows(layer, y, None, quantize, gates, registers)
-        h, c = lstm_cell(gates[:, inverse], c, fp16=quantize)
+        if layer.kind == "lstm":
+            h, c = lstm_cell(gates[:, inverse], c, fp16=quantize)
+        else:
+            h = gru_cell(gates[:, inverse], h, fp16=quantize)
         if quantize:
             h = _int8_values(h, 1.0)
         outs.append(h)
-    return torch.stack(outs, dim=1)
+    out = torch.stack(outs, dim=1)
+    if reverse:
+        out = out.flip(1)
+    return out.transpose(0, 1) if not batch_first else out
 
 
 def program(

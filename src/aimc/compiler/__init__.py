@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,14 +14,15 @@ from aimc._validation import check_choice, check_number
 from aimc.compiler import batches as _batches
 from aimc.compiler.calibrate import DEFAULT_METHOD, Calibrator
 from aimc.compiler.capture import (
-    SUPPORTED_MODULES,
+    SINGLE_LAYERS,
     Captured,
     UnsupportedLayerError,
     check_fits,
+    export_graph,
     fuse,
     lower,
+    required_inputs,
     scale_columns,
-    trace,
 )
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
 from aimc.compiler.observe import DEFAULT_PERCENTILE, METHODS
@@ -31,7 +33,6 @@ from aimc.errors import ArgumentTypeError, ValidationError
 from aimc.spec import ChipSpec
 
 __all__ = [
-    "SUPPORTED_MODULES",
     "MappedLayer",
     "Mapping",
     "Op",
@@ -61,8 +62,11 @@ def compile(
     """Compile ``model`` for the chip.
 
     Args:
-        model: an ``nn.Sequential`` or any torch.fx-traceable module of supported layers (``SUPPORTED_MODULES``).
-            It is evaluated in eval mode (batch norm running statistics, no dropout).
+        model: any module that ``torch.export`` can capture (its forward pass does not branch on tensor values).
+            It is evaluated in eval mode (batch norm running statistics, no dropout). Every product with a weight
+            matrix (Linear on inputs of any rank, Conv1d/Conv2d with any groups, matmul with a parameter, LSTM and
+            GRU of any depth and direction, attention projections) goes on the cores; every other operation runs
+            in the chip's digital units or a digital unit beside the cores (docs/design.md "Digital operations").
         spec: the chip (default ``ChipSpec.hermes()``).
         example_input: the calibration data (an older name of ``calibration``; give one of the two).
         calibration: representative model inputs; they calibrate the PWM input ranges, the INT8 output and
@@ -114,17 +118,41 @@ def compile(
     was_training = model.training
     model.eval()
     try:
-        # a bare layer is traced through its functional form; as the only child of a Sequential it stays a module
-        gm = trace(nn.Sequential(model) if isinstance(model, nn.Conv2d | nn.Linear | nn.LSTM) else model)
-        gm.offchip_modules = tuple(getattr(model, "offchip_modules", ()))
-        captured = lower(gm, spec)
+        # a bare layer is captured as the only child of a Sequential (its layer is named "0")
+        net = nn.Sequential(model) if isinstance(model, SINGLE_LAYERS) else model
+        n_inputs = required_inputs(net)
+        stream = _batches.batches(data, n_inputs)
+        first = next(stream, None)
+        if first is None:
+            raise ValidationError("the calibration data is empty: it gave no batch of model inputs")
+        try:
+            with torch.no_grad():
+                net(*first)
+        except Exception as err:  # the model's own error: wrong shapes or types of the calibration data
+            shapes = ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in first)
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValidationError(f"the model cannot run calibration batch 0 ({shapes}): {reason}") from None
+        gm = export_graph(net, first)
+        captured = lower(gm, spec, tuple(getattr(model, "offchip_modules", ()) or ()))
         if not captured.layers:
-            raise UnsupportedLayerError("the model has no Conv2d, Linear or LSTM layer to put on the chip")
+            raise UnsupportedLayerError(
+                "the model has no layer with a weight matrix (Linear, Conv1d/Conv2d, LSTM, GRU, matmul with a "
+                "parameter) to put on the chip"
+            )
         fuse(captured)
         if column_scaling:
             scale_columns(captured)
         check_fits(captured.layers, spec, chips)
-        first, calibration_info = _calibrate(gm, captured, spec, data, calibration_method, percentile, progress)
+        calibration_info = _calibrate(
+            gm,
+            captured,
+            spec,
+            itertools.chain([first], stream),
+            _batches.count(data),
+            calibration_method,
+            percentile,
+            progress,
+        )
     finally:
         model.train(was_training)
     check_choice(pooling, "pooling", ("off-chip", "ldpu"))
@@ -158,23 +186,19 @@ def _calibrate(
     gm: torch.fx.GraphModule,
     captured: Captured,
     spec: ChipSpec,
-    data: _batches.CalibrationData,
+    batches: Iterable[tuple[torch.Tensor, ...]],
+    total: int | None,
     method: str,
     percentile: float,
     progress: bool,
-) -> tuple[tuple[torch.Tensor, ...], dict[str, Any]]:
-    """Stream ``data`` through the model and set the layers' ranges; returns the first batch and the calibration's
-    record (method, batches, inputs)."""
-    # the inputs without a default value (an LSTM model's optional initial state is not calibration data)
-    n_inputs = sum(node.op == "placeholder" and not node.args for node in gm.graph.nodes)
+) -> dict[str, Any]:
+    """Stream the checked ``batches`` through the model and set the layers' ranges; returns the calibration's record
+    (method, batches, inputs)."""
     cal = Calibrator(gm, captured, spec, method, percentile)
-    total = _batches.count(data)
-    first: tuple[torch.Tensor, ...] = ()
     with _progress(
         total=total, desc="calibrate", unit="batches", enabled=progress and (total is None or total > 1)
     ) as bar:
-        for index, inputs in enumerate(_batches.batches(data, n_inputs)):
-            first = first or inputs
+        for index, inputs in enumerate(batches):
             try:
                 cal.add(inputs)
             except (RuntimeError, IndexError, TypeError, ValueError) as err:
@@ -183,9 +207,7 @@ def _calibrate(
                     f"the model cannot run calibration batch {index} ({shapes}): {str(err).splitlines()[0]}"
                 ) from None
             bar.update(1)
-    if not first:
-        raise ValidationError("the calibration data is empty: it gave no batch of model inputs")
-    return first, cal.finish()
+    return cal.finish()
 
 
 def _listed(items: object, name: str) -> list:

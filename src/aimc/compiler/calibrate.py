@@ -22,10 +22,19 @@ import torch.nn.functional as F
 
 from aimc._validation import check_choice, check_number
 from aimc.compiler.capture import Captured
-from aimc.compiler.layout import block_view, column_blocks, layer_rows, output_rows, weight_blocks
+from aimc.compiler.layout import (
+    as_image,
+    block_view,
+    column_blocks,
+    layer_rows,
+    output_rows,
+    rnn_final_state,
+    weight_blocks,
+)
 from aimc.compiler.mapping import MappedLayer, Op
 from aimc.compiler.observe import DEFAULT_PERCENTILE, METHODS, AbsHistogram
-from aimc.digital.gdpu import TANH_LUT_RANGE
+from aimc.digital import generic
+from aimc.digital.gdpu import TANH_LUT_RANGE, gru_cell, lstm_cell
 from aimc.spec import ChipSpec
 
 #: INT8 full scale limit of LSTM gate pre-activations: sigmoid(x) = 1/2 + tanh(x/2)/2 reaches the end of the
@@ -135,7 +144,7 @@ class Calibrator:
         self.gm, self.captured, self.spec = gm, captured, spec
         self.method, self.percentile = method, percentile
         self.ops_by_name = {op.name: op for op in captured.ops}
-        self.analog = [op for op in captured.ops if op.kind in ("analog", "lstm")]
+        self.analog = [op for op in captured.ops if op.kind in ("analog", "lstm", "gru")]
         self.stats = {op.name: _LayerStats(captured.layers[op.attrs["layer"]]) for op in self.analog}
         self.batches = 0
         self.items = 0
@@ -143,25 +152,58 @@ class Calibrator:
     def add(self, inputs: tuple[torch.Tensor, ...]) -> None:
         """Observe one batch of model inputs."""
         values = record(self.gm, inputs)
-        for op in self.analog:
-            layer = self.captured.layers[op.attrs["layer"]]
-            stats = self.stats[op.name]
-            x = _value(values, self.ops_by_name, op.inputs[0]).float()
-            if layer.kind == "lstm":
-                self._observe_lstm(op, layer, stats, x, values)
-            else:
-                self._observe_layer(op, layer, stats, x, values)
+        for op in self.captured.ops:
+            if op.kind in ("analog", "lstm", "gru"):
+                layer = self.captured.layers[op.attrs["layer"]]
+                stats = self.stats[op.name]
+                x = _value(values, self.ops_by_name, op.inputs[0]).float()
+                if layer.kind in ("lstm", "gru"):
+                    self._observe_rnn(op, layer, stats, x, values)
+                else:
+                    self._observe_layer(op, layer, stats, x, values)
+            elif op.kind == "cat" and op.name not in values:  # a bidirectional RNN's two directions
+                values[op.name] = torch.cat([_value(values, self.ops_by_name, i) for i in op.inputs], op.attrs["dim"])
+            elif op.kind == "rnn_state" and op.name not in values:
+                outs = [_value(values, self.ops_by_name, i) for i in op.inputs]
+                values[op.name] = rnn_final_state(outs, op.attrs["reverse"], op.attrs["batch_first"])
+            elif op.kind == "digital" and self.batches == 0:
+                self._cost(op, values, int(inputs[0].shape[0]))
         self.batches += 1
         self.items += int(inputs[0].shape[0])
 
-    def _observe_lstm(
+    def _cost(self, op: Op, values: dict[str, Any], items: int) -> None:
+        """Record a digital op's FLOPs and bytes per inference item (for the perf model), from the first batch."""
+        args_in = [_value(values, self.ops_by_name, i) for i in op.inputs]
+        device = torch.device("cpu")
+        tensors = self.captured.extra_tensors
+        args = generic.decode(op.attrs["args"], args_in, tensors, device)
+        kwargs = {k: generic.decode(v, args_in, tensors, device) for k, v in op.attrs.get("kwargs", {}).items()}
+        out = values.get(op.name)
+        if out is None:
+            out = generic.run(op.attrs, args_in, tensors, device, quantize=False)
+        op.attrs.update(generic.cost(op.attrs["target"], args, kwargs, out, items))
+
+    def _observe_rnn(
         self, op: Op, layer: MappedLayer, stats: _LayerStats, x: torch.Tensor, values: dict[str, Any]
     ) -> None:
-        h = values[op.name][0].float()  # (B, T, H): h_t for every step
-        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+        """An LSTM/GRU layer: its input rows [x_t, h_(t-1)] for every step, their gate pre-activations and bit-line
+        loads. h is the float layer's own output: the traced one for a one-layer RNN, else this layer's float
+        recurrence (:func:`rnn_reference`), which becomes the op's value for the layers after it."""
+        batch_first, reverse = op.attrs.get("batch_first", True), op.attrs.get("reverse", False)
         if stats.wb is None:
             _scale_lstm_input(layer, x)  # before the weight blocks are taken
+        traced = values.get(op.name)
+        if isinstance(traced, tuple) and layer.kind == "lstm" and not reverse:
+            h = traced[0].float()
+        else:
+            h = rnn_reference(layer, x, reverse, batch_first)
+            values[op.name] = h
+        if not batch_first:
+            x, h = x.transpose(0, 1), h.transpose(0, 1)
+        if reverse:
+            x, h = x.flip(1), h.flip(1)
         x = x * layer.geometry["input_scale"]
+        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
         rows = torch.cat([x, h_prev], dim=-1).reshape(-1, x.shape[-1] + h.shape[-1])
         stats.out.add(rows @ layer.weight.T + layer.bias)
         stats.x.add(rows)
@@ -171,13 +213,14 @@ class Calibrator:
         self, op: Op, layer: MappedLayer, stats: _LayerStats, x: torch.Tensor, values: dict[str, Any]
     ) -> None:
         g = layer.geometry
+        x = as_image(layer, x)
         if layer.kind == "conv2d":
             g["input_hw"] = [int(x.shape[-2]), int(x.shape[-1])]
         stats.out.add(_value(values, self.ops_by_name, op.attrs.get("value_node", op.name)))
         wb = stats.blocks(layer)
         addend = None
         if stats.psum is not None and layer.add is not None and layer.add_at_chain_head:
-            addend = _value(values, self.ops_by_name, layer.add).float()
+            addend = as_image(layer, _value(values, self.ops_by_name, layer.add).float())
         # stride 1: every pixel is in some patch, so the pixels have the rows' values (less the padding's zeros)
         pixels = layer.kind == "conv2d" and all(v == 1 for v in (*g["stride"], *g["dilation"]))
         if pixels:
@@ -214,6 +257,34 @@ class Calibrator:
 
     def _full_scale(self, hist: AbsHistogram, levels: int) -> float:
         return float(hist.full_scale(self.method, levels, self.percentile)[0])
+
+
+def rnn_reference(layer: MappedLayer, x: torch.Tensor, reverse: bool = False, batch_first: bool = True) -> torch.Tensor:
+    """The float output sequence of one LSTM/GRU layer (one direction) from its mapped matrix: ``x`` ``(B, T, I)``
+    (``(T, B, I)`` unless ``batch_first``) -> h for every step, in the same layout; a ``reverse`` direction reads the
+    sequence backwards and writes each h at its own step, as PyTorch does."""
+    if not batch_first:
+        x = x.transpose(0, 1)
+    if reverse:
+        x = x.flip(1)
+    hidden = layer.geometry["hidden_size"]
+    inverse = torch.argsort(torch.tensor(layer.geometry["gate_order"]))
+    w, b = layer.weight[inverse], layer.bias[inverse]
+    x = x.float() * layer.geometry.get("input_scale", 1.0)
+    h = x.new_zeros(x.shape[0], hidden)
+    c = torch.zeros_like(h)
+    outs = []
+    for step in range(x.shape[1]):
+        gates = torch.cat([x[:, step], h], dim=-1) @ w.T + b
+        if layer.kind == "lstm":
+            h, c = lstm_cell(gates, c, fp16=False)
+        else:
+            h = gru_cell(gates, h, fp16=False)
+        outs.append(h)
+    out = torch.stack(outs, dim=1)
+    if reverse:
+        out = out.flip(1)
+    return out.transpose(0, 1) if not batch_first else out
 
 
 def _observe_cores(stats: _LayerStats, xb: torch.Tensor, wb: torch.Tensor, addend: torch.Tensor | None = None) -> None:

@@ -79,3 +79,16 @@ def column_blocks(layer: MappedLayer, rows: torch.Tensor) -> torch.Tensor:
 def from_column_blocks(layer: MappedLayer, cols: torch.Tensor) -> torch.Tensor:
     """``(c, R, m)`` -> ``(R, N)``."""
     return cols.permute(1, 0, 2).reshape(cols.shape[1], -1)[:, : layer.tiling.outputs]
+
+
+def as_image(layer: MappedLayer, x: torch.Tensor) -> torch.Tensor:
+    """A Conv1d layer's ``(B, C, L)`` input (or output-shaped value) as the ``(B, C, 1, L)`` image its conv2d
+    matrix reads; any other value as it is."""
+    return x.unsqueeze(2) if layer.geometry.get("conv1d") and x.dim() == 3 else x
+
+
+def rnn_final_state(outputs: list[torch.Tensor], reverse: list[bool], batch_first: bool) -> torch.Tensor:
+    """PyTorch's ``h_n`` ``(layers·directions, B, H)`` from each layer's and direction's output sequence: a forward
+    direction's last step, a reverse direction's first (the step it finishes on)."""
+    steps = 1 if batch_first else 0
+    return torch.stack([out.select(steps, 0 if rev else -1) for out, rev in zip(outputs, reverse, strict=True)])

@@ -24,6 +24,9 @@ OP_KINDS: dict[str, str] = {
     "input": "host",
     "analog": "cores + LDPUs",
     "lstm": "cores + LDPUs + GDPUs",
+    "gru": "cores + LDPUs + GDPUs",
+    "rnn_state": "data layout",
+    "digital": "LDPU, GDPU or digital unit, by its 'unit' (aimc.digital.generic)",
     "embedding": "off-chip",
     "maxpool2d": "off-chip (or LDPU)",
     "avgpool2d": "off-chip (or LDPU)",
@@ -61,10 +64,11 @@ class MappedLayer:
 
     Attributes:
         name: the module path in the source network.
-        kind: ``"conv2d"``, ``"linear"`` or ``"lstm"``.
+        kind: ``"conv2d"`` (also a Conv1d, ``geometry["conv1d"]``), ``"linear"``, ``"lstm"`` or ``"gru"``.
         weight: ``(N, K)`` outputs x inputs; conv in im2col order (in_channels, kh, kw), a grouped conv's
             block-diagonal (zero outside each group's block); LSTM [W_ih | W_hh] with the gate rows grouped per GDPU
-            (see ``geometry["gate_order"]``).
+            (see ``geometry["gate_order"]``); GRU likewise, its rows r, z, n_x, n_h
+            (:func:`aimc.compiler.capture._rnn_layer`).
         scale, bias: ``(N,)`` LDPU affine registers (batch norm and bias folded in).
         tiling: the split into equal blocks.
         cores: ``[row_block][col_block]`` -> global core id (``chip * cores_per_chip + core``).

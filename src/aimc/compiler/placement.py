@@ -74,7 +74,7 @@ def place(
     for layer in layers:
         t = layer.tiling
         cores = None
-        if layer.kind == "lstm":
+        if layer.kind in ("lstm", "gru"):
             cores = _place_above_gdpus(t.row_blocks, t.col_blocks, spec, chips, free, routes)
         if cores is None:
             cores = _place_chains(t.row_blocks, t.col_blocks, spec, free, routes)

@@ -20,7 +20,7 @@ from aimc.errors import ValidationError
 from aimc.spec import ChipSpec
 
 #: Kinds of analog layer a mapping can hold.
-LAYER_KINDS = ("conv2d", "linear", "lstm")
+LAYER_KINDS = ("conv2d", "linear", "lstm", "gru")
 
 
 def _fail(where: str, what: str) -> ValidationError:
@@ -95,7 +95,7 @@ def _check_geometry(layer: MappedLayer, where: str) -> None:
         groups = g.get("groups", 1)
         if not _is_int(groups, 1) or g["in_channels"] % groups or t.outputs % groups:
             raise _fail(where, "conv groups must be a positive integer that divides in_channels and out_channels")
-    elif layer.kind == "lstm":
+    elif layer.kind in ("lstm", "gru"):
         h = g.get("hidden_size")
         order = g.get("gate_order")
         if not _is_int(h, 1) or 4 * h != t.outputs or not _is_int(g.get("input_size"), 1):
@@ -121,11 +121,37 @@ def _op_attrs_ok(kind: str, a: dict[str, Any]) -> bool:
         return _is_int(a.get("dim"))
     if kind in ("softmax", "log_softmax"):
         return a.get("dim") is None or _is_int(a.get("dim"))
+    if kind == "digital":
+        return (
+            isinstance(a.get("target"), str)
+            and isinstance(a.get("args"), list)
+            and isinstance(a.get("kwargs", {}), dict)
+            and a.get("unit") in DIGITAL_UNITS
+        )
+    if kind in ("lstm", "gru"):
+        return isinstance(a.get("reverse", False), bool) and isinstance(a.get("batch_first", True), bool)
+    if kind == "rnn_state":
+        return isinstance(a.get("reverse"), list) and isinstance(a.get("batch_first"), bool)
     return True
 
 
+#: Where a digital op may run (:func:`aimc.digital.generic.unit_of`).
+DIGITAL_UNITS = ("layout", "ldpu", "gdpu", "digital")
+
+
+def _tensor_keys(value: Any) -> list[str]:
+    """The constant tensors a digital op's stored arguments name."""
+    if isinstance(value, list):
+        return [k for v in value for k in _tensor_keys(v)]
+    if isinstance(value, dict):
+        if "tensor" in value:
+            return [value["tensor"]]
+        return [k for v in value.values() for k in _tensor_keys(v)]
+    return []
+
+
 #: Number of inputs each op kind takes (None: one or more).
-_ARITY = {"input": 0, "add": 2, "cat": None}
+_ARITY = {"input": 0, "add": 2, "cat": None, "output": None, "rnn_state": None, "digital": None}
 
 
 def check_ops(mapping: Mapping) -> None:
@@ -150,10 +176,11 @@ def check_ops(mapping: Mapping) -> None:
             raise _fail(where, f"a {op.kind!r} op takes {'one or more' if arity is None else arity} input(s)")
         if not _op_attrs_ok(op.kind, op.attrs):
             raise _fail(where, f"attributes {op.attrs!r} are malformed for a {op.kind!r} op")
-        if op.kind in ("analog", "lstm"):
+        if op.kind in ("analog", "lstm", "gru"):
             ref = op.attrs.get("layer")
             layer = mapping.layers.get(ref) if isinstance(ref, str) else None
-            if layer is None or (layer.kind == "lstm") != (op.kind == "lstm"):
+            recurrent = layer is not None and layer.kind in ("lstm", "gru")
+            if layer is None or (layer.kind if recurrent else "analog") != op.kind:
                 raise _fail(where, f"names no {op.kind} layer of the mapping: {op.attrs.get('layer')!r}")
             if layer.add is not None and layer.add not in defined:
                 raise _fail(where, f"layer {layer.name!r} adds value {layer.add!r}, which is not defined before it")
@@ -163,9 +190,12 @@ def check_ops(mapping: Mapping) -> None:
             "host_linear": (".weight",),
             "affine": (".scale", ".shift"),
         }.get(op.kind, ())
-        for suffix in needed:
-            if not isinstance(mapping.extra_tensors.get(op.name + suffix), torch.Tensor):
-                raise _fail(where, f"needs the tensor {op.name + suffix!r}")
+        keys = [op.name + suffix for suffix in needed]
+        if op.kind == "digital":
+            keys += _tensor_keys([op.attrs["args"], op.attrs.get("kwargs", {})])
+        for key in keys:
+            if not isinstance(mapping.extra_tensors.get(key), torch.Tensor):
+                raise _fail(where, f"needs the tensor {key!r}")
         if op.kind == "output" and i != len(ops) - 1:
             raise _fail(where, "the output op must be the last")
         defined.add(op.name)
@@ -192,8 +222,8 @@ def check_mapping(mapping: Mapping) -> None:
             raise _fail(f"layer {name!r}", "shares cores with another block")
         seen |= cores
     for name, t in mapping.extra_tensors.items():
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise _fail(f"tensor {name!r}", "must be a floating-point tensor")
+        if not isinstance(t, torch.Tensor):
+            raise _fail(f"tensor {name!r}", "must be a tensor")
     check_ops(mapping)
     sig = mapping.input_signature
     n_inputs = sum(op.kind == "input" for op in mapping.ops)

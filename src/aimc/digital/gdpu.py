@@ -76,3 +76,36 @@ def lstm_cell(gates: torch.Tensor, c: torch.Tensor, *, fp16: bool = True) -> tup
     c_new = sigmoid_lut(f) * c.to(torch.float16) + sigmoid_lut(i) * tanh_lut(g)
     h = sigmoid_lut(o) * tanh_lut(c_new)
     return h.float(), c_new.float()
+
+
+def gru_cell(gates: torch.Tensor, h: torch.Tensor, *, fp16: bool = True) -> torch.Tensor:
+    """One GRU step from its four column groups of pre-activations, as a GDPU computes it (the LSTM cell's units:
+    the tanh table, sigmoid from it, FP16 multiply-adds).
+
+    PyTorch's GRU (Cho et al., 2014, as ``torch.nn.GRU`` documents it): r = σ(W_ir x + W_hr h + b_r),
+    z = σ(W_iz x + W_hz h + b_z), n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h. The new
+    gate's input and hidden parts are separate columns on the cores, since r multiplies only the hidden part.
+
+    Args:
+        gates: ``(B, 4H)`` pre-activations in the order r, z, n_x (= W_in x + b_in), n_h (= W_hn h + b_hn).
+        h: ``(B, H)`` hidden state.
+        fp16: compute in FP16 with the tanh table (the chip); False gives the exact float32 cell.
+
+    Returns:
+        h' ``(B, H)`` (float32; FP16 values when ``fp16``).
+    """
+    check_float_tensor(gates, "gates")
+    check_float_tensor(h, "h")
+    if gates.shape[-1] % 4 or tuple(h.shape) != (*gates.shape[:-1], gates.shape[-1] // 4):
+        raise ValidationError(
+            f"gates (B, 4H) and h (B, H) must match; got gates {tuple(gates.shape)}, h {tuple(h.shape)}"
+        )
+    if not fp16:
+        r, z, nx, nh = gates.chunk(4, dim=-1)
+        r, z = torch.sigmoid(r), torch.sigmoid(z)
+        n = torch.tanh(nx + r * nh)
+        return (1 - z) * n + z * h
+    r, z, nx, nh = gates.to(torch.float16).chunk(4, dim=-1)
+    r, z = sigmoid_lut(r), sigmoid_lut(z)
+    n = tanh_lut(nx + r * nh)
+    return ((1 - z) * n + z * h.to(torch.float16)).float()

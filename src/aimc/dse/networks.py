@@ -57,7 +57,11 @@ class DseNetwork(ABC):
 
     @abstractmethod
     def architecture(self) -> torch.nn.Module:
-        """An untrained instance (traced and tiled to check that it fits a design; never evaluated)."""
+        """An untrained instance (captured and tiled to check that it fits a design; never evaluated)."""
+
+    @abstractmethod
+    def example_input(self) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """A small batch of model inputs, on which :meth:`architecture` is captured."""
 
     @abstractmethod
     def load_model(self, weights: str | None) -> torch.nn.Module:
@@ -92,6 +96,11 @@ class EvalTask(DseNetwork):
         from aimc.models import get_model
 
         return get_model(self.name).eval()
+
+    def example_input(self) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        from aimc.models import example_input
+
+        return example_input(self.name, batch=2)
 
     def load_model(self, weights: str | None) -> torch.nn.Module:
         from aimc.experiments.evaluate import load_network

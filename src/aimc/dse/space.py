@@ -647,10 +647,12 @@ def _as_space(space: DesignSpace | str | Path | Mapping[str, Any]) -> DesignSpac
 
 def cores_needed(network: str, spec: ChipSpec) -> int:
     """Cores the network's weight layers need on ``spec``'s tiles (traced and tiled, not calibrated: fast)."""
-    from aimc.compiler.capture import fuse, lower, trace
+    from aimc.compiler.capture import export_graph, fuse, lower
     from aimc.dse.networks import get_network
 
-    captured = lower(trace(get_network(network).architecture()), spec)
+    net = get_network(network)
+    example = net.example_input()
+    captured = lower(export_graph(net.architecture(), example if isinstance(example, tuple) else (example,)), spec)
     fuse(captured)
     return sum(layer.tiling.cores for layer in captured.layers.values())
 

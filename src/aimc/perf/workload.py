@@ -61,7 +61,7 @@ def layer_work(layer: MappedLayer, mvms: int) -> LayerWork:
         values_out=t.block_outputs,
         ldpu_values=t.cores * t.block_outputs,
         hops=t.row_blocks - 1 if layer.chained else 0,
-        gdpu_outputs=int(layer.geometry.get("hidden_size", 0)) if layer.kind == "lstm" else 0,
+        gdpu_outputs=int(layer.geometry.get("hidden_size", 0)) if layer.kind in ("lstm", "gru") else 0,
         input_values=k,
     )
 
