@@ -115,7 +115,7 @@ def _load_network(spec_name: str, arch: str | None):
     if path.suffix != ".safetensors":
         raise ValidationError(
             f"{spec_name!r}: only .safetensors state dicts are read (never pickle; TorchScript modules cannot be "
-            "traced by torch.fx); save model.state_dict() with safetensors and pass --arch"
+            "captured by torch.export); save model.state_dict() with safetensors and pass --arch"
         )
     from aimc._tensorfile import read_header
     from aimc.train.checkpoint import MAX_WEIGHTS_BYTES, load_weights_file
@@ -198,7 +198,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     import aimc
 
     model, example, name = _load_network(args.model, args.arch)
-    mapping = aimc.compile(model, calibration=example, name=name)
+    mapping = aimc.compile(model, calibration=example, chips=args.chips, name=name)
     modes = ["one-phase", "four-phase"] if args.mode == "both" else [args.mode]
     reports = [estimate(mapping, mode, transport=args.transport) for mode in modes]
     if args.json:
@@ -228,7 +228,22 @@ def _perf_row(report: object) -> dict[str, object]:
         "energy_breakdown_uj": d["energy_uj"],
         "transport": d["transport"],
         "layers": d["layers"],
+        "digital": d["digital"],
+        "interchip": d["interchip"],
     }
+
+
+def _chips_arg(text: str) -> int | str:
+    """``--chips``: a positive int or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int or 'auto', got {text!r}")
+    return value
 
 
 def _task_of(model: str, arch: str | None) -> str:
@@ -718,7 +733,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("map", help="place a network on the chip's cores and show the placement")
     p.add_argument("model", help="resnet9, char-lstm, caption-lstm, or a .safetensors state dict (with --arch)")
     p.add_argument("--arch", default=None, help="architecture of a state-dict file (resnet9, char-lstm, caption-lstm)")
-    p.add_argument("--chips", type=int, default=1, help="number of chips to map onto (default 1)")
+    p.add_argument(
+        "--chips",
+        type=_chips_arg,
+        default=1,
+        help="number of chips to map onto, or 'auto' (as many as the network needs; default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON (cores_used, per-layer core lists, links)")
     p.add_argument("--png", default=None, metavar="FILE.png", help="draw the core map")
     p.set_defaults(func=cmd_map)
@@ -737,6 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="inter-layer activations through the host FPGA (as in the paper) or over on-chip links",
     )
     p.add_argument("--arch", default=None, help="architecture of a state-dict file")
+    p.add_argument(
+        "--chips",
+        type=_chips_arg,
+        default=1,
+        help="number of chips to map the network onto, or 'auto' (as many as it needs; default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="latency/energy breakdown chart")
     p.add_argument("--out", default="results/scaling", help="output folder of 'scaling' (default results/scaling)")

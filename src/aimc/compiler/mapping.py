@@ -295,7 +295,25 @@ class Mapping:
         links = self.links_used()
         inter = sum(1 for link in links if link["kind"] == "inter-chip")
         lines.append(f"partial-sum transfers: {len(links)} ({inter} inter-chip)")
+        lines.extend(self._digital_summary())
         return "\n".join(lines)
+
+    def _digital_summary(self) -> list[str]:
+        """Lines on the digital ops (:mod:`aimc.digital.generic`): per unit, each operation and its count."""
+        digital = [op for op in self.ops if op.kind == "digital"]
+        if not digital:
+            return []
+        by_unit: dict[str, dict[str, int]] = {}
+        for op in digital:
+            name = op.attrs["target"].split(".")[1] if op.attrs["target"].startswith("aten.") else op.attrs["target"]
+            counts = by_unit.setdefault(op.attrs.get("unit", "digital"), {})
+            counts[name] = counts.get(name, 0) + 1
+        lines = [f"digital ops: {len(digital)} (FP16, layout ops exact; by unit: operation x count)"]
+        for unit in ("ldpu", "gdpu", "digital", "layout"):
+            if unit in by_unit:
+                items = ", ".join(f"{name} x{n}" for name, n in sorted(by_unit[unit].items()))
+                lines.append(f"  {unit}: {items}")
+        return lines
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description: what ``aimc map --json`` prints. Per layer, ``weights`` and ``utilization``

@@ -3,6 +3,8 @@
 - :func:`resnet9` / :class:`ResNet9` — ResNet-9, CIFAR-10 (``"resnet9"``).
 - :func:`char_lstm` / :class:`CharLSTM` — character-level Penn Treebank LSTM (``"char-lstm"``).
 - :func:`caption_lstm` / :class:`CaptionLSTM` — Flickr8k image-captioning LSTM (``"caption-lstm"``).
+- :func:`char_transformer` / :class:`CharTransformer` — character-level PTB transformer, the char-LSTM's
+  transformer counterpart (``"char-transformer"``; not in the chip paper).
 - :func:`onchip_weight_count`, :func:`onchip_bias_count` — what the chip holds of a model.
 
 Examples:
@@ -31,11 +33,13 @@ from aimc.models.networks import (
     orthogonal_embedding,
     resnet9,
 )
+from aimc.models.transformer import CharTransformer, char_transformer
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet9": resnet9,
     "char-lstm": char_lstm,
     "caption-lstm": caption_lstm,
+    "char-transformer": char_transformer,
 }
 
 
@@ -45,7 +49,7 @@ def available_models() -> list[str]:
 
 
 def get_model(name: str, **kwargs: object) -> nn.Module:
-    """A new reference network by name (``"resnet9"``, ``"char-lstm"``, ``"caption-lstm"``).
+    """A new reference network by name (``"resnet9"``, ``"char-lstm"``, ``"caption-lstm"``, ``"char-transformer"``).
 
     ``kwargs`` go to the factory (e.g. ``seed=1``, ``num_classes=100``).
 
@@ -68,6 +72,8 @@ def example_input(name: str, batch: int = 8, seed: int = 0) -> torch.Tensor | tu
         return torch.randint(0, 50, (batch, 32), generator=g)
     if name == "caption-lstm":
         return torch.randn(batch, 2048, generator=g), torch.randint(0, 4064, (batch, 12), generator=g)
+    if name == "char-transformer":
+        return torch.randint(0, 50, (batch, 128), generator=g)
     raise UnknownNameError(f"unknown model name {name!r}; available: {', '.join(map(repr, _MODELS))}")
 
 
@@ -75,10 +81,12 @@ __all__ = [
     "RESNET9_FILTERS",
     "CaptionLSTM",
     "CharLSTM",
+    "CharTransformer",
     "ResNet9",
     "available_models",
     "caption_lstm",
     "char_lstm",
+    "char_transformer",
     "example_input",
     "get_model",
     "onchip_bias_count",
