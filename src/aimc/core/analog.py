@@ -710,6 +710,11 @@ class ProgrammedCore:
     w_max: torch.Tensor
     g_max_uS: float
     gdc_reference: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: The deterministic part of the last readout: ``(t, drifted conductances, read-noise std or None)``. Runs at the
+    #: same time after programming (an evaluation's batches) reuse it; the random parts are drawn every run.
+    _at_time: tuple[float, torch.Tensor, torch.Tensor | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -754,15 +759,13 @@ class ProgrammedCore:
             readout_kernels(kernels.resolve(backend), self.states.g_prog.device.type), self.spec
         )
         gen = make_generator(generator, "generator") if (read_noise or drift_compensation) else None
-        g = self.device.drift(self.states, t)
+        g, sigma = self._conductances_at(t, read_noise)
         fresh_var = None
-        if read_noise:
-            sigma = self.device.read_noise_std(self.states, t)
-            if bool((sigma > 0).any()):
-                frac = fresh_noise_fraction(self.device, t, self.config.run_duration_s)
-                z = torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
-                g = (g + math.sqrt(1.0 - frac) * sigma * z).clamp_min(0.0)
-                fresh_var = (frac * sigma * sigma).sum(-3) if frac > 0 else None
+        if sigma is not None and bool((sigma > 0).any()):
+            frac = fresh_noise_fraction(self.device, t, self.config.run_duration_s)
+            z = torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
+            g = (g + math.sqrt(1.0 - frac) * sigma * z).clamp_min(0.0)
+            fresh_var = (frac * sigma * sigma).sum(-3) if frac > 0 else None
         pol = self.polarity.to(g.dtype).view(-1, 1, 1)
         g_pos = (g * (pol > 0)).sum(-3)
         g_neg = (g * (pol < 0)).sum(-3)
@@ -796,6 +799,17 @@ class ProgrammedCore:
         if drift_compensation:
             readout.out_scale = base_scale * self._gdc_factor(readout, mode, gen)
         return readout
+
+    def _conductances_at(self, t: float, read_noise: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The drifted conductances at ``t`` and, with ``read_noise``, the read noise's standard deviation; both
+        deterministic in ``t``, so kept for the next run at the same time (:attr:`_at_time`)."""
+        cached = self._at_time
+        if cached is not None and cached[0] == t and (cached[2] is not None or not read_noise):
+            return cached[1], cached[2] if read_noise else None
+        g = self.device.drift(self.states, t)
+        sigma = self.device.read_noise_std(self.states, t) if read_noise else None
+        self._at_time = (t, g, sigma)
+        return g, sigma
 
     def _gdc_readout(self, readout: CoreReadout, generator: torch.Generator) -> torch.Tensor:
         """Mean |output| of the calibration input (all inputs at ``gdc_input_fraction`` of full scale), ``(...,)``."""
