@@ -26,7 +26,7 @@ from aimc.compiler.capture import (
 )
 from aimc.compiler.mapping import MappedLayer, Mapping, Op
 from aimc.compiler.observe import DEFAULT_PERCENTILE, METHODS
-from aimc.compiler.placement import place
+from aimc.compiler.placement import AUTO_CHIPS, check_chips, chips_needed, place
 from aimc.compiler.tiling import Tiling
 from aimc.compiler.topology import Topology
 from aimc.errors import ArgumentTypeError, ValidationError
@@ -53,7 +53,7 @@ def compile(
     percentile: float = DEFAULT_PERCENTILE,
     progress: bool = True,
     column_scaling: bool = True,
-    chips: int = 1,
+    chips: int | str = 1,
     avoid_cores: Iterable[int] = (),
     avoid_links: Iterable[tuple[int, int]] = (),
     pooling: str = "off-chip",
@@ -83,7 +83,8 @@ def compile(
         column_scaling: scale each output column of a Conv2d/Linear layer to the layer's largest |weight| and divide
             its LDPU affine scale by the same factor (exact), so that every channel uses the full conductance range
             (:func:`aimc.compiler.capture.scale_columns`). False maps the weights as they are, with one scale per core.
-        chips: number of chips to spread the network over (inter-chip transfers are marked as such).
+        chips: number of chips to spread the network over (inter-chip transfers are marked as such), or ``"auto"``:
+            as many chips as the network's cores need (at least 1; ``aimc.compiler.placement.chips_needed``).
         avoid_cores: global core ids not to use (dead cores); spare cores take their blocks.
         avoid_links: pairs of linked global core ids whose link is dead: no column chain sends its partial sums
             over them (it is placed elsewhere, or routed around them if no placement avoids them). See
@@ -103,8 +104,7 @@ def compile(
         raise ArgumentTypeError(f"name must be a str or None, got {type(name).__name__} {name!r}")
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
-        raise ValidationError(f"chips must be an int >= 1, got {chips!r}")
+    chips_arg = check_chips(chips)
     check_choice(calibration_method, "calibration_method", METHODS)
     check_number(percentile, "percentile", low=0.0, high=100.0, low_inclusive=False)
     if example_input is not None and calibration is not None:
@@ -142,7 +142,8 @@ def compile(
         fuse(captured)
         if column_scaling:
             scale_columns(captured)
-        check_fits(captured.layers, spec, chips)
+        n_chips = chips_needed(captured.layers, spec) if chips_arg == AUTO_CHIPS else int(chips_arg)
+        check_fits(captured.layers, spec, n_chips)
         calibration_info = _calibrate(
             gm,
             captured,
@@ -160,12 +161,12 @@ def compile(
         if op.kind in ("maxpool2d", "avgpool2d"):
             op.attrs["where"] = pooling
     avoid_cores, avoid_links = _listed(avoid_cores, "avoid_cores"), _listed(avoid_links, "avoid_links")
-    place(list(captured.layers.values()), spec, chips, avoid_cores, avoid_links)
+    place(list(captured.layers.values()), spec, n_chips, avoid_cores, avoid_links)
     return Mapping(
         spec=spec,
         layers=captured.layers,
         ops=captured.ops,
-        chips=chips,
+        chips=n_chips,
         model_name=name or type(model).__name__,
         extra_tensors=captured.extra_tensors,
         avoid_cores=tuple(sorted(set(avoid_cores))),

@@ -21,12 +21,41 @@ placement fails with an error naming the dead links and cores (:mod:`aimc.faults
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 from collections.abc import Iterable, Sequence
 
 from aimc.compiler.mapping import MappedLayer
 from aimc.compiler.topology import Topology
 from aimc.errors import ArgumentTypeError, ValidationError
 from aimc.spec import ChipSpec
+
+#: The ``chips`` value of :func:`aimc.compile` that takes as many chips as the network needs.
+AUTO_CHIPS = "auto"
+
+
+def chips_needed(layers: Iterable[MappedLayer] | dict[str, MappedLayer], spec: ChipSpec) -> int:
+    """The fewest chips of ``spec`` whose cores hold every block of ``layers`` (at least 1): the count that the
+    "needs N cores ... chips=K" error of :func:`aimc.compiler.capture.check_fits` names."""
+    items = layers.values() if isinstance(layers, dict) else layers
+    return max(1, math.ceil(sum(layer.tiling.cores for layer in items) / spec.cores))
+
+
+def check_chips(chips: object) -> int | str:
+    """``chips`` as :func:`aimc.compile` takes it: an int >= 1, or ``"auto"`` (as many chips as the network needs).
+
+    Raises:
+        ArgumentTypeError: not an int (a bool, a float, another string).
+        ValidationError: an int below 1.
+    """
+    allowed = f"an int >= 1 (the number of chips) or {AUTO_CHIPS!r} (as many chips as the network needs)"
+    if isinstance(chips, str) and chips == AUTO_CHIPS:
+        return AUTO_CHIPS
+    if isinstance(chips, bool) or not isinstance(chips, numbers.Integral):
+        raise ArgumentTypeError(f"chips must be {allowed}; got {type(chips).__name__} {chips!r}")
+    if chips < 1:
+        raise ValidationError(f"chips must be {allowed}; got {chips!r}")
+    return int(chips)
 
 
 def gdpu_feed_row(spec: ChipSpec) -> int:

@@ -21,6 +21,13 @@ MVM area of the cores used — as Table I does (docs/physics.md §12).
 Pipelined throughput of a whole network: layers sit on separate cores with stationary weights, so they work on
 successive inputs at once; each layer needs one MVM per output position, each MVM slot lasting the longer of t_mvm
 and its LDPU stream; the slowest layer (the bottleneck) sets the rate.
+
+Digital operations that are not analog layers (ops of kind ``"digital"``: attention's products of activations,
+softmax, LayerNorm, GELU, element-wise adds...) cost their recorded FLOPs and bytes on the unit that runs them
+(:mod:`aimc.perf.digital`): they run after the layer that feeds them, one after another on one digital unit per chip,
+adding to the latency and energy of an inference; each chip's digital ops are one more pipeline stage. A network on
+several chips pays for the partial sums and activations that cross chips over a chip-to-chip link
+(:mod:`aimc.perf.links`). The chip paper's networks have neither, so Table I does not depend on them.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from aimc._validation import check_choice, check_number
 from aimc.compiler.mapping import Mapping
 from aimc.errors import ArgumentTypeError, ValidationError
 from aimc.perf.constants import PerfConstants
+from aimc.perf.digital import DigitalOpCost, by_unit, digital_costs
+from aimc.perf.links import PARTIAL_SUMS, InterchipCost, interchip_cost, interchip_work
 from aimc.perf.workload import LayerWork, network_work
 from aimc.spec import READ_MODES, ChipSpec
 
@@ -228,12 +237,20 @@ class PerfReport:
     Attributes:
         mode, transport: settings.
         layers: per-layer figures.
-        latency_ns: one inference alone (layers one after another, inter-layer transport included).
-        energy_uj: per inference, by component (mvm, ldpu, gdpu, links, transport, static).
+        latency_ns: one inference alone (layers one after another, inter-layer transport, digital ops and inter-chip
+            transfers included).
+        energy_uj: per inference, by component (mvm, ldpu, gdpu, links, transport, digital, inter-chip, static).
         ops: MVM operations per inference (1 MAC = 2 ops).
         throughput_per_s: inferences per second with the layers pipelined.
-        bottleneck: the layer that sets the pipelined rate.
+        bottleneck: the pipeline stage that sets the pipelined rate: a layer, or ``"digital ops"`` (``"digital ops
+            (chip k)"`` on several chips) where one chip's digital ops take longer per inference than every layer.
         cores, utilization, tops, tops_per_w, tops_per_mm2: chip-level figures while the pipeline runs.
+        digital: the digital ops (:mod:`aimc.perf.digital`): ``ops``, ``costed`` (ops with a recorded cost),
+            ``latency_ns``, ``energy_uj``, their ``latency_share`` and ``energy_share`` of the inference's,
+            ``units`` (per unit: ops, latency_ns, energy_uj) and ``per_op``.
+        interchip: transfers between chips (:mod:`aimc.perf.links`): ``chips``, ``transfers`` and ``bytes`` per
+            inference, ``latency_ns`` (what they add to the latency), ``energy_uj``, their shares, ``link`` (the
+            link model) and ``per_layer``.
     """
 
     model: str
@@ -251,6 +268,8 @@ class PerfReport:
     tops_per_w: float
     tops_per_mm2: float
     assumptions: dict[str, Any] = field(default_factory=dict)
+    digital: dict[str, Any] = field(default_factory=dict)
+    interchip: dict[str, Any] = field(default_factory=dict)
 
     @property
     def energy_per_inference_uj(self) -> float:
@@ -275,7 +294,8 @@ class PerfReport:
                 f"{lp.name:<14} {lp.cores:>5} {100 * lp.utilization:>5.1f}% {lp.mvms:>6} {lp.slot_ns:>8.1f} "
                 f"{lp.busy_ns * 1e-3:>9.2f} {sum(lp.energy_uj.values()):>10.3f}"
             )
-        e = self.energy_uj
+        # the components every network has, and digital / inter-chip energy where there is some
+        e = {k: v for k, v in self.energy_uj.items() if v or k not in ("digital", "inter-chip")}
         lines += [
             f"latency (one inference): {self.latency_ns * 1e-3:.2f} µs;  energy: {self.energy_per_inference_uj:.2f} µJ "
             f"(" + ", ".join(f"{k} {v:.2f}" for k, v in e.items()) + ")",
@@ -283,7 +303,41 @@ class PerfReport:
             f"{self.tops:.2f} TOPS, {self.tops_per_w:.2f} TOPS/W, {self.tops_per_mm2:.3f} TOPS/mm² on {self.cores} "
             f"cores ({100 * self.utilization:.0f}% used)",
         ]
+        lines += self._digital_lines() + self._interchip_lines()
         return "\n".join(lines)
+
+    def _digital_lines(self) -> list[str]:
+        """The digital ops' share of latency and energy, and per unit (none where the network has no digital op)."""
+        d = self.digital
+        if not d.get("ops"):
+            return []
+        uncosted = d["ops"] - d["costed"]
+        note = f" ({uncosted} without a recorded cost, counted as free)" if uncosted else ""
+        lines = [
+            f"digital ops: {d['ops']} ops{note}, {100 * d['latency_share']:.1f}% of latency, "
+            f"{100 * d['energy_share']:.1f}% of energy ({d['latency_ns'] * 1e-3:.2f} µs, {d['energy_uj']:.3f} µJ)"
+        ]
+        for unit, u in d["units"].items():
+            share_t = u["latency_ns"] / self.latency_ns if self.latency_ns else 0.0
+            share_e = u["energy_uj"] / self.energy_per_inference_uj if self.energy_per_inference_uj else 0.0
+            lines.append(
+                f"  {unit:<8} {u['ops']:>4} ops  {u['latency_ns'] * 1e-3:>9.3f} µs ({100 * share_t:5.1f}%)  "
+                f"{u['energy_uj']:>9.4f} µJ ({100 * share_e:5.1f}%)"
+            )
+        return lines
+
+    def _interchip_lines(self) -> list[str]:
+        """Transfers between chips (none on one chip)."""
+        x = self.interchip
+        if x.get("chips", 1) <= 1:
+            return []
+        link = x["link"]
+        return [
+            f"inter-chip transfers ({x['chips']} chips): {x['transfers']:,} per inference ({x['bytes']:,} bytes), "
+            f"{100 * x['latency_share']:.1f}% of latency ({x['latency_ns'] * 1e-3:.3f} µs), "
+            f"{100 * x['energy_share']:.1f}% of energy ({x['energy_uj']:.4f} µJ); link {link['GBps']:g} GB/s, "
+            f"{link['latency_ns']:g} ns per transfer, {link['pJ_per_bit']:g} pJ/bit"
+        ]
 
 
 def estimate(
@@ -320,14 +374,28 @@ def estimate(
     if not works:
         raise ValidationError("the mapping has no analog layer")
     layers: list[LayerPerf] = []
-    totals = {"mvm": 0.0, "ldpu": 0.0, "gdpu": 0.0, "links": 0.0, "transport": 0.0, "static": 0.0}
+    totals = {
+        "mvm": 0.0, "ldpu": 0.0, "gdpu": 0.0, "links": 0.0, "transport": 0.0, "digital": 0.0, "inter-chip": 0.0,
+        "static": 0.0,
+    }  # fmt: skip
     latency = 0.0
     ops = 0.0
+    crossings: dict[str, list[InterchipCost]] = {}
+    for x in interchip_work(mapping, works, transport):
+        crossings.setdefault(x.layer, []).append(interchip_cost(x, constants))
+    interchip_ns = 0.0
     for i, w in enumerate(works):
         timing = step_timing(w, spec, mode, constants, adc_resolution_bits)
         energy = step_energy(w, spec, mode, constants, adc_resolution_bits)
-        busy = w.mvms * timing.slot_ns
+        slot = timing.slot_ns
         fill = max(timing.latency_ns - timing.slot_ns, 0.0)
+        link_costs = crossings.get(w.name, [])
+        if link_costs:
+            before = w.mvms * slot + fill
+            slot, fill, output_ns = _with_crossings(link_costs, w, slot, fill)
+            interchip_ns += w.mvms * slot + fill - before + output_ns
+            latency += output_ns
+        busy = w.mvms * slot
         e = {
             "mvm": w.mvms * energy.mvm * 1e-3,
             "ldpu": w.mvms * energy.ldpu * 1e-3,
@@ -345,6 +413,8 @@ def estimate(
                 e_tr = out_bytes * constants.link_energy_pJ_per_byte * 1e-6
             e["transport"] = e_tr
             latency += t_tr
+        if link_costs:
+            e["inter-chip"] = sum(c.energy_nJ for c in link_costs) * 1e-3
         for k, v in e.items():
             totals[k] += v
         latency += busy + fill
@@ -355,21 +425,30 @@ def estimate(
                 w.cores,
                 w.core_equivalents / w.cores,
                 w.mvms,
-                timing.slot_ns,
+                slot,
                 busy,
                 busy + fill,
                 e,
                 2.0 * w.weights * w.mvms,
             )
         )
-    bottleneck = max(layers, key=lambda lp: lp.busy_ns)
-    period_ns = bottleneck.busy_ns
+    digital = digital_costs(mapping, spec, constants)
+    digital_ns = sum(c.latency_ns for c in digital)
+    latency += digital_ns
+    totals["digital"] = sum(c.energy_nJ for c in digital) * 1e-3
+    busiest = max(layers, key=lambda lp: lp.busy_ns)
+    bottleneck, period_ns = busiest.name, busiest.busy_ns
+    for chip, busy in _digital_stages(digital).items():
+        if busy > period_ns:
+            bottleneck, period_ns = ("digital ops" if mapping.chips == 1 else f"digital ops (chip {chip})"), busy
     p_static = static_power_W(spec, constants) * mapping.chips  # every chip the network spans leaks
     totals["static"] = p_static * period_ns * 1e-3
     cores = sum(w.cores for w in works)
     core_eq = sum(w.core_equivalents for w in works)
     tops = ops / period_ns * 1e-3
     power = sum(totals.values()) * 1e3 / period_ns  # µJ per period -> W
+    energy_total = sum(totals.values())
+    links = [c for costs in crossings.values() for c in costs]
     return PerfReport(
         model=mapping.model_name,
         mode=mode,
@@ -379,11 +458,62 @@ def estimate(
         energy_uj=totals,
         ops=ops,
         throughput_per_s=1e9 / period_ns,
-        bottleneck=bottleneck.name,
+        bottleneck=bottleneck,
         cores=cores,
         utilization=core_eq / cores,
         tops=tops,
         tops_per_w=tops / power,
         tops_per_mm2=tops / (cores * spec.mvm_area_mm2),
         assumptions={"constants": asdict(constants), "adc_resolution_bits": adc_resolution_bits},
+        digital={
+            "ops": len(digital),
+            "costed": sum(c.work.costed for c in digital),
+            "latency_ns": digital_ns,
+            "energy_uj": totals["digital"],
+            "latency_share": digital_ns / latency if latency else 0.0,
+            "energy_share": totals["digital"] / energy_total if energy_total else 0.0,
+            "units": by_unit(digital),
+            "per_op": [c.as_dict() for c in digital],
+        },
+        interchip={
+            "chips": mapping.chips,
+            "transfers": sum(c.work.transfers_per_inference for c in links),
+            "bytes": sum(c.work.bytes for c in links),
+            "latency_ns": interchip_ns,
+            "energy_uj": totals["inter-chip"],
+            "latency_share": interchip_ns / latency if latency else 0.0,
+            "energy_share": totals["inter-chip"] / energy_total if energy_total else 0.0,
+            "link": {
+                "GBps": constants.interchip_GBps,
+                "latency_ns": constants.interchip_latency_ns,
+                "pJ_per_bit": constants.interchip_energy_pJ_per_bit,
+            },
+            "per_layer": [c.as_dict() for c in links],
+        },
     )
+
+
+def _with_crossings(
+    costs: list[InterchipCost], work: LayerWork, slot: float, fill: float
+) -> tuple[float, float, float]:
+    """A layer's MVM slot and pipeline fill with its inter-chip transfers, and the time its output crossings add to
+    the inference (:mod:`aimc.perf.links`)."""
+    output_ns = 0.0
+    for cost in costs:
+        if cost.work.what == PARTIAL_SUMS:
+            if work.gdpu_outputs:  # an LSTM/GRU step waits for its partial sums before the GDPU: the step lengthens
+                slot += cost.chain_ns
+            else:  # the chain is longer (pipeline fill) and the link must carry each MVM's partial sums in a slot
+                fill += cost.chain_ns
+                slot = max(slot, cost.occupancy_ns)
+        else:
+            output_ns += cost.chain_ns
+    return slot, fill, output_ns
+
+
+def _digital_stages(costs: list[DigitalOpCost]) -> dict[int, float]:
+    """Per chip, the busy time per inference of its digital unit (the sum of its digital ops' times)."""
+    out: dict[int, float] = {}
+    for c in costs:
+        out[c.work.chip] = out.get(c.work.chip, 0.0) + c.latency_ns
+    return out

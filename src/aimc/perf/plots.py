@@ -15,7 +15,7 @@ def plot_breakdown(reports: Sequence[PerfReport], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(reports), figsize=(6.5 * len(reports), 7.5), squeeze=False)
-    components = ["mvm", "ldpu", "gdpu", "links", "transport"]
+    components = ["mvm", "ldpu", "gdpu", "links", "transport", "inter-chip"]
     for col, rep in enumerate(reports):
         names = [lp.name for lp in rep.layers]
         ax = axes[0][col]

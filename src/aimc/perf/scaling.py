@@ -118,8 +118,11 @@ def compile_fitting(network: str, spec: ChipSpec) -> tuple[Mapping, int]:
 
 
 def _limited_by(mapping: Mapping, spec: ChipSpec, layer: str, mode: str, adc_bits: int | None) -> str:
-    """What sets the slot of ``layer``: ``"MVM"`` (the analog conversion) or ``"digital"`` (LDPU stream, hops, GDPU)."""
-    work = next(w for w in network_work(mapping) if w.name == layer)
+    """What sets the slot of ``layer``: ``"MVM"`` (the analog conversion) or ``"digital"`` (LDPU stream, hops, GDPU;
+    or the network's digital ops, where they are the bottleneck stage)."""
+    work = next((w for w in network_work(mapping) if w.name == layer), None)
+    if work is None:  # the bottleneck is a chip's digital ops, not a layer
+        return "digital"
     timing = step_timing(work, spec, mode, PerfConstants(), adc_bits)
     if work.gdpu_outputs:  # an LSTM step is MVM then digital, in sequence: the larger part dominates
         return "digital" if timing.digital_ns > timing.mvm_ns else "MVM"
@@ -139,7 +142,8 @@ def _row(
 ) -> dict[str, Any]:
     rep = estimate(mapping, mode, transport=transport, adc_resolution_bits=adc_bits, spec=spec)
     t_mvm = mvm_time_ns(spec, mode, adc_bits)
-    slot = next(lp.slot_ns for lp in rep.layers if lp.name == rep.bottleneck)
+    # the bottleneck layer's MVM slot; a digital-ops stage's slot is its busy time per inference
+    slot = next((lp.slot_ns for lp in rep.layers if lp.name == rep.bottleneck), 1e9 / rep.throughput_per_s)
     return {
         "network": network,
         "factor": factor,
