@@ -177,8 +177,8 @@ def test_bad_loaders_and_models_get_clear_errors():
         hwa_finetune(_cnn(), [{"x": x, "y": y}], progress=False)
     with pytest.raises(ValidationError, match="batch 0 is a tuple of 3 items"):
         hwa_finetune(_cnn(), [(x, y, y)], progress=False)
-    with pytest.raises(ArgumentTypeError, match="inputs of batch 0 must be a floating-point"):
-        hwa_finetune(_cnn(), [(y, y)], progress=False)
+    with pytest.raises(ArgumentTypeError, match="inputs of batch 0 must be a floating-point or integer"):
+        hwa_finetune(_cnn(), [(y > 0, y)], progress=False)
     with pytest.raises(ArgumentTypeError, match="must have a len"):
         hwa_finetune(_cnn(), ((x, y) for _ in range(2)), progress=False)
     with pytest.raises(ValidationError, match="empty"):
@@ -414,3 +414,26 @@ def test_per_channel_noise_and_clipping_follow_each_channels_own_scale():
     assert float(layer.weight.detach()[0].abs().min()) == 1.0
     clip_weights(layer, 1.0)  # the layer's std (0.756) clips the large row
     assert float(layer.weight.detach()[0].abs().max()) == pytest.approx(0.756, abs=1e-3)
+
+
+def test_a_token_model_with_linear_layers_on_sequences_fine_tunes():
+    """Integer token inputs and Linear layers on (B, T, D) activations (a language model): per-channel output noise
+    is added along the last dimension, and the loss goes down on a task the model can learn."""
+    from aimc.models.transformer import CharTransformer
+
+    torch.manual_seed(0)
+    model = CharTransformer(vocab_size=8, d_model=16, layers=1, heads=2, ff=32, context=8, dropout=0.0, seed=0)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 8, (64, 9), generator=g)
+    tokens[:, 1:] = (tokens[:, :-1] + 1) % 8  # next token = this one + 1
+    loader = [(tokens[i : i + 16, :-1], tokens[i : i + 16, 1:]) for i in range(0, 64, 16)]
+
+    def loss_fn(logits, targets):
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 8), targets.reshape(-1))
+
+    with torch.no_grad():
+        before = float(loss_fn(model(tokens[:, :-1]), tokens[:, 1:]))
+    hwa_finetune(model, loader, epochs=20, lr=1e-2, loss_fn=loss_fn, progress=False)
+    with torch.no_grad():
+        after = float(loss_fn(model(tokens[:, :-1]), tokens[:, 1:]))
+    assert after < 0.9 * before  # 2.08 -> 1.59 as measured (seed 0); no learning would stay at 2.08

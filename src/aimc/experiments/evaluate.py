@@ -6,7 +6,9 @@ One entry point for both of the chip paper's benchmark tasks:
 
 - ``"resnet9"``: top-1 accuracy on CIFAR-10 test images (higher is better);
 - ``"char-lstm"``: bits per character on character-level PTB (lower is better), windows of
-  :mod:`aimc.experiments.language`.
+  :mod:`aimc.experiments.language`;
+- ``"char-transformer"``: the same metric and text for the character-level transformer (not in the chip paper),
+  windows of its context: :data:`TRANSFORMER_WARMUP` characters read, the next ones scored.
 
 For each seed a chip is programmed once and read at every time after programming (as real hardware is), each read
 with fresh read noise; global drift compensation is always on (docs/physics.md §4.1) and adaptive batch-norm statistics
@@ -32,9 +34,14 @@ from aimc.errors import ValidationError
 from aimc.experiments.accuracy import AccuracyPoint
 from aimc.experiments.language import bpc_from_logits, windows
 
-TASKS = ("resnet9", "char-lstm")
+TASKS = ("resnet9", "char-lstm", "char-transformer")
 #: Default shipped weights of each task.
-DEFAULT_WEIGHTS = {"resnet9": "resnet9_hwa", "char-lstm": "char_lstm_hwa"}
+DEFAULT_WEIGHTS = {"resnet9": "resnet9_hwa", "char-lstm": "char_lstm_hwa", "char-transformer": "char_transformer_hwa"}
+#: Our choice: characters each char-transformer window reads before its scored part (half its 128-character
+#: context; the other half is scored, so every scored character has at least this much context).
+TRANSFORMER_WARMUP = 64
+#: Windows per chip run of the char-transformer (memory of the attention matrices vs speed).
+TRANSFORMER_BATCH = 64
 #: Our choice: unlabelled training inputs for AdaBS (images, or character windows of the LSTM).
 ADABS_INPUTS = 500
 #: Our choice: inputs used to calibrate the converter ranges at compile time.
@@ -103,6 +110,11 @@ def load_data(task: str, n: int | None = None, data_dir: str | None = None, stre
     test = ptb_chars("test", data_dir)
     if n is not None:
         test = test[: n + 1]
+    if task == "char-transformer":  # windows of the context: the first half read, the second scored
+        scored = TRANSFORMER_WARMUP
+        x, y = windows(test, max(1, (test.numel() - 1) // scored), TRANSFORMER_WARMUP)
+        cal, _ = windows(ptb_chars("valid", data_dir)[: 128 * scored + 1], 128, TRANSFORMER_WARMUP)
+        return TaskData(task, x, y, cal)
     x, y = windows(test, min(streams, max(1, (test.numel() - 1) // 2)))
     cal, _ = windows(ptb_chars("valid", data_dir)[:20_001], 64)
     return TaskData(task, x, y, cal)
@@ -113,6 +125,11 @@ def software_metric(model: torch.nn.Module, data: TaskData) -> float:
     with torch.no_grad():
         if data.task == "char-lstm":
             return bpc_from_logits(model(data.x), data.y)
+        if data.task == "char-transformer":
+            logits = torch.cat(
+                [model(data.x[i : i + TRANSFORMER_BATCH]) for i in range(0, len(data.x), TRANSFORMER_BATCH)]
+            )
+            return bpc_from_logits(logits, data.y)
         correct = sum(
             int((model(data.x[i : i + BATCH]).argmax(1) == data.y[i : i + BATCH]).sum())
             for i in range(0, len(data.x), BATCH)
@@ -124,6 +141,13 @@ def chip_metric(chip: ProgrammedChip, data: TaskData, t: float, mode: str, seed:
     """One read of the chip over the test data at ``t`` seconds after programming."""
     if data.task == "char-lstm":
         return bpc_from_logits(chip.run(data.x, t=t, mode=mode, seed=seed, **run_kwargs), data.y)
+    if data.task == "char-transformer":
+        b = TRANSFORMER_BATCH
+        logits = [
+            chip.run(data.x[i : i + b], t=t, mode=mode, seed=seed * 1_000_003 + i, **run_kwargs)
+            for i in range(0, len(data.x), b)
+        ]
+        return bpc_from_logits(torch.cat(logits), data.y)
     correct = 0
     for i in range(0, len(data.x), BATCH):
         out = chip.run(data.x[i : i + BATCH], t=t, mode=mode, seed=seed * 1_000_003 + i, **run_kwargs)

@@ -176,3 +176,83 @@ def train_char_transformer(
         {"aimc_model": "char-transformer", "training": json.dumps(final)},
     )
     return final
+
+
+#: Our choices for hardware-aware fine-tuning of the char-transformer: steps (batches of :data:`BATCH` windows) and
+#: AdamW's peak learning rate (the noise scales are :func:`aimc.train.finetune.hwa_finetune`'s unless given).
+HWA_STEPS = 400
+HWA_LR = 1e-4
+
+
+def hwa_char_transformer(
+    init: str,
+    out_dir: str,
+    *,
+    steps: int = HWA_STEPS,
+    batch_size: int = BATCH,
+    lr: float = HWA_LR,
+    seed: int = 0,
+    data_dir: str | None = None,
+    noise_scale: float | None = None,
+    output_noise: float | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune trained char-transformer weights ``init`` hardware-aware (:func:`aimc.train.finetune.hwa_finetune`:
+    hermes-2dev programming noise, 8-bit inputs and output noise on every Linear layer, per output channel) on
+    ``steps`` batches of random training windows; resumable from ``out_dir/hwa.safetensors``. Writes
+    ``char_transformer_hwa.safetensors`` and returns the final record."""
+    from aimc.train import finetune
+    from aimc.train.checkpoint import load_weights_file, save_weights
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = CharTransformer(seed=seed, **(model_kwargs or {}))
+    load_weights_file(init, model)
+    train = ptb_chars("train", data_dir)
+    context = model.context
+    gen = torch.Generator().manual_seed(seed + 1)
+    offsets = torch.randint(0, len(train) - context - 1, (steps, batch_size), generator=gen)
+    windows = train[offsets[..., None] + torch.arange(context + 1)]  # (steps, B, context + 1)
+    loader = [(w[:, :-1], w[:, 1:]) for w in windows]
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+    extra: dict[str, Any] = {}
+    if noise_scale is not None:
+        extra["noise_scale"] = noise_scale
+    if output_noise is not None:
+        extra["output_noise"] = output_noise
+    finetune.hwa_finetune(
+        model,
+        loader,
+        lr=lr,
+        loss_fn=loss_fn,
+        seed=seed,
+        checkpoint=out / "hwa.safetensors",
+        progress=progress,
+        **extra,
+    )
+    valid = ptb_chars("valid", data_dir)
+    record = {
+        "valid_bpc": bits_per_character(model, valid),
+        "test_bpc": bits_per_character(model, ptb_chars("test", data_dir)),
+        "settings": {
+            "init": Path(init).name,
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            **extra,
+        },
+        "provenance": provenance(),
+    }
+    log(json.dumps({k: record[k] for k in ("valid_bpc", "test_bpc")}))
+    save_weights(
+        out / "char_transformer_hwa.safetensors",
+        model,
+        {"aimc_model": "char-transformer", "training": json.dumps(record)},
+    )
+    return record

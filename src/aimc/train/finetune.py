@@ -105,9 +105,9 @@ def _split_batch(batch: object, step: int) -> tuple[torch.Tensor, Any]:
             "DataLoader(TensorDataset(x, y), ...))"
         )
     x, y = batch
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+    if not isinstance(x, torch.Tensor) or x.is_complex() or x.dtype == torch.bool:
         raise ArgumentTypeError(
-            f"the inputs of batch {step} must be a floating-point torch.Tensor, got "
+            f"the inputs of batch {step} must be a floating-point or integer (token ids) torch.Tensor, got "
             f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}"
         )
     return x, y

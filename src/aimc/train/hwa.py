@@ -164,9 +164,7 @@ def noisy_weights(
     weights = [layer.weight for layer in analog_layers(model)]
     factors = None
     with torch.no_grad():
-        stds = [
-            weight_noise_std(w.detach().float(), model_device, strategy, noise_scale, per_channel) for w in weights
-        ]
+        stds = [weight_noise_std(w.detach().float(), model_device, strategy, noise_scale, per_channel) for w in weights]
         if drift_window is not None:
             lo, hi = (math.log(t) for t in drift_window)
             t = math.exp(lo + (hi - lo) * float(torch.rand((), generator=generator)))
@@ -289,7 +287,12 @@ def analog_io(
         tiles = _row_tiles(layer)
         w = layer.weight.detach()
         # with per_channel, each output channel's column at its own full scale (column scaling)
-        w_max = _channel_max(w).reshape(-1, *([1] * (y.dim() - 2))).to(y.dtype) if per_channel else float(w.abs().max())
+        if not per_channel:
+            w_max: torch.Tensor | float = float(w.abs().max())
+        elif isinstance(layer, nn.Linear):  # (..., out_features): the channels are the last dimension
+            w_max = _channel_max(w).reshape(-1).to(y.dtype)
+        else:  # a convolution's (B, C, ...): the channels are dimension 1
+            w_max = _channel_max(w).reshape(-1, *([1] * (y.dim() - 2))).to(y.dtype)
         std = output_noise * tiles**0.5 * w_max * layer._aimc_x_max
         # one draw per output element shared by the batch (fresh every step): drawing one per sample would cost
         # more than the training step itself on a CPU
