@@ -250,7 +250,9 @@ def test_digital_op_families_and_their_units():
     costs = [op.attrs for op in mapping.ops if op.kind == "digital" and op.attrs["unit"] != "layout"]
     assert all(a["flops"] > 0 and a["bytes"] > 0 for a in costs)
     matmul = [a for a in costs if a["target"].split(".")[1] in ("matmul", "bmm")]
-    assert matmul and min(a["flops"] for a in matmul) == pytest.approx(2 * 5 * 5 * 12)  # per input item
+    # per position of the 5-step sequence: (5 x 12) @ (12 x 5) scores, 2 FLOPs per multiply-add, over 5 positions
+    assert mapping.calibration["positions"] == 5
+    assert matmul and min(a["flops"] for a in matmul) == pytest.approx(2 * 5 * 5 * 12 / 5)
 
 
 # --- the chip with noise ------------------------------------------------------------------------------------------

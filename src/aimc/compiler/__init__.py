@@ -115,6 +115,7 @@ def compile(
             "compile needs calibration data: calibration= a tensor of representative model inputs or a DataLoader "
             "of them (it calibrates the chip's number conversions)"
         )
+    avoid_cores, avoid_links = _listed(avoid_cores, "avoid_cores"), _listed(avoid_links, "avoid_links")
     was_training = model.training
     model.eval()
     try:
@@ -142,7 +143,7 @@ def compile(
         fuse(captured)
         if column_scaling:
             scale_columns(captured)
-        n_chips = chips_needed(captured.layers, spec) if chips_arg == AUTO_CHIPS else int(chips_arg)
+        n_chips = chips_needed(captured.layers, spec, avoid=avoid_cores) if chips_arg == AUTO_CHIPS else int(chips_arg)
         check_fits(captured.layers, spec, n_chips)
         calibration_info = _calibrate(
             gm,
@@ -160,7 +161,6 @@ def compile(
     for op in captured.ops:
         if op.kind in ("maxpool2d", "avgpool2d"):
             op.attrs["where"] = pooling
-    avoid_cores, avoid_links = _listed(avoid_cores, "avoid_cores"), _listed(avoid_links, "avoid_links")
     place(list(captured.layers.values()), spec, n_chips, avoid_cores, avoid_links)
     return Mapping(
         spec=spec,

@@ -148,6 +148,9 @@ class Calibrator:
         self.stats = {op.name: _LayerStats(captured.layers[op.attrs["layer"]]) for op in self.analog}
         self.batches = 0
         self.items = 0
+        #: Positions per input item of a sequence model (the rows per item of a Linear layer on a (B, T, D) value,
+        #: the largest over the layers: T), else 1: the perf model counts one inference per position.
+        self.positions = 1
 
     def add(self, inputs: tuple[torch.Tensor, ...]) -> None:
         """Observe one batch of model inputs."""
@@ -172,7 +175,8 @@ class Calibrator:
         self.items += int(inputs[0].shape[0])
 
     def _cost(self, op: Op, values: dict[str, Any], items: int) -> None:
-        """Record a digital op's FLOPs and bytes per inference item (for the perf model), from the first batch."""
+        """Record a digital op's FLOPs and bytes per input item (for the perf model), from the first batch;
+        :meth:`finish` divides them by the positions of a sequence."""
         args_in = [_value(values, self.ops_by_name, i) for i in op.inputs]
         device = torch.device("cpu")
         tensors = self.captured.extra_tensors
@@ -226,6 +230,8 @@ class Calibrator:
         if pixels:
             stats.x.add(x)
         per_item = max(1, layer_rows(layer, x[:1]).shape[0])
+        if layer.kind == "linear" and x.dim() >= 3:
+            self.positions = max(self.positions, per_item)
         step = max(1, CHUNK_ROWS // per_item)
         for i in range(0, x.shape[0], step):
             rows = layer_rows(layer, x[i : i + step])
@@ -250,7 +256,13 @@ class Calibrator:
             t = layer.tiling
             load = stats.load.full_scale(self.method, self.spec.adc_max_count, self.percentile) / layer.x_range
             layer.load = load.reshape(t.row_blocks, t.col_blocks).to(layer.weight.dtype)
+        for op in self.captured.ops:  # per position of a sequence, as the layers' MVMs are counted
+            if op.kind == "digital" and "flops" in op.attrs:
+                op.attrs["flops"] /= self.positions
+                op.attrs["bytes"] /= self.positions
         info: dict[str, Any] = {"method": self.method, "batches": self.batches, "inputs": self.items}
+        if self.positions > 1:
+            info["positions"] = self.positions
         if self.method == "percentile":
             info["percentile"] = self.percentile
         return info

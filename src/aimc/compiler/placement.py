@@ -34,11 +34,19 @@ from aimc.spec import ChipSpec
 AUTO_CHIPS = "auto"
 
 
-def chips_needed(layers: Iterable[MappedLayer] | dict[str, MappedLayer], spec: ChipSpec) -> int:
-    """The fewest chips of ``spec`` whose cores hold every block of ``layers`` (at least 1): the count that the
-    "needs N cores ... chips=K" error of :func:`aimc.compiler.capture.check_fits` names."""
+def chips_needed(
+    layers: Iterable[MappedLayer] | dict[str, MappedLayer], spec: ChipSpec, avoid: Iterable[object] = ()
+) -> int:
+    """The fewest chips of ``spec`` whose cores, less the ``avoid`` ones (dead cores), hold every block of
+    ``layers`` (at least 1); without ``avoid``, the count that the "needs N cores ... chips=K" error of
+    :func:`aimc.compiler.capture.check_fits` names."""
     items = layers.values() if isinstance(layers, dict) else layers
-    return max(1, math.ceil(sum(layer.tiling.cores for layer in items) / spec.cores))
+    need = sum(layer.tiling.cores for layer in items)
+    dead = {c for c in avoid if isinstance(c, int) and not isinstance(c, bool) and c >= 0}
+    n = max(1, math.ceil(need / spec.cores))
+    while need > n * spec.cores - sum(c < n * spec.cores for c in dead):
+        n += 1
+    return n
 
 
 def check_chips(chips: object) -> int | str:

@@ -69,4 +69,3 @@ def tile(inputs: int, outputs: int, spec: ChipSpec, groups: int = 1) -> Tiling:
     """The split of a layer matrix: at group boundaries for a grouped convolution where one fits
     (:meth:`Tiling.split_groups`), else equal blocks (:meth:`Tiling.split`)."""
     return Tiling.split_groups(inputs, outputs, groups, spec) or Tiling.split(inputs, outputs, spec)
-

@@ -376,7 +376,9 @@ def cost(name: str, args: list[Any], kwargs: dict[str, Any], out: Any, items: in
         moved = 2 * numel_out * 2 if copies else 0  # read and write each value
         return {"flops": 0.0, "bytes": moved / items}
     flops = 0.0
-    if family in (
+    if family == "scaled_dot_product_attention":
+        flops = _attention_flops(args)
+    elif family in (
         "mm",
         "bmm",
         "matmul",
@@ -398,6 +400,17 @@ def cost(name: str, args: list[Any], kwargs: dict[str, Any], out: Any, items: in
         flops = float(numel_out * ELEMENT_FLOPS.get(family, 1))
     moved = 2 * (sum(t.numel() for t in tensors_in) + numel_out)
     return {"flops": flops / items, "bytes": moved / items}
+
+
+def _attention_flops(args: list[Any]) -> float:
+    """FLOPs of ``scaled_dot_product_attention(q, k, v, ...)``: q·kᵀ and the weights·v products (2 per multiply-add)
+    and the softmax (:data:`ELEMENT_FLOPS`) over the (..., L, S) scores. PyTorch's FLOP counter does not count the
+    CPU kernel this op dispatches to."""
+    q, k, v = args[:3]
+    batch = math.prod(q.shape[:-2])
+    length, source = q.shape[-2], k.shape[-2]
+    scores = batch * length * source
+    return float(2 * scores * q.shape[-1] + 2 * scores * v.shape[-1] + ELEMENT_FLOPS["softmax"] * scores)
 
 
 def _flat(values: list[Any]) -> list[Any]:

@@ -1,6 +1,6 @@
 """Latency and energy of a mapping's digital operations: every op of ``kind == "digital"`` (an ATen operation that
 is not an analog layer, :mod:`aimc.digital.generic`), from the FLOPs and bytes the compiler recorded for it at
-calibration (``op.attrs["flops"]``, ``op.attrs["bytes"]``, per inference item: per image, or per sequence).
+calibration (``op.attrs["flops"]``, ``op.attrs["bytes"]``, per inference: per image, or per position of a sequence).
 
 Where an op runs (``op.attrs["unit"]``) and what it costs (constants in :mod:`aimc.perf.constants`):
 
@@ -25,9 +25,10 @@ pipeline stage whose busy time per inference is the sum of their times: it sets 
 slowest stage.
 
 The analog layers' work per inference is what :mod:`aimc.perf.workload` counts: one MVM per output position of a
-convolution, one MVM for a linear layer and one step for an LSTM/GRU. A linear layer applied to every position of a
-sequence is counted once, while a digital op's FLOPs and bytes cover the whole sequence; for such models the
-digital share is an upper bound.
+convolution, one MVM for a linear layer and one step for an LSTM/GRU. For a sequence model an inference is one
+position of the sequence (a token, a time step): the compiler records a digital op's FLOPs and bytes per position
+(the op's cost over a sequence divided by its length; attention's cost grows with the length, so a longer context
+costs more per token).
 """
 
 from __future__ import annotations
