@@ -1,11 +1,13 @@
 """``aimc reproduce``: the chip paper's accuracy comparison (Fig. 3c / 4c) and accuracy over time, in one run.
 
-For ResNet-9/CIFAR-10 and the char-LSTM/PTB with the shipped HWA-trained weights: software, quantisation only
+For ResNet-9/CIFAR-10, the char-LSTM/PTB and, beside it, a character-level transformer on the same PTB text (not in
+the chip paper), with the shipped HWA-trained weights: software, quantisation only
 (exact weights, the chip's converters and digital units), the simulated chip with the HERMES-fitted models in
 four-phase mode at 1 h — TDP (two devices per polarity) and ODP (one) — and TDP over time after programming, with
 global drift compensation alone and (ResNet-9) with AdaBS. Every finished block is stored in ``points.json`` in
 the output folder as soon as it is done, so an interrupted run resumes where it stopped; the table, the figures and
-``report.md`` are written at the end.
+``report.md`` are written at the end. Each task also reports its placement (cores, chips) and the perf model's latency
+and energy per inference (an image, or a character) from the same mapping.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ def _task_blocks(
         return value
 
     out: dict[str, Any] = {"task": task, "metric": data.metric, "weights": Path(weights).name, "test_size": data.size}
+    out["placement"] = _placement(mapping)
     out["software"] = block("software", lambda: ev.software_metric(model, data))
     out["quantisation"] = block("quantisation", lambda: ev.quantisation_only(mapping, data))
 
@@ -143,6 +146,23 @@ def _task_blocks(
     if task == "resnet9":
         out["tdp_adabs"] = block("tdp-adabs", lambda: curve("tdp", TIMES, True))
     return out
+
+
+def _placement(mapping: Any) -> dict[str, Any]:
+    """Cores and chips of the mapping, and the perf model's latency and energy of one inference (four-phase,
+    activations through the host as in the chip paper)."""
+    from aimc.perf import estimate
+
+    report = estimate(mapping)
+    digital = sum(op.kind == "digital" and op.attrs.get("unit") != "layout" for op in mapping.ops)
+    return {
+        "cores": mapping.cores_used,
+        "chips": mapping.chips,
+        "digital_ops": digital,
+        "latency_us": report.latency_ns / 1e3,
+        "energy_uj": sum(report.energy_uj.values()),
+        "throughput_per_s": report.throughput_per_s,
+    }
 
 
 def reproduce(
@@ -205,23 +225,26 @@ def _at(points: list[dict[str, Any]], t: float) -> dict[str, Any]:
 def comparison_rows(task_result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(what, ours, paper, change vs our software) rows of the Fig. 3c / 4c comparison."""
     metric = task_result["metric"]
-    paper = PAPER[task_result["task"]]
+    paper = PAPER.get(task_result["task"], {})
     sw = task_result["software"]
+
+    def published(key: str) -> str:
+        return fmt(paper[key], metric) if key in paper else "— (not in the chip paper)"
 
     def loss(v: float) -> str:
         return f"{100 * (v - sw):+.2f} pt" if metric == "accuracy" else f"{v - sw:+.3f} BPC"
 
     tdp, odp = _at(task_result["tdp"], 3600.0), _at(task_result["odp"], 3600.0)
     return [
-        ("software", fmt(sw, metric), fmt(paper["software"], metric), ""),
+        ("software", fmt(sw, metric), published("software"), ""),
         (
             "quantisation only",
             fmt(task_result["quantisation"], metric),
-            fmt(paper["quantisation"], metric),
+            published("quantisation"),
             loss(task_result["quantisation"]),
         ),
-        ("chip TDP, four-phase, 1 h", fmt_point(tdp, metric), fmt(paper["tdp"], metric), loss(tdp["mean"])),
-        ("chip ODP, four-phase, 1 h", fmt_point(odp, metric), fmt(paper["odp"], metric), loss(odp["mean"])),
+        ("chip TDP, four-phase, 1 h", fmt_point(tdp, metric), published("tdp"), loss(tdp["mean"])),
+        ("chip ODP, four-phase, 1 h", fmt_point(odp, metric), published("odp"), loss(odp["mean"])),
     ]
 
 
@@ -251,6 +274,15 @@ def format_tables(results: dict[str, Any]) -> str:
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in comparison_rows(r)]
         lines += ["", "| TDP four-phase, time after programming | GDC | GDC + AdaBS |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in time_rows(r)]
+        if "placement" in r:
+            p = r["placement"]
+            per = "image" if r["metric"] == "accuracy" else "character"
+            lines += [
+                "",
+                f"Placement: {p['cores']} cores on {p['chips']} chip(s), {p['digital_ops']} digital ops; perf model "
+                f"(four-phase, via the host): {p['latency_us']:.2f} µs and {p['energy_uj']:.2f} µJ per {per}, "
+                f"{p['throughput_per_s']:,.0f} {per}s/s pipelined.",
+            ]
         lines.append("")
     for task, reason in results.get("skipped", {}).items():
         lines += [f"### {task} — skipped", "", f"Its data set is not available here: {reason}", ""]
@@ -291,10 +323,11 @@ def _figures(results: dict[str, Any], out: Path) -> list[str]:
         names = ["software", "quantisation", "chip TDP", "chip ODP"]
         ours = [r["software"], r["quantisation"], tdp["mean"], odp["mean"]]
         errs = [0.0, 0.0, tdp["std"], odp["std"]]
-        paper = [PAPER[task][k] for k in ("software", "quantisation", "tdp", "odp")]
+        paper = [PAPER[task][k] for k in ("software", "quantisation", "tdp", "odp")] if task in PAPER else []
         xs = range(len(names))
         ax1.bar([x - 0.2 for x in xs], [scale * v for v in ours], 0.4, yerr=[scale * e for e in errs], label="aimc")
-        ax1.bar([x + 0.2 for x in xs], [scale * v for v in paper], 0.4, label="chip paper")
+        if paper:
+            ax1.bar([x + 0.2 for x in xs], [scale * v for v in paper], 0.4, label="chip paper")
         ax1.set_xticks(list(xs), names, fontsize=8)
         lo = min(ours + paper) * scale
         hi = max(ours + paper) * scale
