@@ -14,6 +14,7 @@ from torch import nn
 
 import aimc
 from aimc.compiler.capture import UnsupportedLayerError
+from aimc.errors import ValidationError
 
 #: Relative tolerance of the ideal chip against PyTorch (float32 sums in another order, FP16-free digital ops).
 TOL = 1e-4
@@ -337,3 +338,22 @@ def test_hugging_face_bert_sequence_classifier():
     ids = torch.randint(0, 100, (4, 10), generator=_gen())
     mapping = _conforms(Logits(), ids)
     assert sum(layer.kind == "linear" for layer in mapping.layers.values()) == 2 * 6 + 2
+
+
+def test_depthwise_layers_on_the_digital_unit():
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU6(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 8, 1)
+    )
+    x = torch.randn(3, 3, 10, 10, generator=_gen())
+    analog = aimc.compile(model, calibration=x, progress=False)
+    mapping = aimc.compile(model, calibration=x, digital_layers="depthwise", progress=False)
+    assert list(mapping.layers) == ["0", "3"] and mapping.cores_used < analog.cores_used
+    conv = [op for op in mapping.ops if op.kind == "digital" and op.attrs["target"].startswith("aten.conv2d")]
+    assert len(conv) == 1 and conv[0].attrs["unit"] == "digital" and conv[0].attrs["flops"] > 0
+    y = aimc.program(mapping, device="ideal", seed=0).run(x, quantize=False)
+    with torch.no_grad():
+        assert _rel(y, model(x)) < TOL
+    named = aimc.compile(model, calibration=x, digital_layers=["2"], progress=False)
+    assert list(named.layers) == ["0", "3"]
+    with pytest.raises(ValidationError, match="'depthwise' or a list of layer names"):
+        aimc.compile(model, calibration=x, digital_layers="dw", progress=False)

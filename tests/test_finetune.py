@@ -437,3 +437,19 @@ def test_a_token_model_with_linear_layers_on_sequences_fine_tunes():
     with torch.no_grad():
         after = float(loss_fn(model(tokens[:, :-1]), tokens[:, 1:]))
     assert after < 0.9 * before  # 2.08 -> 1.59 as measured (seed 0); no learning would stay at 2.08
+
+
+def test_layers_on_the_digital_unit_get_no_analog_noise():
+    """With ``digital_layers="depthwise"`` the depthwise convolution is no analog layer while fine-tuning (no noise
+    is injected into it), and it is analog again afterwards."""
+    from aimc.train.hwa import analog_layers, on_digital_unit
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Flatten(), torch.nn.LazyLinear(4)
+    )
+    model(torch.zeros(1, 3, 8, 8))
+    with on_digital_unit(model, "depthwise") as marked:
+        assert marked == ["1"] and model[1] not in analog_layers(model)
+    assert model[1] in analog_layers(model)
+    with pytest.raises(ValidationError, match="'depthwise' or a list of layer names"):
+        hwa_finetune(model, [(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))], digital_layers="dw")

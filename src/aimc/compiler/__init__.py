@@ -14,6 +14,7 @@ from aimc._validation import check_choice, check_number
 from aimc.compiler import batches as _batches
 from aimc.compiler.calibrate import DEFAULT_METHOD, Calibrator
 from aimc.compiler.capture import (
+    DEPTHWISE,
     SINGLE_LAYERS,
     Captured,
     UnsupportedLayerError,
@@ -57,6 +58,7 @@ def compile(
     avoid_cores: Iterable[int] = (),
     avoid_links: Iterable[tuple[int, int]] = (),
     pooling: str = "off-chip",
+    digital_layers: Iterable[str] | str = (),
     name: str | None = None,
 ) -> Mapping:
     """Compile ``model`` for the chip.
@@ -92,6 +94,11 @@ def compile(
         pooling: where pooling runs: ``"off-chip"`` (as in the chip paper, through the host) or ``"ldpu"`` (in the
             LDPU of the layer before it). The result is the same (max-pooling INT8 values is exact); the place
             matters to the latency and energy model.
+        digital_layers: weight layers to run on the digital unit beside the cores (FP16, as a digital op) instead
+            of on the cores: layer names as ``aimc map`` lists them, or ``"depthwise"`` for every depthwise
+            convolution. Such a layer keeps its weights exact at the digital unit's cost in latency and energy
+            (:mod:`aimc.perf`); a depthwise convolution's columns sum only its kernel's few weights, so on the cores
+            its device noise is large against its signal (docs/validation.md).
         name: name of the network in reports (default: the model's class name).
 
     Returns:
@@ -134,7 +141,7 @@ def compile(
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValidationError(f"the model cannot run calibration batch 0 ({shapes}): {reason}") from None
         gm = export_graph(net, first)
-        captured = lower(gm, spec, tuple(getattr(model, "offchip_modules", ()) or ()))
+        captured = lower(gm, spec, tuple(getattr(model, "offchip_modules", ()) or ()), _digital(digital_layers))
         if not captured.layers:
             raise UnsupportedLayerError(
                 "the model has no layer with a weight matrix (Linear, Conv1d/Conv2d, LSTM, GRU, matmul with a "
@@ -209,6 +216,21 @@ def _calibrate(
                 ) from None
             bar.update(1)
     return cal.finish()
+
+
+def _digital(layers: Iterable[str] | str) -> str | frozenset[str]:
+    """``digital_layers`` checked: ``"depthwise"`` or a collection of layer names."""
+    if isinstance(layers, str):
+        if layers != DEPTHWISE:
+            raise ValidationError(
+                f"digital_layers must be {DEPTHWISE!r} or a list of layer names (as aimc map lists them); got "
+                f"{layers!r}"
+            )
+        return DEPTHWISE
+    names = list(layers) if isinstance(layers, Iterable) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ArgumentTypeError(f"digital_layers must be {DEPTHWISE!r} or a list of layer names; got {layers!r}")
+    return frozenset(names)
 
 
 def _listed(items: object, name: str) -> list:

@@ -53,6 +53,9 @@ class Captured:
 #: Modules that compile treats as a whole network of one layer (wrapped so that the layer is named ``"0"``).
 SINGLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU)
 
+#: ``compile(digital_layers=DEPTHWISE)``: every depthwise convolution (groups = in_channels) on the digital unit.
+DEPTHWISE = "depthwise"
+
 _ZERO_STATES = ("zeros", "zeros_like", "new_zeros")
 #: Products with a weight tensor in a form the cores do not take (a weight in any other product is an analog layer).
 _WEIGHT_PRODUCTS = (
@@ -130,8 +133,10 @@ def _pair(v: Any) -> list[int]:
 class _Lowering:
     """State of one lowering pass over an exported graph (see :func:`lower`)."""
 
-    def __init__(self, gm: torch.fx.GraphModule, spec: ChipSpec, offchip: tuple[str, ...]) -> None:
-        self.gm, self.spec, self.offchip = gm, spec, offchip
+    def __init__(
+        self, gm: torch.fx.GraphModule, spec: ChipSpec, offchip: tuple[str, ...], digital: str | frozenset[str]
+    ) -> None:
+        self.gm, self.spec, self.offchip, self.digital = gm, spec, offchip, digital
         self.layers: dict[str, MappedLayer] = {}
         self.ops: list[Op] = []
         self.extra: dict[str, torch.Tensor] = {}
@@ -242,7 +247,11 @@ class _Lowering:
                     self.extra[f"{node.name}.bias"] = bias.float().clone()
                 self.ops.append(Op(node.name, "host_linear", [self.src(a0)], {"module": name}))
             else:
-                self.add_layer(node, _linear_layer(name, weight, bias, self.spec))
+                layer = _linear_layer(name, weight, bias, self.spec)
+                if self.runs_digital(layer):
+                    self.generic(node)
+                else:
+                    self.add_layer(node, layer)
         elif family in ("mm", "matmul") and self.is_const(node.args[1]) and not self.is_const(a0):
             weight = self.const(node.args[1])
             if weight.dim() != 2:
@@ -271,7 +280,10 @@ class _Lowering:
                     "mapped onto the chip's cores yet; the cores take Linear, Conv1d/Conv2d (any groups), LSTM, GRU "
                     "and matmul(x, W)"
                 )
-            self.add_layer(node, layer)
+            if self.runs_digital(layer):
+                self.generic(node)
+            else:
+                self.add_layer(node, layer)
         elif family in ("lstm", "gru") and all(self.is_const(p) for p in node.args[2]):
             self.lower_rnn(node, family)
         elif family == "embedding" and self.is_const(a0) and not self.is_const(node.args[1]):
@@ -339,6 +351,12 @@ class _Lowering:
         else:
             self.generic(node)
         return None
+
+    def runs_digital(self, layer: MappedLayer) -> bool:
+        """True where the user put this weight layer on the digital unit (``compile(digital_layers=...)``)."""
+        if self.digital == DEPTHWISE:
+            return layer.kind == "conv2d" and 1 < layer.groups == layer.geometry["in_channels"]
+        return layer.name in self.digital
 
     def conv_layer(self, node: torch.fx.Node, family: str) -> MappedLayer | None:
         weight = self.const(node.args[1]).float()
@@ -504,10 +522,17 @@ def _rnn_layer(mode: str, name: str, w_ih: torch.Tensor, w_hh: torch.Tensor, b: 
     )
 
 
-def lower(gm: torch.fx.GraphModule, spec: ChipSpec, offchip: tuple[str, ...] = ()) -> Captured:
+def lower(
+    gm: torch.fx.GraphModule,
+    spec: ChipSpec,
+    offchip: tuple[str, ...] = (),
+    digital_layers: str | frozenset[str] = frozenset(),
+) -> Captured:
     """Turn an exported graph (:func:`export_graph`) into analog layers and ops (no fusion yet). ``offchip``: module
-    paths whose Linear layers run in software on the host (e.g. the captioning model's image projection)."""
-    state = _Lowering(gm, spec, tuple(offchip))
+    paths whose Linear layers run in software on the host (e.g. the captioning model's image projection).
+    ``digital_layers``: weight layers (by layer name, or :data:`DEPTHWISE` for every depthwise convolution) that run
+    as digital ops in FP16 on the digital unit instead of on the cores."""
+    state = _Lowering(gm, spec, tuple(offchip), digital_layers)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             state.ops.append(Op(node.name, "input", []))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from aimc.train.hwa import (
     analog_layers,
     clip_weights,
     input_ranges,
+    on_digital_unit,
 )
 from aimc.train.hwa import noisy_weights as _noisy_weights
 
@@ -189,6 +190,7 @@ def hwa_finetune(
     batchnorm: str = "update",
     per_channel: bool = True,
     progress: bool = True,
+    digital_layers: Sequence[str] | str = (),
 ) -> nn.Module:
     """Fine-tune ``model`` hardware-aware on ``train_loader``, in place; returns it in eval mode.
 
@@ -257,6 +259,9 @@ def hwa_finetune(
             bfloat16; CPUs where aimc measured it faster, e.g. with AMX). Off by default: it changes the numbers
             and not every model trains well in bfloat16.
         progress: a progress bar on stderr (steps of the whole run, the loss, the time left).
+        digital_layers: the weight layers that ``aimc.compile(..., digital_layers=...)`` runs on the digital unit
+            (module names, or ``"depthwise"``): they train without device noise, input quantisation or output
+            noise.
 
     Returns:
         ``model``, fine-tuned, in eval mode.
@@ -270,6 +275,59 @@ def hwa_finetune(
     """
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(digital_layers, str) and digital_layers != "depthwise":
+        raise ValidationError(f"digital_layers must be 'depthwise' or a list of layer names; got {digital_layers!r}")
+    with on_digital_unit(model, digital_layers) as marked:
+        return _hwa_finetune(
+            model,
+            train_loader,
+            device=device,
+            strategy=strategy,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            loss_fn=loss_fn,
+            seed=seed,
+            noise_scale=noise_scale,
+            output_noise=output_noise,
+            drift_window=drift_window,
+            clip_sigma=clip_sigma,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            max_steps=max_steps,
+            autocast=autocast,
+            batchnorm=batchnorm,
+            per_channel=per_channel,
+            progress=progress,
+            digital=sorted(marked),
+        )
+
+
+def _hwa_finetune(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    *,
+    device: str | DeviceModel,
+    strategy: str,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+    seed: SeedLike,
+    noise_scale: float,
+    output_noise: float,
+    drift_window: tuple[float, float] | None,
+    clip_sigma: float,
+    checkpoint: str | os.PathLike[str] | None,
+    checkpoint_every: int,
+    max_steps: int | None,
+    autocast: bool,
+    batchnorm: str,
+    per_channel: bool,
+    progress: bool,
+    digital: list[str],
+) -> nn.Module:
+    """The body of :func:`hwa_finetune` (its arguments); ``digital``: the layers marked as on the digital unit."""
     layers = analog_layers(model)
     if not layers:
         raise ValidationError("model has no Conv2d or Linear layer: nothing of it runs on the chip")
@@ -332,6 +390,8 @@ def hwa_finetune(
         "per_channel": per_channel,
         "seed": seed if isinstance(seed, int) else "generator",
     }
+    if digital:
+        settings["digital_layers"] = digital
     extra = {"loader": loader_gen} if loader_gen is not None else None
     step = 0
     ranges: list[float] | None = None

@@ -36,8 +36,31 @@ LSTM_CLIP_SIGMA = 2.0
 
 
 def analog_layers(model: nn.Module) -> list[nn.Module]:
-    """The Conv2d and Linear layers that go onto the chip."""
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    """The Conv1d, Conv2d and Linear layers that go onto the chip (less those :func:`on_digital_unit` marks)."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear) and not getattr(m, "_aimc_digital", False)
+    ]
+
+
+@contextmanager
+def on_digital_unit(model: nn.Module, layers: Sequence[str] | str = ()) -> Iterator[list[str]]:
+    """Within the block the weight layers that ``aimc.compile(..., digital_layers=layers)`` runs on the digital
+    unit (module names, or ``"depthwise"``) are no analog layers: they get no device noise, input quantisation or
+    output noise. Yields the names of the layers so marked."""
+    names = set(layers) if not isinstance(layers, str) else set()
+    marked = []
+    for name, m in model.named_modules():
+        depthwise = isinstance(m, nn.Conv1d | nn.Conv2d) and 1 < m.groups == m.in_channels
+        if (layers == "depthwise" and depthwise) or name in names:
+            m._aimc_digital = True  # type: ignore[assignment]
+            marked.append((name, m))
+    try:
+        yield [name for name, _ in marked]
+    finally:
+        for _, m in marked:
+            del m._aimc_digital
 
 
 @contextmanager
@@ -235,7 +258,7 @@ def _rows(layer: nn.Module) -> int:
     A grouped or depthwise Conv2d is placed block-diagonally, as the equivalent dense convolution, so its matrix has
     the dense convolution's rows, not the ``(in_channels / groups)·kh·kw`` of one filter.
     """
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, nn.Conv1d | nn.Conv2d):
         return int(layer.in_channels * math.prod(layer.kernel_size))
     return int(layer.weight.shape[1])
 
@@ -244,7 +267,7 @@ def _row_tiles(layer: nn.Module) -> int:
     """Row tiles whose partial sums add up in one output of the layer: ``ceil(rows / 256)`` of its matrix
     (:func:`_rows`), but 1 for a grouped convolution whose groups fit in a tile, which the compiler splits at group
     boundaries so that each output column lies in one core (:meth:`aimc.compiler.tiling.Tiling.split_groups`)."""
-    grouped = isinstance(layer, nn.Conv2d) and layer.groups > 1
+    grouped = isinstance(layer, nn.Conv1d | nn.Conv2d) and layer.groups > 1
     if grouped and (layer.in_channels // layer.groups) * math.prod(layer.kernel_size) <= TILE_ROWS:
         return 1
     return -(-_rows(layer) // TILE_ROWS)
