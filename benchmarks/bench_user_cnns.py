@@ -13,6 +13,10 @@ Then, with ``--finetune-epochs N``, the net is fine-tuned hardware-aware (``aimc
 TDP noise) for N epochs on the CIFAR-10 training set, and measured again with the default calibration method. The
 fine-tuned weights go to ``benchmarks/weights/<net>_hwa.safetensors``.
 
+With ``--digital-layers depthwise`` every depthwise convolution runs on the digital unit beside the cores in FP16
+(``aimc.compile(..., digital_layers="depthwise")``, and fine-tuning leaves it without analog noise); its figures are
+kept beside the all-analog ones (the ``net`` column says "depthwise digital").
+
 Every figure is kept in ``--results`` (JSON) as soon as it is measured: a run that is stopped continues where it
 stopped, and computes nothing twice. ``--write`` puts the table into docs/validation.md.
 
@@ -44,6 +48,8 @@ TIMES = {"1 h": 3600.0, "1 d": 86400.0}
 #: Training images that calibrate the ranges.
 CALIBRATION_IMAGES = 512
 BATCH = 250
+#: Results key suffix of the runs with every depthwise convolution on the digital unit.
+DW_TAG = "+dw-digital"
 
 
 def _accuracy(run, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -70,8 +76,10 @@ class Results:
         return self.data[key]
 
 
-def measure(res: Results, prefix: str, model: torch.nn.Module, net: str, data: dict, methods, seeds) -> None:
-    """Every figure of ``model`` under the keys ``prefix/...``."""
+def measure(
+    res: Results, prefix: str, model: torch.nn.Module, net: str, data: dict, methods, seeds, digital: str = ""
+) -> None:
+    """Every figure of ``model`` under the keys ``prefix/...``; ``digital``: ``compile``'s ``digital_layers``."""
     x, y, x_cal = data["x"], data["y"], data["x_cal"]
 
     def software() -> float:
@@ -85,7 +93,14 @@ def measure(res: Results, prefix: str, model: torch.nn.Module, net: str, data: d
         ]
         if all(k in res.data for k in keys):
             continue
-        mapping = aimc.compile(model, calibration=x_cal, calibration_method=method, name=net, progress=False)
+        mapping = aimc.compile(
+            model,
+            calibration=x_cal,
+            calibration_method=method,
+            name=net,
+            progress=False,
+            digital_layers=digital or (),
+        )
 
         def quant(mapping=mapping) -> float:
             chip = aimc.program(mapping, "ideal", "tdp", seed=0)
@@ -117,16 +132,16 @@ def table(res: Results, nets, methods, seeds, finetuned: bool) -> str:
         f"{label} {t}" for label, _, _ in CHIPS for t in TIMES
     )
     lines = [head + " |", "|" + "---|" * (5 + len(CHIPS) * len(TIMES))]
-    for net in nets:
+    for net, variant in [(n, v) for n in nets for v in ("", DW_TAG)]:
         for stage in ("float", "hwa") if finetuned else ("float",):
-            prefix = f"{net}/{stage}"
+            prefix = f"{net}{variant}/{stage}"
             if f"{prefix}/software" not in res.data:
                 continue
             for method in methods if stage == "float" else (DEFAULT_METHOD,):
                 if f"{prefix}/{method}/quant" not in res.data:
                     continue
                 cells = [
-                    net,
+                    net + (" (depthwise digital)" if variant else ""),
                     "as trained" if stage == "float" else "HWA fine-tuned",
                     f"`{method}`",
                     f"{res.data[f'{prefix}/software']:.2f}",
@@ -148,6 +163,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--results", type=Path, default=Path("results/user_cnns.json"))
     parser.add_argument("--write", action="store_true", help="put the table into docs/validation.md")
+    parser.add_argument(
+        "--digital-layers", choices=["depthwise"], default=None, help="depthwise convolutions on the digital unit"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     nets, methods = args.nets.split(","), args.methods.split(",")
@@ -162,9 +180,11 @@ def main() -> None:
             "x_cal": user_cnns.to_input(train_images[:CALIBRATION_IMAGES], net),
         }
         model = user_cnns.load(net)
-        measure(res, f"{net}/float", model, net, data, methods, seeds)
+        digital = args.digital_layers or ""
+        tag = DW_TAG if digital else ""
+        measure(res, f"{net}{tag}/float", model, net, data, methods, seeds, digital)
         if args.finetune_epochs and net in (args.finetune_nets or args.nets).split(","):
-            out = user_cnns.WEIGHTS_DIR / f"{net}_hwa.safetensors"
+            out = user_cnns.WEIGHTS_DIR / f"{net}_hwa{'_dw_digital' if digital else ''}.safetensors"
             if not out.exists():
                 from aimc.train import hwa_finetune
                 from aimc.train.checkpoint import save_weights
@@ -177,11 +197,16 @@ def main() -> None:
                     generator=torch.Generator().manual_seed(0),
                 )
                 tuned = hwa_finetune(
-                    model, loader, epochs=args.finetune_epochs, seed=0, checkpoint=f"results/{net}_hwa.ckpt"
+                    model,
+                    loader,
+                    epochs=args.finetune_epochs,
+                    seed=0,
+                    checkpoint=f"results/{out.stem}.ckpt",
+                    digital_layers=digital or (),
                 )
                 save_weights(out, tuned, {"finetune_epochs": str(args.finetune_epochs), "base": f"{net}.safetensors"})
             tuned = user_cnns._load_file(net, out)
-            measure(res, f"{net}/hwa", tuned, net, data, (DEFAULT_METHOD,), seeds)
+            measure(res, f"{net}{tag}/hwa", tuned, net, data, (DEFAULT_METHOD,), seeds, digital)
     markdown = (
         f"Machine: {machine()}. Date: {today()}. {args.images} CIFAR-10 test images; calibration on "
         f"{CALIBRATION_IMAGES} training images; accuracy in %; chip columns: mean over programming seeds "
