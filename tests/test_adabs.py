@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import aimc
-from aimc.adabs import _measure, adabs, reference_moments
+from aimc.chip.adabs import _measure, adabs, reference_moments
 from aimc.errors import ValidationError
 
 

@@ -213,3 +213,12 @@ def test_run_rejects_bad_inputs(resnet):
         chip.run(torch.zeros(0, 3, 32, 32))
     with pytest.raises(aimc.errors.ArgumentTypeError, match="mapping"):
         aimc.program("resnet9", "ideal")  # type: ignore[arg-type]
+
+
+def test_every_op_kind_of_a_mapping_has_its_computation():
+    """The runtime computes every op kind a mapping may hold: the analog layers on their cores, the rest from the
+    table of aimc.chip.ops, the input and output in the run loop."""
+    from aimc.chip.ops import OPS
+    from aimc.compiler.mapping import OP_KINDS
+
+    assert set(OPS) | {"input", "output", "analog", "lstm", "gru"} == set(OP_KINDS)

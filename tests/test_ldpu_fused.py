@@ -1,6 +1,6 @@
 """The compiled LDPU chain and input quantisation of a chip run (simulation numerics).
 
-Both must give the PyTorch path's numbers bit for bit: the LDPU chain those of ``aimc.chip._ldpu_chain`` (FP16
+Both must give the PyTorch path's numbers bit for bit: the LDPU chain those of ``aimc.chip.analog.ldpu_chain`` (FP16
 operations in ``torch.float16``), the input levels those of ``quantize_input(...).to(torch.bfloat16)``; a whole chip
 run must not change when they are switched off.
 """
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import aimc
-from aimc.chip import _ldpu_chain
+from aimc.chip.analog import ldpu_chain
 from aimc.compiler.mapping import MappedLayer
 from aimc.compiler.tiling import Tiling
 from aimc.core.pwm import quantize_input
@@ -67,7 +67,7 @@ def test_fused_chain_gives_the_pytorch_chains_bits(r, c, m, n_out, relu, relu2, 
         y = _fp16_outputs((r, c, rows, m), spread, g)
         addend = torch.randint(-128, 128, (rows, n_out), generator=g).float() * (2.1 / 127) if with_addend else None
         add_c = None if addend is None else F.pad(addend, (0, c * m - n_out)).reshape(rows, c, m).permute(1, 0, 2)
-        ref = _ldpu_chain(layer, y.half(), add_c, True).permute(1, 0, 2).reshape(rows, -1)[:, :n_out]
+        ref = ldpu_chain(layer, y.half(), add_c, True).permute(1, 0, 2).reshape(rows, -1)[:, :n_out]
         out = torch.full((rows, n_out), float("nan"))
         add3 = None if addend is None else addend.view(rows, 1, n_out)
         ldpu_fused.ldpu_chain(y, scale16, bias16, add3, out, relu=relu, relu2=relu2, psum_range=0.9, out_range=1.3)
@@ -89,7 +89,7 @@ def test_fused_chain_reads_an_addend_with_any_strides():
     y = _fp16_outputs((2, 1, 3 * 30, 40), 1.0, g)
     scale16, bias16 = layer.scale.half().float().view(1, 40), layer.bias.half().float().view(1, 40)
     rows = image.permute(0, 2, 3, 1).reshape(-1, 40)
-    ref = _ldpu_chain(layer, y.half(), rows.unsqueeze(0), True)[0]
+    ref = ldpu_chain(layer, y.half(), rows.unsqueeze(0), True)[0]
     for img in (image, image.contiguous(memory_format=torch.channels_last)):
         out = torch.empty(90, 40)
         view = img.permute(0, 2, 3, 1).reshape(3, 30, 40)

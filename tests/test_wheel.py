@@ -77,7 +77,7 @@ def test_wheel_and_sdist_hold_the_package_weights_and_type_hints_and_no_tests(di
     assert {n for n in names if n.startswith("aimc/weights/") and n.endswith(".safetensors")} == {
         f"aimc/weights/{w}" for w in SHIPPED_WEIGHTS
     }
-    assert {"aimc/py.typed", "aimc/__init__.py", "aimc/module.py", "aimc/weights/README.md"} <= names
+    assert {"aimc/py.typed", "aimc/__init__.py", "aimc/chip/runtime.py", "aimc/weights/README.md"} <= names
     tests = [n for n in names if n.startswith("tests/") or Path(n).name.startswith("test_") or "conftest" in n]
     assert tests == [], f"test files in the wheel: {tests}"
     assert all(n.startswith(("aimc/", f"aimc-{aimc.__version__}.dist-info/")) for n in names), sorted(names)

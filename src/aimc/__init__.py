@@ -11,11 +11,12 @@ Public API (everything else is private and may change):
   ``parse_faults``; pass to ``compile(..., **faults.compile_kwargs())`` and ``program(..., faults=...)``.
 - :mod:`aimc.models` — the chip paper's networks: ``resnet9``, ``char_lstm``, ``caption_lstm``.
 - :func:`compile` -> :class:`~aimc.compiler.Mapping`; :func:`program` -> :class:`ProgrammedChip`;
-  ``ProgrammedChip.run`` / ``.save``; :func:`load`.
+  ``ProgrammedChip.run`` / ``.save``; :func:`load` (:mod:`aimc.chip`: programming, running, saving).
 - :class:`AnalogModule` — a programmed chip as a ``torch.nn.Module`` (``chip.as_module(t, mode, seed)``), fresh
   read noise on every call, reproducible from its seed.
 - :mod:`aimc.perf` — latency, energy and throughput of a mapping (``estimate``), Table I, the scaling study.
-- :mod:`aimc.adabs` — adaptive batch-norm statistics on the chip: ``aimc.adabs.adabs(chip, x, t)``.
+- :mod:`aimc.chip.adabs` (also ``aimc.adabs``) — adaptive batch-norm statistics on the chip:
+  ``aimc.adabs.adabs(chip, x, t)``.
 - :mod:`aimc.data` — CIFAR-10 and character-level Penn Treebank.
 - :mod:`aimc.experiments` — ``evaluate`` (accuracy / BPC over time), ``reproduce`` (the chip paper's results),
   ``mvm_error``.
@@ -27,14 +28,12 @@ Public API (everything else is private and may change):
 #: The package version, defined here only (pyproject.toml reads it).
 __version__ = "0.1.0"
 
-from aimc import adabs, core, data, devices, digital, dse, errors, experiments, faults, models, perf, sweep
-from aimc.chip import ProgrammedChip, program
+from aimc import chip, core, data, devices, digital, dse, errors, experiments, faults, models, perf, sweep
+from aimc.chip import AnalogModule, ProgrammedChip, adabs, load, program
 from aimc.compiler import Mapping, UnsupportedLayerError, compile
 from aimc.core import CoreConfig, ProgrammedCore, program_core
-from aimc.errors import AimcError
-from aimc.module import AnalogModule
+from aimc.errors import AimcError, CorruptFileError
 from aimc.spec import READ_MODES, ChipSpec
-from aimc.storage import CorruptFileError, load
 
 __all__ = [
     "READ_MODES",
@@ -49,6 +48,7 @@ __all__ = [
     "UnsupportedLayerError",
     "__version__",
     "adabs",
+    "chip",
     "compile",
     "core",
     "data",

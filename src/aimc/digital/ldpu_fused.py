@@ -3,9 +3,9 @@
 After the MVM of a layer's r x c cores, the LDPUs (docs/physics.md §9.2) add the partial sums along each column chain
 (every core scales its output, adds the INT8 value it receives and sends INT8 on), apply the per-channel affine
 registers, the ReLU, an added INT8 input (residual), a second ReLU, and convert to INT8 for the link. As PyTorch
-operations in ``torch.float16`` (``aimc.chip._ldpu_chain``, the reference, used on GPUs and without numba) that is a
-dozen passes over memory per core plus the copies that put the column blocks back into the output layout. This module
-does the whole chain in one pass, compiled by numba, and writes each output row straight to its place in the
+operations in ``torch.float16`` (``aimc.chip.analog.ldpu_chain``, the reference, used on GPUs and without numba) that
+is a dozen passes over memory per core plus the copies that put the column blocks back into the output layout. This
+module does the whole chain in one pass, compiled by numba, and writes each output row straight to its place in the
 layer's output.
 
 Numerics: PyTorch's FP16 CPU element-wise operations compute in float32 and round the result once to FP16; a
@@ -14,7 +14,7 @@ the same float32 operations in the same order and rounds after each with :data:`
 (nearest even, subnormals and overflow included; the CPU's conversion instructions where it has them, else the
 bit emulation), so its results equal the PyTorch chain's bit for bit
 (``tests/test_ldpu_fused.py``). ReLU keeps a -0.0 and NaN as ``clamp_min`` does; the INT8 conversion rounds half to
-even and saturates at codes -128..127 as :func:`aimc.chip._int8_values` does.
+even and saturates at codes -128..127 as :func:`aimc.chip.analog.int8_values` does.
 
 Rows are independent; :func:`ldpu_chain` runs them on PyTorch's threads through :func:`aimc.core.rowpar.run_rows`
 (the same numbers on any thread count).

@@ -12,7 +12,7 @@ One entry point for both of the chip paper's benchmark tasks:
 
 For each seed a chip is programmed once and read at every time after programming (as real hardware is), each read
 with fresh read noise; global drift compensation is always on (docs/physics.md §4.1) and adaptive batch-norm statistics
-(:mod:`aimc.adabs`) optionally recalibrates the LDPU registers at each time on unlabelled training data.
+(:mod:`aimc.chip.adabs`) optionally recalibrates the LDPU registers at each time on unlabelled training data.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from aimc._progress import progress as _progress
-from aimc.adabs import adabs, reference_moments
 from aimc.chip import ProgrammedChip, program
+from aimc.chip.adabs import adabs, reference_moments
 from aimc.compiler import compile as compile_network
 from aimc.compiler.mapping import Mapping
 from aimc.core.config import CoreConfig

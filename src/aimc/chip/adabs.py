@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from aimc._validation import SeedLike, check_number
-from aimc.chip import Observer, ProgrammedChip, program
+from aimc.chip.analog import Observer
+from aimc.chip.program import program
+from aimc.chip.runtime import ProgrammedChip
 from aimc.compiler.mapping import MappedLayer, Mapping
 from aimc.errors import ValidationError
 

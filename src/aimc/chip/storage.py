@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,13 +21,12 @@ from safetensors.torch import save_file
 
 from aimc._provenance import provenance
 from aimc._tensorfile import check_path, read_tensor_file, tensor_checksum
-from aimc.chip import ProgrammedChip
 from aimc.compiler.mapping import Mapping
 from aimc.compiler.validate import check_mapping
 from aimc.core.adc import AdcState
 from aimc.core.analog import STRATEGIES, ProgrammedCore, _unit_layout, polarity_g_max
 from aimc.core.config import CoreConfig
-from aimc.devices.base import DeviceState
+from aimc.devices.base import DeviceModel, DeviceState
 from aimc.devices.registry import get as get_device
 from aimc.errors import AimcError, CorruptFileError, ValidationError
 from aimc.faults import Faults, check_mapping_faults
@@ -52,7 +52,31 @@ _ADC = ("gain", "offset", "inv_alpha", "beta")
 #: Tensors stored with an integer or bool dtype, by name suffix; every other tensor is floating point.
 _INT_TENSORS = {".state.stuck": "BOOL", ".polarity": "I8"}
 
-__all__ = ["FORMAT_VERSION", "MAX_FILE_BYTES", "CorruptFileError", "load", "save_chip"]
+__all__ = ["FORMAT_VERSION", "MAX_FILE_BYTES", "ChipState", "CorruptFileError", "read_chip", "save_chip"]
+
+
+@dataclass
+class ChipState:
+    """What a saved chip holds: the compiled network and its programmed cores (the state of a
+    :class:`~aimc.chip.ProgrammedChip`, which adds how it runs).
+
+    Attributes:
+        mapping: the compiled network.
+        device: the device model.
+        strategy: ``"odp"`` or ``"tdp"``.
+        seed: the programming seed (recorded, not reused), or None.
+        config: unpublished core parameters.
+        cores: one stacked :class:`~aimc.core.ProgrammedCore` per analog layer, by layer name.
+        faults: the chip's hardware defects (:class:`aimc.faults.Faults`), or None for a perfect chip.
+    """
+
+    mapping: Mapping
+    device: DeviceModel
+    strategy: str
+    seed: int | None
+    config: CoreConfig
+    cores: dict[str, ProgrammedCore] = field(default_factory=dict)
+    faults: Faults | None = None
 
 
 def _checksum(tensors: dict[str, torch.Tensor], meta_json: str = "") -> str:
@@ -69,9 +93,10 @@ def _core_tensors(core: ProgrammedCore, prefix: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_chip(chip: ProgrammedChip, path: str | os.PathLike[str]) -> None:
-    """Write ``chip`` to ``path`` (atomically: a reader never sees half a file)."""
-    if not isinstance(chip, ProgrammedChip):
+def save_chip(chip: ChipState, path: str | os.PathLike[str]) -> None:
+    """Write ``chip`` (a :class:`~aimc.chip.ProgrammedChip`) to ``path`` (atomically: a reader never sees half a
+    file)."""
+    if not isinstance(chip, ChipState):
         raise ValidationError(f"chip must be a ProgrammedChip, got {type(chip).__name__}")
     out = check_path(path)
     tensors = {f"mapping.{k}": v for k, v in chip.mapping.tensors().items()}
@@ -118,8 +143,8 @@ def _dtype_check(path: str) -> Any:
     return allowed
 
 
-def load(path: str | os.PathLike[str]) -> ProgrammedChip:
-    """Load a chip saved by :meth:`ProgrammedChip.save`.
+def read_chip(path: str | os.PathLike[str]) -> ChipState:
+    """The state of a chip saved by :meth:`~aimc.chip.ProgrammedChip.save` (:func:`aimc.load` makes it a chip).
 
     Checks, in order: the size limit (:data:`MAX_FILE_BYTES`), the safetensors header (size, offsets, shapes,
     dtypes; :mod:`aimc._tensorfile`), finiteness of every tensor, the checksum over tensors and metadata, then the
@@ -162,7 +187,7 @@ def _expect(t: torch.Tensor, shape: tuple[int, ...], name: str) -> torch.Tensor:
     return t
 
 
-def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ProgrammedChip:
+def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ChipState:
     mapping = Mapping.from_parts(
         meta["mapping"], {k[len("mapping.") :]: v for k, v in tensors.items() if k.startswith("mapping.")}
     )
@@ -191,7 +216,7 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Programm
         faults = Faults.from_parts(meta["faults"], tensors)
         faults.check_spec(mapping.spec, mapping.chips)
         check_mapping_faults(mapping, faults)
-    chip = ProgrammedChip(mapping=mapping, device=device, strategy=strategy, seed=seed, config=config, faults=faults)
+    chip = ChipState(mapping=mapping, device=device, strategy=strategy, seed=seed, config=config, faults=faults)
     cores_meta = meta["cores"]
     if not isinstance(cores_meta, list) or [c["layer"] for c in cores_meta] != list(mapping.layers):
         raise CorruptFileError("the saved cores do not match the mapping's layers")
