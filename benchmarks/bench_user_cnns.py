@@ -127,13 +127,25 @@ def _mean(res: Results, key: str, seeds) -> str:
     return f"{statistics.fmean(vals):.2f}" + (f" ± {statistics.pstdev(vals):.2f}" if len(vals) > 1 else "")
 
 
+def _recipe(stage: str) -> str:
+    """``"hwa_noise_scale1_output_noise0.05"`` -> ``"HWA fine-tuned (noise_scale 1, output_noise 0.05)"``."""
+    parts = stage.removeprefix("hwa").strip("_")
+    if not parts:
+        return "HWA fine-tuned"
+    settings = [p for p in ("noise_scale", "output_noise") if p in parts]
+    values = {p: parts.split(p, 1)[1].split("_")[0] for p in settings}
+    return "HWA fine-tuned (" + ", ".join(f"{p} {v}" for p, v in values.items()) + ")"
+
+
 def table(res: Results, nets, methods, seeds, finetuned: bool) -> str:
     head = "| net | weights | calibration | software | quantisation only | " + " | ".join(
         f"{label} {t}" for label, _, _ in CHIPS for t in TIMES
     )
     lines = [head + " |", "|" + "---|" * (5 + len(CHIPS) * len(TIMES))]
     for net, variant in [(n, v) for n in nets for v in ("", DW_TAG)]:
-        for stage in ("float", "hwa") if finetuned else ("float",):
+        found = {k.split("/")[1] for k in res.data if k.startswith(f"{net}{variant}/")}
+        stages = ["float"] + (sorted(st for st in found if st.startswith("hwa")) if finetuned else [])
+        for stage in stages:
             prefix = f"{net}{variant}/{stage}"
             if f"{prefix}/software" not in res.data:
                 continue
@@ -142,7 +154,7 @@ def table(res: Results, nets, methods, seeds, finetuned: bool) -> str:
                     continue
                 cells = [
                     net + (" (depthwise digital)" if variant else ""),
-                    "as trained" if stage == "float" else "HWA fine-tuned",
+                    "as trained" if stage == "float" else _recipe(stage),
                     f"`{method}`",
                     f"{res.data[f'{prefix}/software']:.2f}",
                     f"{res.data[f'{prefix}/{method}/quant']:.2f}",
@@ -166,6 +178,8 @@ def main() -> None:
     parser.add_argument(
         "--digital-layers", choices=["depthwise"], default=None, help="depthwise convolutions on the digital unit"
     )
+    parser.add_argument("--noise-scale", type=float, default=None, help="hwa_finetune's noise_scale (default its own)")
+    parser.add_argument("--output-noise", type=float, default=None, help="hwa_finetune's output_noise")
     args = parser.parse_args()
     torch.set_num_threads(2)
     nets, methods = args.nets.split(","), args.methods.split(",")
@@ -182,9 +196,11 @@ def main() -> None:
         model = user_cnns.load(net)
         digital = args.digital_layers or ""
         tag = DW_TAG if digital else ""
+        noise = {k: v for k, v in (("noise_scale", args.noise_scale), ("output_noise", args.output_noise)) if v}
+        recipe = "".join(f"_{k}{v:g}" for k, v in noise.items())
         measure(res, f"{net}{tag}/float", model, net, data, methods, seeds, digital)
         if args.finetune_epochs and net in (args.finetune_nets or args.nets).split(","):
-            out = user_cnns.WEIGHTS_DIR / f"{net}_hwa{'_dw_digital' if digital else ''}.safetensors"
+            out = user_cnns.WEIGHTS_DIR / f"{net}_hwa{'_dw_digital' if digital else ''}{recipe}.safetensors"
             if not out.exists():
                 from aimc.train import hwa_finetune
                 from aimc.train.checkpoint import save_weights
@@ -203,10 +219,12 @@ def main() -> None:
                     seed=0,
                     checkpoint=f"results/{out.stem}.ckpt",
                     digital_layers=digital or (),
+                    **noise,
                 )
-                save_weights(out, tuned, {"finetune_epochs": str(args.finetune_epochs), "base": f"{net}.safetensors"})
+                meta = {"finetune_epochs": str(args.finetune_epochs), "base": f"{net}.safetensors"}
+                save_weights(out, tuned, {**meta, **{k: str(v) for k, v in noise.items()}})
             tuned = user_cnns._load_file(net, out)
-            measure(res, f"{net}{tag}/hwa", tuned, net, data, (DEFAULT_METHOD,), seeds, digital)
+            measure(res, f"{net}{tag}/hwa{recipe}", tuned, net, data, (DEFAULT_METHOD,), seeds, digital)
     markdown = (
         f"Machine: {machine()}. Date: {today()}. {args.images} CIFAR-10 test images; calibration on "
         f"{CALIBRATION_IMAGES} training images; accuracy in %; chip columns: mean over programming seeds "
