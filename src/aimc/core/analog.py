@@ -29,7 +29,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from aimc.core.fastmath import (
     pack_scaled_planes,
     scaled_plane_products,
 )
+from aimc.core.faults import CoreFaults
 from aimc.core.inputs import FourPhaseInputs, prepare_four_phase
 from aimc.core.normals import fill_normal_
 from aimc.core.philox import draw_key, fill_normal_rows_
@@ -61,9 +62,6 @@ from aimc.devices.base import DeviceModel, DeviceState, check_time
 from aimc.devices.registry import get as get_device
 from aimc.errors import ArgumentTypeError, ValidationError
 from aimc.spec import READ_MODES, ChipSpec
-
-if TYPE_CHECKING:
-    from aimc.faults import CoreFaults
 
 #: Batch rows per thread below which an MVM is not split into parts that run at once (each part makes three
 #: product calls of about 25 us fixed cost each; measured on a 2-core Xeon, 128 rows cost about 0.3 ms).
@@ -710,9 +708,9 @@ class ProgrammedCore:
     w_max: torch.Tensor
     g_max_uS: float
     gdc_reference: dict[str, torch.Tensor] = field(default_factory=dict)
-    #: The deterministic part of the last readout: ``(t, drifted conductances, read-noise std or None)``. Runs at the
-    #: same time after programming (an evaluation's batches) reuse it; the random parts are drawn every run.
-    _at_time: tuple[float, torch.Tensor, torch.Tensor | None] | None = field(
+    #: The deterministic part of the last readout (:meth:`_conductances_at`), keyed by ``(t, read_noise)``. Runs at
+    #: the same time after programming (an evaluation's batches) reuse it; the random parts are drawn every run.
+    _at_time: tuple[tuple[float, bool], torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -759,16 +757,14 @@ class ProgrammedCore:
             readout_kernels(kernels.resolve(backend), self.states.g_prog.device.type), self.spec
         )
         gen = make_generator(generator, "generator") if (read_noise or drift_compensation) else None
-        g, sigma = self._conductances_at(t, read_noise)
-        fresh_var = None
-        if sigma is not None and bool((sigma > 0).any()):
-            frac = fresh_noise_fraction(self.device, t, self.config.run_duration_s)
+        g, noise_std, fresh_var = self._conductances_at(t, read_noise)
+        if noise_std is not None:
+            # g + noise_std·z, clamped at 0, computed in z's buffer (the same numbers, one temporary less)
             z = torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
-            g = (g + math.sqrt(1.0 - frac) * sigma * z).clamp_min(0.0)
-            fresh_var = (frac * sigma * sigma).sum(-3) if frac > 0 else None
-        pol = self.polarity.to(g.dtype).view(-1, 1, 1)
-        g_pos = (g * (pol > 0)).sum(-3)
-        g_neg = (g * (pol < 0)).sum(-3)
+            g = z.mul_(noise_std).add_(g).clamp_min_(0.0)
+        pos, neg = self._polarity_index(g.device)
+        g_pos = g.index_select(-3, pos).sum(-3)
+        g_neg = g.index_select(-3, neg).sum(-3)
         aux = _AUX_DTYPES[chosen["aux_product"]]
         half_charge = 0.5 * self.config.read_voltage_V * self.spec.pwm_ns_per_lsb  # fC / 2 per (uS · PWM level)
         if mode == "four-phase":
@@ -776,9 +772,10 @@ class ProgrammedCore:
             a_matrix = (g_pos + g_neg).mT * half_charge
         else:  # rows of negative inputs are read with the negative voltage: G·(1 + a), and swap the counters
             g_neg_read = g * (1.0 + self.asymmetry)
-            gp_r, gn_r = (g_neg_read * (pol > 0)).sum(-3), (g_neg_read * (pol < 0)).sum(-3)
+            gp_r, gn_r = g_neg_read.index_select(-3, pos).sum(-3), g_neg_read.index_select(-3, neg).sum(-3)
             y_matrix = torch.cat([(g_pos - g_neg).mT, (gn_r - gp_r).mT], dim=-2) * half_charge
             a_matrix = torch.cat([(g_pos + g_neg).mT, (gp_r + gn_r).mT], dim=-2) * half_charge
+        y_matrix = y_matrix.contiguous()
         base_scale = (
             self.w_max
             / (self.g_max_uS * self.config.read_voltage_V * self.spec.pwm_ns_per_lsb * self.spec.input_levels)
@@ -788,28 +785,43 @@ class ProgrammedCore:
             mode=mode,
             g_pos=g_pos,
             g_neg=g_neg,
-            y_matrix=y_matrix.contiguous(),
-            a_matrix=a_matrix.to(aux).contiguous(),
+            y_matrix=y_matrix,
+            a_matrix=a_matrix.to(aux, memory_format=torch.contiguous_format),
             fresh_var=None if fresh_var is None else (fresh_var.mT * half_charge**2).to(aux).contiguous(),
             out_scale=base_scale,
             aux_dtype=aux,
-            y_planes=int8_planes(y_matrix.contiguous()) if chosen["pos_neg_product"] in INT8_PRODUCTS else None,
+            y_planes=int8_planes(y_matrix) if chosen["pos_neg_product"] in INT8_PRODUCTS else None,
             kernels=chosen,
         )
         if drift_compensation:
             readout.out_scale = base_scale * self._gdc_factor(readout, mode, gen)
         return readout
 
-    def _conductances_at(self, t: float, read_noise: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The drifted conductances at ``t`` and, with ``read_noise``, the read noise's standard deviation; both
-        deterministic in ``t``, so kept for the next run at the same time (:attr:`_at_time`)."""
+    def _conductances_at(
+        self, t: float, read_noise: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """What a readout at ``t`` draws its random part around, all deterministic in ``t`` and kept for the next
+        run at the same time (:attr:`_at_time`): the drifted conductances, and with ``read_noise`` the std of the
+        quasi-static read-noise draw, sqrt(1 − f)·σ, and the per-MVM read-noise variance summed over each weight's
+        devices, f·σ² (f: :func:`fresh_noise_fraction`); None where there is no read noise."""
         cached = self._at_time
-        if cached is not None and cached[0] == t and (cached[2] is not None or not read_noise):
-            return cached[1], cached[2] if read_noise else None
+        if cached is not None and cached[0] == (t, read_noise):
+            return cached[1], cached[2], cached[3]
         g = self.device.drift(self.states, t)
-        sigma = self.device.read_noise_std(self.states, t) if read_noise else None
-        self._at_time = (t, g, sigma)
-        return g, sigma
+        noise_std = fresh_var = None
+        if read_noise:
+            sigma = self.device.read_noise_std(self.states, t)
+            if bool((sigma > 0).any()):
+                frac = fresh_noise_fraction(self.device, t, self.config.run_duration_s)
+                noise_std = math.sqrt(1.0 - frac) * sigma
+                fresh_var = (frac * sigma * sigma).sum(-3) if frac > 0 else None
+        self._at_time = ((t, read_noise), g, noise_std, fresh_var)
+        return g, noise_std, fresh_var
+
+    def _polarity_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the positive and of the negative conductance units (dim -3 of the states)."""
+        pol = self.polarity.to(device)
+        return torch.nonzero(pol > 0).flatten(), torch.nonzero(pol < 0).flatten()
 
     def _gdc_readout(self, readout: CoreReadout, generator: torch.Generator) -> torch.Tensor:
         """Mean |output| of the calibration input (all inputs at ``gdc_input_fraction`` of full scale), ``(...,)``."""
@@ -948,7 +960,7 @@ def program_core(
             exponents, ADC spread, asymmetry, the drift-compensation reference read).
         spec, config: the chip (default ``ChipSpec.hermes()``) and unpublished core parameters.
         w_max: weight mapped to G_max per core, ``(...,)`` or scalar; default max |W| of each core.
-        faults: stuck devices and dead ADCs of these cores (:class:`aimc.faults.CoreFaults`, built by
+        faults: stuck devices and dead ADCs of these cores (:class:`aimc.core.faults.CoreFaults`, built by
             ``aimc.program(..., faults=...)``), applied before the drift-compensation reference is read.
         adc_range_uA: largest current (uA) of each core's ADC calibration, ``(...,)`` or scalar (see
             :func:`aimc.core.adc.calibrate`); default ``config.calibration_max_fraction`` x saturation.
