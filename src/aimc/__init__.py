@@ -25,10 +25,8 @@ Public API (everything else is private and may change):
   (``aimc.dse.run``, ``write_report``).
 """
 
-#: The package version, defined here only (pyproject.toml reads it).
-__version__ = "0.1.0"
-
 from aimc import chip, core, data, devices, digital, dse, errors, experiments, faults, models, perf, sweep
+from aimc._version import __version__
 from aimc.chip import AnalogModule, ProgrammedChip, adabs, load, program
 from aimc.compiler import Mapping, UnsupportedLayerError, compile
 from aimc.core import CoreConfig, ProgrammedCore, program_core

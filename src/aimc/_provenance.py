@@ -12,13 +12,12 @@ import numpy as np
 import torch
 
 from aimc import kernels
+from aimc._version import __version__
 
 
 def provenance() -> dict[str, str]:
     """Versions of aimc and its numerical stack, the platform, the CPU, the kernels that ran (they change the numbers
     slightly, :mod:`aimc.kernels`) and the UTC time of the call."""
-    from aimc import __version__
-
     return {
         "aimc": __version__,
         "torch": torch.__version__,

@@ -24,6 +24,10 @@ on the worst one (docs/physics.md §2.5). A :class:`Faults` value describes the 
 Core ids are global (``chip * cores_per_chip + core``); a link is an unordered pair of linked cores of one chip
 (:class:`aimc.compiler.Topology`); an ADC column is an output index 0..tile_cols-1 of a core's block.
 
+This module composes the parts that act at each level: :mod:`aimc.core.faults` (stuck units and dead ADCs of a stack
+of cores, :class:`~aimc.core.faults.CoreFaults`) and :mod:`aimc.compiler.faults` (checks of dead cores and links
+against a placement).
+
 Examples:
     >>> from aimc.faults import parse_faults
     >>> f = parse_faults("stuck_set=0.01,stuck_reset=0.01,dead_core=12,dead_link=3-4,dead_adc=5:17")
@@ -36,22 +40,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from aimc._validation import SeedLike, check_number, make_generator
+from aimc.compiler.faults import check_links, check_placement
+from aimc.compiler.mapping import MappedLayer
+from aimc.compiler.mapping import Mapping as ChipMapping
+from aimc.compiler.topology import Topology
+from aimc.core.faults import HEALTHY, STUCK_RESET, STUCK_SET, CoreFaults
 from aimc.errors import ArgumentTypeError, UnknownNameError, ValidationError
-
-if TYPE_CHECKING:
-    from aimc.compiler.mapping import MappedLayer
-    from aimc.compiler.mapping import Mapping as ChipMapping
-    from aimc.core.adc import AdcState
-    from aimc.devices.base import DeviceModel, DeviceState
-    from aimc.spec import ChipSpec
-
-#: Codes of an explicit stuck-device map (``Faults.device_map``).
-HEALTHY, STUCK_SET, STUCK_RESET = 0, 1, 2
+from aimc.spec import ChipSpec
 
 #: Mixing constant that turns a programming seed into the seed of the fault draws when ``Faults.seed`` is None
 #: (any odd 64-bit constant would do; this is the golden-ratio one of splitmix64). Numerical choice, not physics.
@@ -235,8 +235,6 @@ class Faults:
     # ------------------------------------------------------------------ checks against a chip
     def check_spec(self, spec: ChipSpec, chips: int = 1) -> None:
         """Check every core id, link and column against ``chips`` chips of ``spec``."""
-        from aimc.compiler.topology import Topology
-
         total = spec.cores * chips
         bad = [c for c in (*self.dead_cores, *self.device_map, *(c for c, _ in self.dead_adc)) if c >= total]
         if bad:
@@ -254,6 +252,11 @@ class Faults:
                 )
         check_links(self.dead_links, Topology.of(spec), spec.cores, chips, "dead link")
 
+    def check_mapping(self, mapping: ChipMapping) -> None:
+        """Refuse a mapping that puts a block on a dead core or whose column chains cannot be routed over live links
+        (:func:`aimc.compiler.faults.check_placement`)."""
+        check_placement(mapping, self.dead_cores, self.dead_links)
+
     def for_layer(self, layer: MappedLayer, generator: torch.Generator) -> CoreFaults | None:
         """The faults of the cores holding ``layer``'s blocks, in the layer's ``(r, c)`` core layout (or None)."""
         t = layer.tiling
@@ -270,98 +273,6 @@ class Faults:
         return CoreFaults(self.stuck_set, self.stuck_reset, dmap, dead, generator)
 
 
-def check_links(links: Iterable[tuple[int, int]], topo: Any, cores_per_chip: int, chips: int, what: str) -> None:
-    """Check that every pair is a link of one chip's topology (global core ids); ValidationError otherwise."""
-    total = cores_per_chip * chips
-    for a, b in links:
-        if not (0 <= a < total and 0 <= b < total):
-            raise ValidationError(f"{what} {a}-{b}: core ids must be in [0, {total - 1}] ({chips} chip(s))")
-        if a // cores_per_chip != b // cores_per_chip or not topo.linked(a % cores_per_chip, b % cores_per_chip):
-            raise ValidationError(
-                f"{what} {a}-{b} is not a link of the chip's network (cores {a} and {b} are not neighbours; "
-                f"core {a} links to {sorted(a - a % cores_per_chip + n for n in topo.neighbours(a % cores_per_chip))})"
-            )
-
-
-@dataclass
-class CoreFaults:
-    """The faults of one layer's stack of cores, applied by :func:`aimc.core.program_core`.
-
-    Attributes:
-        stuck_set, stuck_reset: rates (fractions of conductance units).
-        device_map: ``(i, j)`` block index -> explicit codes ``(U, tile_cols, tile_rows)``.
-        dead_adc: ``(r, c, m)`` True where the ADC of an output is dead, or None.
-        generator: draws which units are stuck and the drift exponents of the stuck-at-SET ones.
-    """
-
-    stuck_set: float
-    stuck_reset: float
-    device_map: dict[tuple[int, int], torch.Tensor]
-    dead_adc: torch.Tensor | None
-    generator: torch.Generator
-
-    def stuck_codes(self, shape: torch.Size) -> torch.Tensor | None:
-        """Codes (int8, ``shape`` = ``(r, c, U, m, n)``) of every unit of the layer, or None if none is stuck."""
-        rate = self.stuck_set + self.stuck_reset
-        codes = None
-        if rate > 0:
-            u_stuck = torch.rand(shape, generator=self.generator)
-            u_kind = torch.rand(shape, generator=self.generator)
-            set_share = self.stuck_set / rate
-            stuck = u_stuck < rate
-            codes = torch.where(stuck & (u_kind < set_share), STUCK_SET, HEALTHY).to(torch.int8)
-            codes[stuck & (u_kind >= set_share)] = STUCK_RESET
-        if self.device_map:
-            if len(shape) != 5:
-                raise ValidationError(f"stuck-device maps need a (r, c, U, m, n) core stack, got {tuple(shape)}")
-            codes = torch.zeros(shape, dtype=torch.int8) if codes is None else codes
-            units, m, n = shape[-3:]
-            for (i, j), block in self.device_map.items():
-                if block.shape[0] != units:
-                    raise ValidationError(
-                        f"the explicit stuck-device map of block ({i}, {j}) has {block.shape[0]} units per weight; "
-                        f"this device model and strategy use {units}"
-                    )
-                sub = block[:, :m, :n]
-                codes[i, j] = torch.where(sub != HEALTHY, sub, codes[i, j])
-        return codes
-
-    def apply_to_states(self, states: DeviceState, model: DeviceModel) -> DeviceState:
-        """Put stuck units at SET (``g_max``, drift exponent drawn at g = 1) or RESET (0 uS); marks ``stuck``."""
-        from aimc.devices.base import DeviceState
-
-        codes = self.stuck_codes(states.g_target.shape)
-        if codes is None:
-            return states
-        codes = codes.to(states.g_prog.device)
-        normal = torch.randn(states.g_target.shape, generator=self.generator).to(states.g_prog.device)
-        one = torch.ones((), dtype=states.g_prog.dtype, device=states.g_prog.device)
-        # docs/physics.md §3.3: nu = |mu_nu(g) + sigma_nu(g) N|, here at the SET state g = 1
-        nu_set = (model.drift_nu_mean(one) + model.drift_nu_std(one) * normal.to(states.nu.dtype)).abs()
-        is_set, is_reset = codes == STUCK_SET, codes == STUCK_RESET
-        g_prog = torch.where(is_set, torch.full_like(states.g_prog, model.g_max_uS), states.g_prog)
-        g_prog = torch.where(is_reset, torch.zeros_like(g_prog), g_prog)
-        return DeviceState(
-            g_target=states.g_target,
-            g_prog=g_prog,
-            nu=torch.where(is_set, nu_set, states.nu),
-            stuck=states.stuck | is_set | is_reset,
-        )
-
-    def apply_to_adc(self, adc: AdcState) -> AdcState:
-        """Dead ADCs: gain and offset 0 (no count on either counter), correction 0 (the output reads zero)."""
-        from aimc.core.adc import AdcState
-
-        if self.dead_adc is None:
-            return adc
-        if (*adc.gain.shape[:-2], adc.gain.shape[-1]) != tuple(self.dead_adc.shape):
-            raise ValidationError(
-                f"dead-ADC mask of shape {tuple(self.dead_adc.shape)} does not match ADCs {tuple(adc.gain.shape)}"
-            )
-        dead = self.dead_adc.to(adc.gain.device).unsqueeze(-2)  # (r, c, 1, m): both counters
-        return AdcState(**{k: v.masked_fill(dead, 0.0) for k, v in adc.tensors().items()})
-
-
 def fault_generator(faults: Faults, seed: SeedLike) -> torch.Generator:
     """Generator of the stuck-device draws: ``faults.seed`` if set, else derived from the programming seed.
 
@@ -376,32 +287,6 @@ def fault_generator(faults: Faults, seed: SeedLike) -> torch.Generator:
         base = int(check_number(seed, "seed", low=0, integer=True))
         derived = ((base + 1) * _SEED_MIX) % 2**62
     return make_generator(derived, "fault seed")
-
-
-def check_mapping_faults(mapping: ChipMapping, faults: Faults) -> None:
-    """Refuse a mapping that puts a block on a dead core or whose column chains cannot be routed over live links."""
-    dead = set(faults.dead_cores)
-    for layer in mapping.layers.values():
-        used = sorted(dead.intersection(layer.core_list()))
-        if used:
-            raise ValidationError(
-                f"layer {layer.name!r} is placed on dead core(s) {used}; compile the network around them with "
-                f"aimc.compile(..., avoid_cores={list(faults.dead_cores)}) (or **faults.compile_kwargs())"
-            )
-    if not (faults.dead_links or dead):
-        return
-    topo = mapping.topology
-    dead_links = {(a, b) for a, b in faults.dead_links}
-    for link in mapping.links_used():
-        a, b = link["from"], link["to"]
-        if link["kind"] != "on-chip":
-            continue
-        if topo.route_hops(a, b, dead_links=dead_links, dead_cores=dead) is None:
-            raise ValidationError(
-                f"layer {link['layer']!r} sends partial sums from core {a} to core {b}, but no route of live links "
-                f"joins them (dead links {sorted(dead_links)}, dead cores {sorted(dead)}); compile with "
-                "**faults.compile_kwargs()"
-            )
 
 
 def parse_faults(text: str) -> Faults:
@@ -472,7 +357,6 @@ __all__ = [
     "STUCK_SET",
     "CoreFaults",
     "Faults",
-    "check_mapping_faults",
     "fault_generator",
     "parse_faults",
 ]

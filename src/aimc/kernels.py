@@ -56,6 +56,7 @@ from pathlib import Path
 
 import torch
 
+from aimc._version import __version__
 from aimc.errors import UnknownNameError, ValidationError
 
 #: Environment variable that forces kernels for the whole process: ``"op=kernel,op=kernel"``.
@@ -429,8 +430,6 @@ def numba_version() -> str:
 
 def machine_key() -> str:
     """What a cached choice holds for: CPU model, architecture, threads, PyTorch, numba and aimc versions."""
-    from aimc import __version__
-
     return (
         f"{cpu_model()} | {platform.machine()} | threads {torch.get_num_threads()} | torch {torch.__version__} | "
         f"numba {numba_version()} | aimc {__version__}"
@@ -554,8 +553,6 @@ def report(backend: Backend | None = None, device_type: str = "cpu") -> dict:
                 for c in op.candidates
             ],
         }
-    from aimc import __version__
-
     return {
         "cpu": cpu_model(),
         "machine": platform.machine(),

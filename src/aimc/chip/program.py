@@ -20,7 +20,7 @@ from aimc.core.config import CoreConfig
 from aimc.devices.base import DeviceModel
 from aimc.devices.registry import get as get_device
 from aimc.errors import ArgumentTypeError
-from aimc.faults import Faults, check_mapping_faults, fault_generator
+from aimc.faults import Faults, fault_generator
 from aimc.spec import ChipSpec
 
 #: Assumption: the per-core G_max limit keeps the largest calibration bit-line current at this fraction of the ADC
@@ -159,7 +159,7 @@ def program(
         if not isinstance(faults, Faults):
             raise ArgumentTypeError(f"faults must be an aimc.faults.Faults (or None), got {type(faults).__name__}")
         faults.check_spec(mapping.spec, mapping.chips)
-        check_mapping_faults(mapping, faults)
+        faults.check_mapping(mapping)
         fault_gen = fault_generator(faults, gen if isinstance(seed, torch.Generator) else seed)
     chip = ProgrammedChip(
         mapping=mapping,

@@ -43,7 +43,6 @@ from aimc.compiler.mapping import MappedLayer, Op
 from aimc.core.analog import CoreReadout
 from aimc.devices.base import check_time
 from aimc.errors import AimcError, ArgumentTypeError, ValidationError
-from aimc.faults import check_mapping_faults
 from aimc.spec import READ_MODES
 
 #: ``recalibrate(layer, measure) -> layer``: see :meth:`ProgrammedChip.run`.
@@ -134,7 +133,7 @@ class ProgrammedChip(ChipState):
         _check_bool(drift_compensation, "drift_compensation")
         _check_bool(read_noise, "read_noise")
         if self.faults is not None:
-            check_mapping_faults(self.mapping, self.faults)
+            self.faults.check_mapping(self.mapping)
         inputs = x if isinstance(x, tuple) else (x,)
         input_ops = [op for op in self.mapping.ops if op.kind == "input"]
         if len(inputs) != len(input_ops):

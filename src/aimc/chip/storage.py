@@ -29,7 +29,7 @@ from aimc.core.config import CoreConfig
 from aimc.devices.base import DeviceModel, DeviceState
 from aimc.devices.registry import get as get_device
 from aimc.errors import AimcError, CorruptFileError, ValidationError
-from aimc.faults import Faults, check_mapping_faults
+from aimc.faults import Faults
 from aimc.spec import READ_MODES
 
 #: Format version written into every file. "2": the checksum also covers the JSON metadata. "1" is still read.
@@ -215,7 +215,7 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ChipStat
     if meta.get("faults") is not None:
         faults = Faults.from_parts(meta["faults"], tensors)
         faults.check_spec(mapping.spec, mapping.chips)
-        check_mapping_faults(mapping, faults)
+        faults.check_mapping(mapping)
     chip = ChipState(mapping=mapping, device=device, strategy=strategy, seed=seed, config=config, faults=faults)
     cores_meta = meta["cores"]
     if not isinstance(cores_meta, list) or [c["layer"] for c in cores_meta] != list(mapping.layers):

@@ -25,6 +25,7 @@ import math
 import numbers
 from collections.abc import Iterable, Sequence
 
+from aimc.compiler.faults import check_links
 from aimc.compiler.mapping import MappedLayer
 from aimc.compiler.topology import Topology
 from aimc.errors import ArgumentTypeError, ValidationError
@@ -142,8 +143,6 @@ def _link_ids(links: Iterable[tuple[int, int]], spec: ChipSpec, chips: int) -> s
         if items is None or len(items) != 2 or any(isinstance(c, bool) or not isinstance(c, int) for c in items):
             raise ArgumentTypeError(f"avoid_links must hold (core_a, core_b) pairs of ints; got {link!r}")
         out.add((min(items), max(items)))
-    from aimc.faults import check_links
-
     check_links(sorted(out), Topology.of(spec), spec.cores, chips, "avoid_links entry")
     return out
 

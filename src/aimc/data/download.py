@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aimc import __version__
+from aimc._version import __version__
 from aimc.errors import AimcError, CorruptFileError
 
 __all__ = [

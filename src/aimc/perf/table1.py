@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aimc.compiler import compile as compile_network
 from aimc.perf.workload import LayerWork, layer_work
 from aimc.spec import ChipSpec
 
@@ -44,13 +45,12 @@ def includes_digital(row: PublishedRow) -> bool:
 def workloads(spec: ChipSpec | None = None) -> dict[str, LayerWork]:
     """The work behind each use case, from aimc's own mappings: a 2048 x 2048 layer filling all 64 cores; ResNet-9's
     conv5 (a 2016 x 224 layer on 8 cores); the captioning LSTM's gate layer (1008 x 2016 on 32 cores)."""
-    import aimc
     from aimc.models import caption_lstm, example_input, resnet9
 
     spec = spec or ChipSpec.hermes()
-    full = aimc.compile(nn.Linear(2048, 2048, bias=False), spec, torch.randn(4, 2048), name="full-chip")
-    r9 = aimc.compile(resnet9(), spec, example_input("resnet9", batch=4), name="resnet9")
-    cap = aimc.compile(caption_lstm().eval(), spec, example_input("caption-lstm", batch=4), name="caption-lstm")
+    full = compile_network(nn.Linear(2048, 2048, bias=False), spec, torch.randn(4, 2048), name="full-chip")
+    r9 = compile_network(resnet9(), spec, example_input("resnet9", batch=4), name="resnet9")
+    cap = compile_network(caption_lstm().eval(), spec, example_input("caption-lstm", batch=4), name="caption-lstm")
     return {
         "full-chip MVM": layer_work(next(iter(full.layers.values())), 1),
         "one input to a deep ResNet-9 layer": layer_work(r9.layers["conv5"], 1),

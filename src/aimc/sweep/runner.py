@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from aimc.compiler import compile as compile_network
 from aimc.errors import ArgumentTypeError
 from aimc.sweep.cache import load_mapping, save_mapping
 from aimc.sweep.errors import SweepInterruptedError
@@ -183,8 +184,6 @@ def output_folder(spec: SweepSpec, out: str | Path | None = None) -> Path:
 def prepare(spec: SweepSpec, task: NetworkTask, store: ResultStore) -> Payload:
     """Load the network and data, record the software reference, and compile the mapping (or read it from the
     store's folder, where it is cached for resumed runs)."""
-    import aimc
-
     model = task.load_model(spec.weights_path)
     data = task.load_data(spec.data)
     if store.get_meta("reference") is None:
@@ -192,7 +191,7 @@ def prepare(spec: SweepSpec, task: NetworkTask, store: ResultStore) -> Payload:
     context = spec.context()
     mapping = load_mapping(store.folder, context)
     if mapping is None:
-        mapping = aimc.compile(model, calibration=task.calibration_input(spec.data), name=spec.network)
+        mapping = compile_network(model, calibration=task.calibration_input(spec.data), name=spec.network)
         save_mapping(mapping, store.folder, context)
     return Payload(task=task, mapping=mapping, data=data, batch_size=spec.data.batch_size)
 
