@@ -203,7 +203,7 @@ def main() -> None:
             out = user_cnns.WEIGHTS_DIR / f"{net}_hwa{'_dw_digital' if digital else ''}{recipe}.safetensors"
             if not out.exists():
                 from aimc.train import hwa_finetune
-                from aimc.train.checkpoint import save_weights
+                from aimc.weights.io import save_weights
 
                 x_train = user_cnns.to_input(train_images, net)
                 loader = torch.utils.data.DataLoader(

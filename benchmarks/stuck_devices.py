@@ -31,8 +31,8 @@ from aimc._provenance import provenance
 from aimc.data import cifar10_tensors
 from aimc.experiments.accuracy import classification_accuracy
 from aimc.faults import Faults
-from aimc.train.cifar import load_weights
 from aimc.weights import weights_path
+from aimc.weights.io import load_weights_file as load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = {"float": "resnet9_float", "HWA": "resnet9_hwa"}

@@ -26,7 +26,7 @@ from aimc._tensorfile import tensor_checksum
 from aimc.cli import main
 from aimc.errors import AimcError, ArgumentTypeError, CorruptFileError, UnknownNameError, ValidationError
 from aimc.models import resnet9
-from aimc.train.cifar import load_weights
+from aimc.weights.io import load_weights_file
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "validation.md"
 START, END = "<!-- bad_input:start -->", "<!-- bad_input:end -->"
@@ -416,7 +416,7 @@ CASES = [
     # --- weights files
     Case(
         "weights file with NaN weights",
-        lambda e: load_weights(
+        lambda e: load_weights_file(
             _weights_file(e, "nan_w.st", lambda s: s["conv0.weight"].view(-1).__setitem__(3, float("nan"))), resnet9()
         ),
         CorruptFileError,
@@ -424,7 +424,7 @@ CASES = [
     ),
     Case(
         "weights file with a wrong-shape tensor",
-        lambda e: load_weights(
+        lambda e: load_weights_file(
             _weights_file(e, "shape_w.st", lambda s: s.update({"fc.weight": torch.zeros(10, 100)})), resnet9()
         ),
         CorruptFileError,
@@ -432,7 +432,7 @@ CASES = [
     ),
     Case(
         "weights file with an integer weight tensor",
-        lambda e: load_weights(
+        lambda e: load_weights_file(
             _weights_file(e, "int_w.st", lambda s: s.update({"fc.bias": torch.zeros(10, dtype=torch.int32)})), resnet9()
         ),
         CorruptFileError,
@@ -440,7 +440,7 @@ CASES = [
     ),
     Case(
         "weights file of another network",
-        lambda e: load_weights(_weights_file(e, "other_w.st", lambda s: s.pop("fc.bias")), resnet9()),
+        lambda e: load_weights_file(_weights_file(e, "other_w.st", lambda s: s.pop("fc.bias")), resnet9()),
         CorruptFileError,
         "missing ['fc.bias']",
     ),

@@ -254,13 +254,13 @@ def test_stuck_devices_lower_accuracy_monotonically():
     64-image accuracy is about 6 points; the drops here are 20-40 points).
     """
     from aimc.data import cifar10_tensors
-    from aimc.train.cifar import load_weights
     from aimc.weights import weights_path
+    from aimc.weights.io import load_weights_file
 
     x, y = cifar10_tensors("test", 64)
     x_cal, _ = cifar10_tensors("train", 128)
     model = get_model("resnet9")
-    load_weights(str(weights_path("resnet9_float")), model)
+    load_weights_file(str(weights_path("resnet9_float")), model)
     mapping = aimc.compile(model.eval(), example_input=x_cal)
     means = []
     for rate in (0.0, 0.01, 0.05):

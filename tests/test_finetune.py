@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from aimc.cli import main
 from aimc.errors import ArgumentTypeError, CorruptFileError, UnknownNameError, ValidationError
 from aimc.train import hwa_finetune
-from aimc.train.checkpoint import load_checkpoint, save_weights
+from aimc.train.checkpoint import load_checkpoint
 from aimc.train.finetune import DEFAULT_LR, lr_factor
 from aimc.train.hwa import (
     CLIP_SIGMA,
@@ -30,6 +30,7 @@ from aimc.train.hwa import (
     input_ranges,
     noisy_weights,
 )
+from aimc.weights.io import save_weights
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ import aimc
 from aimc._tensorfile import tensor_checksum
 from aimc.errors import AimcError
 from aimc.faults import Faults, parse_faults
-from aimc.train.checkpoint import load_weights_file
+from aimc.weights.io import load_weights_file
 
 #: Inputs per fuzz target: 120 in ``make test`` (about 1,000 over all targets); AIMC_FUZZ_EXAMPLES for the long run.
 FUZZ_EXAMPLES = int(os.environ.get("AIMC_FUZZ_EXAMPLES", "120"))

@@ -11,8 +11,8 @@ from safetensors import safe_open
 from aimc.data import cifar10_tensors
 from aimc.errors import UnknownNameError
 from aimc.models import resnet9
-from aimc.train.cifar import load_weights
 from aimc.weights import available_weights, weights_path
+from aimc.weights.io import load_weights_file
 
 from conftest import needs_cifar10
 
@@ -27,7 +27,7 @@ def test_shipped_resnet9_weights_classify_cifar10(name, recorded):
     record = json.loads(meta["training"])
     assert meta["aimc_model"] == "resnet9" and record["test_acc"] == pytest.approx(recorded)
     model = resnet9()
-    load_weights(str(path), model)
+    load_weights_file(str(path), model)
     model.eval()
     x, y = cifar10_tensors("test", 1000)
     with torch.no_grad():
@@ -55,7 +55,7 @@ def test_shipped_char_lstm_predicts_ptb(name):
     record = json.loads(meta["training"])
     assert meta["aimc_model"] == "char-lstm" and record["test_bpc"] < 1.5
     model = char_lstm()
-    load_weights(str(path), model)
+    load_weights_file(str(path), model)
     inputs, targets = windows(ptb_chars("test")[:20_001], n_streams=40)
     # 20,000 test characters; the whole test set gave the recorded BPC (uniform guessing: log2(50) = 5.64)
     assert software_bpc(model, inputs, targets) < record["test_bpc"] + 0.1

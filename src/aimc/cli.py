@@ -118,7 +118,7 @@ def _load_network(spec_name: str, arch: str | None):
             "captured by torch.export); save model.state_dict() with safetensors and pass --arch"
         )
     from aimc._tensorfile import read_header
-    from aimc.train.checkpoint import MAX_WEIGHTS_BYTES, load_weights_file
+    from aimc.weights.io import MAX_WEIGHTS_BYTES, load_weights_file
 
     _, meta = read_header(path, max_bytes=MAX_WEIGHTS_BYTES, what="weights file")
     name = arch or meta.get("aimc_model")
@@ -458,8 +458,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from aimc import __version__
     from aimc._validation import check_number
     from aimc.devices.registry import get as get_device
-    from aimc.train.checkpoint import load_weights_file, save_weights
     from aimc.train.finetune import hwa_finetune
+    from aimc.weights.io import load_weights_file, save_weights
 
     # the arguments are checked before the model file runs and the data are read
     check_number(args.epochs, "--epochs", low=1, integer=True)

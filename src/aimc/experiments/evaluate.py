@@ -78,8 +78,8 @@ def check_task(task: str) -> str:
 def load_network(task: str, weights: str | None = None) -> tuple[torch.nn.Module, str]:
     """The task's network with trained weights (a shipped name or a .safetensors path), in eval mode."""
     from aimc.models import get_model
-    from aimc.train.cifar import load_weights
     from aimc.weights import available_weights, weights_path
+    from aimc.weights.io import load_weights_file
 
     check_task(task)
     name = weights or DEFAULT_WEIGHTS[task]
@@ -91,7 +91,7 @@ def load_network(task: str, weights: str | None = None) -> tuple[torch.nn.Module
             )
         name = str(weights_path(name))
     model = get_model(task)
-    load_weights(name, model)
+    load_weights_file(name, model)
     return model.eval(), name
 
 

@@ -129,10 +129,10 @@ class ResNet9Cifar10(NetworkTask):
 
     def load_model(self, weights: Path) -> torch.nn.Module:
         from aimc.models import resnet9
-        from aimc.train.cifar import load_weights
+        from aimc.weights.io import load_weights_file
 
         model = resnet9()
-        load_weights(str(weights), model)
+        load_weights_file(weights, model)
         return model.eval()
 
     def calibration_input(self, data: DataSpec) -> torch.Tensor:

@@ -168,7 +168,7 @@ def train_char_transformer(
     record["test_bpc"] = bits_per_character(model, ptb_chars("test", data_dir))
     final = {**record, "settings": settings, "provenance": provenance()}
     log(json.dumps({"valid_bpc": record["valid_bpc"], "test_bpc": record["test_bpc"]}))
-    from aimc.train.checkpoint import save_weights
+    from aimc.weights.io import save_weights
 
     save_weights(
         out / "char_transformer_float.safetensors",
@@ -204,7 +204,7 @@ def hwa_char_transformer(
     ``steps`` batches of random training windows; resumable from ``out_dir/hwa.safetensors``. Writes
     ``char_transformer_hwa.safetensors`` and returns the final record."""
     from aimc.train import finetune
-    from aimc.train.checkpoint import load_weights_file, save_weights
+    from aimc.weights.io import load_weights_file, save_weights
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from aimc.data import cifar10_tensors
 from aimc.models import resnet9
 from aimc.train.checkpoint import load_checkpoint, save_checkpoint
 from aimc.train.hwa import DRIFT_WINDOW_S, analog_io, clip_weights, noisy_weights
+from aimc.weights.io import load_weights_file
 
 #: Recipe constants (our choice for a short CPU schedule; docs/physics.md §11 gives the paper's longer one).
 PEAK_LR = 0.2
@@ -187,7 +188,7 @@ def train_resnet9(
         start_epoch = int(meta["epoch"]) + 1
         log(f"resumed from {ckpt} after epoch {meta['epoch']}")
     elif init is not None:
-        load_weights(init, model)
+        load_weights_file(init, model)
     steps_per_epoch = len(x_train) // batch_size
     total = epochs * steps_per_epoch
     settings = {
@@ -260,15 +261,3 @@ def train_resnet9(
         metadata={"aimc_model": "resnet9", "training": json.dumps(final)},
     )
     return final
-
-
-def load_weights(path: str, model: torch.nn.Module) -> None:
-    """Load weights from a training checkpoint or a final weights file (safetensors, no pickle).
-
-    The file is read as untrusted input (:func:`aimc.train.checkpoint.load_weights_file`): size limit, checked
-    header, dtypes, finite values, checksum when present, names and shapes against ``model``; a bad file raises
-    :class:`~aimc.errors.CorruptFileError` and leaves ``model`` untouched.
-    """
-    from aimc.train.checkpoint import load_weights_file
-
-    load_weights_file(path, model)

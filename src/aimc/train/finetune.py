@@ -50,7 +50,7 @@ from aimc.core.analog import polarity_g_max
 from aimc.devices.base import DeviceModel
 from aimc.devices.registry import get as get_device
 from aimc.errors import ArgumentTypeError, CorruptFileError, ValidationError
-from aimc.train.checkpoint import MAX_WEIGHTS_BYTES, load_checkpoint, save_checkpoint
+from aimc.train.checkpoint import load_checkpoint, save_checkpoint
 from aimc.train.hwa import (
     CALIBRATION_BATCHES,
     CLIP_SIGMA,
@@ -63,6 +63,7 @@ from aimc.train.hwa import (
     on_digital_unit,
 )
 from aimc.train.hwa import noisy_weights as _noisy_weights
+from aimc.weights.io import MAX_WEIGHTS_BYTES
 
 __all__ = ["CHECKPOINT_EVERY", "DEFAULT_LR", "WARMUP_FRACTION", "hwa_finetune", "lr_factor"]
 

@@ -35,6 +35,7 @@ from aimc.models.networks import CharLSTM
 from aimc.train.checkpoint import load_checkpoint, save_checkpoint
 from aimc.train.cifar import _autocast, lr_at
 from aimc.train.hwa import LSTM_CLIP_SIGMA, clip_matrices, range_noise
+from aimc.weights.io import load_weights_file
 
 #: The chip paper's PTB LSTM recipe (docs/physics.md §11): sequence length, gradient-norm clip and dropout.
 SEQ_LEN = 150
@@ -198,6 +199,4 @@ def train_char_lstm(
 
 def load_char_lstm_weights(path: str, model: torch.nn.Module) -> None:
     """Load char-LSTM weights from a training checkpoint or a final weights file (safetensors, no pickle)."""
-    from aimc.train.cifar import load_weights
-
-    load_weights(path, model)
+    load_weights_file(path, model)
