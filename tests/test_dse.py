@@ -19,18 +19,18 @@ import torch
 
 from aimc import dse
 from aimc.cli import main
-from aimc.dse.networks import DseNetwork, register_network
 from aimc.dse.pareto import dominates, pareto_front
 from aimc.dse.space import DesignSpaceError, design_chip
 from aimc.perf.model import integration_time_ns, mvm_time_ns
 from aimc.spec import ChipSpec
 from aimc.sweep.errors import StoreError, SweepInterruptedError
 from aimc.sweep.store import ResultStore
+from aimc.tasks import Task, get_task, register_task
 
 from conftest import needs_cifar10, small_cnn
 
 
-class TinyCnn(DseNetwork):
+class TinyCnn(Task):
     """A small CNN on synthetic 16x16 images labelled by the float model itself (software accuracy 100%): the
     tiny space's network, fast enough for a test (ResNet-9's runs are in the paper-design tests below)."""
 
@@ -62,7 +62,7 @@ class TinyCnn(DseNetwork):
         return float((out.argmax(1) == data.y).float().mean())
 
 
-register_network(TinyCnn(), replace=True)
+register_task(TinyCnn(), replace=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -319,8 +319,8 @@ def test_at_the_paper_design_accuracy_equals_aimc_eval(paper_run):
     from aimc.experiments import evaluate as ev
 
     rows = paper_run[1]
-    model, _ = ev.load_network("resnet9")
-    data = ev.load_data("resnet9", 16)
+    model = get_task("resnet9").load_model()
+    data = get_task("resnet9").load_data(16, None)
     mapping = compile_network(model, calibration=data.x_cal[:16], name="resnet9", progress=False)
     (point,) = ev.metric_over_time(mapping, data, times=[86400.0], seeds=[0, 1], progress=False)
     assert point.per_seed == [rows[0].value, rows[1].value]

@@ -10,9 +10,10 @@ from tqdm import tqdm
 
 import aimc
 from aimc._progress import LineProgress, duration, paused_bars, progress
-from aimc.experiments.evaluate import TaskData, metric_over_time
+from aimc.experiments.evaluate import metric_over_time
 from aimc.sweep.progress import Progress
 from aimc.sweep.store import PointResult
+from aimc.tasks import TaskData
 
 
 class Terminal(io.StringIO):

@@ -18,6 +18,8 @@ Public API (everything else is private and may change):
 - :mod:`aimc.chip.adabs` (also ``aimc.adabs``) — adaptive batch-norm statistics on the chip:
   ``aimc.adabs.adabs(chip, x, t)``.
 - :mod:`aimc.data` — CIFAR-10 and character-level Penn Treebank.
+- :mod:`aimc.tasks` — tasks by name (a network, its data and metric): ``get_task``, ``available_tasks``,
+  ``register_task``; what ``aimc eval``, ``aimc reproduce``, sweeps and design spaces run.
 - :mod:`aimc.experiments` — ``evaluate`` (accuracy / BPC over time), ``reproduce`` (the chip paper's results),
   ``mvm_error``.
 - :mod:`aimc.sweep` — resumable Monte Carlo sweeps, in-process or on Ray (``aimc.sweep.run``, ``write_report``).
@@ -25,7 +27,7 @@ Public API (everything else is private and may change):
   (``aimc.dse.run``, ``write_report``).
 """
 
-from aimc import chip, core, data, devices, digital, dse, errors, experiments, faults, models, perf, sweep
+from aimc import chip, core, data, devices, digital, dse, errors, experiments, faults, models, perf, sweep, tasks
 from aimc._version import __version__
 from aimc.chip import AnalogModule, ProgrammedChip, adabs, load, program
 from aimc.compiler import Mapping, UnsupportedLayerError, compile
@@ -62,4 +64,5 @@ __all__ = [
     "program",
     "program_core",
     "sweep",
+    "tasks",
 ]

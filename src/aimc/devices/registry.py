@@ -15,12 +15,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from aimc._registry import Registry
 from aimc.devices.base import DeviceModel
 from aimc.devices.hermes import HermesPCM
 from aimc.devices.ideal import IdealDevice
 from aimc.devices.standard import StandardPCM
 from aimc.devices.verify import ProgramVerify
-from aimc.errors import ArgumentTypeError, UnknownNameError, ValidationError
+from aimc.errors import ArgumentTypeError, ValidationError
 
 #: Suffix of a name that asks for the program-and-verify variant of a model.
 VERIFY_SUFFIX = "+verify"
@@ -36,26 +37,26 @@ def _hermes_2dev(**overrides: object) -> DeviceModel:
     return HermesPCM(devices=2, **overrides)  # type: ignore[arg-type]
 
 
-_BUILTIN: dict[str, DeviceFactory] = {
-    "standard": StandardPCM,
-    "hermes-1dev": _hermes_1dev,
-    "hermes-2dev": _hermes_2dev,
-    "ideal": IdealDevice,
-}
-_USER: dict[str, DeviceFactory] = {}
+class _Devices(Registry[DeviceFactory]):
+    """The device models' factories; each base name is also available with the ``"+verify"`` suffix."""
+
+    def available(self) -> list[str]:
+        return [n for base in super().available() for n in (base, base + VERIFY_SUFFIX)]
+
+
+_DEVICES = _Devices(
+    "device model",
+    {"standard": StandardPCM, "hermes-1dev": _hermes_1dev, "hermes-2dev": _hermes_2dev, "ideal": IdealDevice},
+)
 
 #: Keyword arguments of :class:`ProgramVerify`; in ``get("x+verify", **overrides)`` these go to the wrapper, the
 #: rest to the base model.
 _VERIFY_KEYWORDS = frozenset(p for p in inspect.signature(ProgramVerify).parameters if p != "base")
 
 
-def _base_names() -> list[str]:
-    return [*_BUILTIN, *_USER]
-
-
 def available() -> list[str]:
     """Every name :func:`get` accepts: each base model followed by its ``"+verify"`` variant."""
-    return [n for base in _base_names() for n in (base, base + VERIFY_SUFFIX)]
+    return _DEVICES.available()
 
 
 def _construct(name: str, factory: DeviceFactory, overrides: dict[str, object]) -> DeviceModel:
@@ -88,14 +89,14 @@ def get(name: str, **overrides: object) -> DeviceModel:
         raise ArgumentTypeError(f"device model name must be a str, got {type(name).__name__} {name!r}")
     verify = name.endswith(VERIFY_SUFFIX)
     base_name = name[: -len(VERIFY_SUFFIX)] if verify else name
-    factories = {**_BUILTIN, **_USER}
-    if base_name not in factories:
-        raise UnknownNameError(f"unknown device model name {name!r}; available: {', '.join(map(repr, available()))}")
+    if base_name not in _DEVICES:
+        raise _DEVICES.unknown(name)
+    factory = _DEVICES.get(base_name)
     if not verify:
-        return _construct(name, factories[base_name], overrides)
+        return _construct(name, factory, overrides)
     pv_kwargs = {k: v for k, v in overrides.items() if k in _VERIFY_KEYWORDS}
     base_kwargs = {k: v for k, v in overrides.items() if k not in _VERIFY_KEYWORDS}
-    base = _construct(base_name, factories[base_name], base_kwargs)
+    base = _construct(base_name, factory, base_kwargs)
     return ProgramVerify(base, **pv_kwargs)  # type: ignore[arg-type]
 
 
@@ -108,21 +109,13 @@ def register(name: str, factory: DeviceFactory) -> None:
         factory: a callable taking the overrides as keyword arguments and returning a :class:`DeviceModel`
             (a ``DeviceModel`` subclass itself is such a callable).
     """
-    if not isinstance(name, str) or not name:
-        raise ArgumentTypeError(f"name must be a non-empty str, got {name!r}")
-    if name in _BUILTIN:
-        raise ValidationError(f"name {name!r} is a built-in device model and cannot be overwritten")
-    if name.endswith(VERIFY_SUFFIX):
+    if isinstance(name, str) and name.endswith(VERIFY_SUFFIX):
         raise ValidationError(f"name {name!r} must not end with the reserved suffix {VERIFY_SUFFIX!r}")
     if not callable(factory):
         raise ArgumentTypeError(f"factory must be callable, got {type(factory).__name__}")
-    _USER[name] = factory
+    _DEVICES.register(name, factory, replace=True)
 
 
 def unregister(name: str) -> None:
     """Remove a user device model registered with :func:`register` (built-in names cannot be removed)."""
-    if name in _BUILTIN:
-        raise ValidationError(f"name {name!r} is a built-in device model and cannot be removed")
-    if name not in _USER:
-        raise UnknownNameError(f"no user device model named {name!r}; registered: {sorted(_USER)}")
-    del _USER[name]
+    _DEVICES.unregister(name)

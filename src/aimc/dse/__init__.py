@@ -9,14 +9,13 @@ Public API:
 - :func:`write_report` — markdown/HTML/JSON report with the Pareto fronts; :func:`summarize` — its rows.
 - :func:`pareto_front`, :func:`dominates` — the fronts themselves.
 - :func:`design_chip` — the variant :class:`~aimc.spec.ChipSpec` of a design; :func:`design_perf`, :func:`area_mm2`.
-- :class:`DseNetwork`, :func:`register_network`, :func:`available_networks` — networks by name (built in:
-  ``resnet9`` and ``char-lstm``, evaluated as ``aimc eval`` evaluates them).
+- A space's networks are tasks of :mod:`aimc.tasks` (``resnet9``, ``char-lstm``, ``char-transformer`` built in;
+  ``aimc.tasks.register_task`` adds one), evaluated as ``aimc eval`` evaluates them.
 - :class:`DesignSpaceError` — a malformed space or an impossible design (an :class:`~aimc.errors.AimcError`).
 
 See docs/dse.md.
 """
 
-from aimc.dse.networks import DseNetwork, EvalTask, available_networks, get_network, register_network
 from aimc.dse.pareto import dominates, pareto_front
 from aimc.dse.report import summarize, write_report
 from aimc.dse.runner import DseResult, area_mm2, design_perf, output_folder, run
@@ -36,21 +35,16 @@ __all__ = [
     "DesignPoint",
     "DesignSpace",
     "DesignSpaceError",
-    "DseNetwork",
     "DseResult",
-    "EvalTask",
     "area_mm2",
-    "available_networks",
     "check_designs",
     "design_chip",
     "design_perf",
     "dominates",
-    "get_network",
     "load_space",
     "output_folder",
     "pareto_front",
     "parse_space",
-    "register_network",
     "run",
     "summarize",
     "write_report",

@@ -22,7 +22,6 @@ from typing import Any, TextIO
 import torch
 
 from aimc.compiler.mapping import Mapping as ChipMapping
-from aimc.dse.networks import DseNetwork, get_network
 from aimc.dse.space import Design, DesignPoint, DesignSpace, DesignSpaceError, _as_space, check_designs
 from aimc.errors import ValidationError
 from aimc.spec import ChipSpec
@@ -31,6 +30,7 @@ from aimc.sweep.errors import StoreError
 from aimc.sweep.runner import Plan, SweepResult, check_run_options, run_pending
 from aimc.sweep.store import PointResult, ResultStore
 from aimc.sweep.worker import ChipRunner
+from aimc.tasks import Task, get_task
 
 #: The context of every design-space store (a folder of a sweep, or of an older schema, is refused).
 DSE_CONTEXT = {"kind": "aimc-dse", "schema": 1}
@@ -101,14 +101,14 @@ class DsePayload:
     """Everything a worker needs besides the points (shipped once per worker).
 
     Attributes:
-        networks: the networks (:class:`~aimc.dse.networks.DseNetwork`) by name.
+        networks: the networks (:class:`~aimc.tasks.Task`) by name.
         designs: the designs with points to run, by :attr:`Design.key`.
         mappings: their compiled networks, by :attr:`Design.chip_key`.
-        data: evaluation data by network (:class:`aimc.experiments.evaluate.TaskData`).
+        data: evaluation data by network (:class:`aimc.tasks.TaskData`).
         perf: :func:`design_perf` of each design, by key.
     """
 
-    networks: dict[str, DseNetwork]
+    networks: dict[str, Task]
     designs: dict[str, Design]
     mappings: dict[str, ChipMapping]
     data: dict[str, Any]
@@ -214,13 +214,13 @@ def prepare(
     """Load each network and its data, record the software reference, compile (or read from the folder's cache)
     each design's mapping, and compute every design's performance from it."""
     mappings: dict[str, ChipMapping] = {}
-    networks: dict[str, DseNetwork] = {}
+    networks: dict[str, Task] = {}
     data: dict[str, Any] = {}
     perf: dict[str, dict[str, Any]] = dict(store.get_meta("perf") or {})
     software: dict[str, Any] = dict(store.get_meta("software") or {})
     for net in dict.fromkeys(d.network for d in designs):
         ns = space.network(net)
-        network = networks[net] = get_network(net)
+        network = networks[net] = get_task(net)
         model = network.load_model(ns.weights)
         data[net] = network.load_data(ns.samples, space.data_dir)
         if net not in software:

@@ -4,8 +4,8 @@ A design space is YAML (``yaml.safe_load``) or the same structure as a dict::
 
     name: resnet9-dse
     networks:                        # one or more; each a name or a mapping
-      - network: resnet9             # resnet9 (CIFAR-10 top-1 accuracy), char-lstm (PTB bits per character), or
-                                   #   one registered with aimc.dse.register_network
+      - network: resnet9             # a task: resnet9 (CIFAR-10 top-1 accuracy), char-lstm or char-transformer (PTB
+                                   #   bits per character), or one registered with aimc.tasks.register_task
         weights: resnet9_hwa         # shipped name or .safetensors path (default: the network's HWA weights)
         samples: 500                 # test images (characters for char-lstm); null = the whole test set
         calibration_samples: 256     # inputs the compile calibrates on (default: aimc eval's 256)
@@ -66,6 +66,8 @@ from aimc.sweep.spec import (
     _time,
     read_yaml,
 )
+from aimc.tasks import CALIBRATION_INPUTS, available_tasks, get_task
+from aimc.weights import available_weights
 
 #: Tile sizes (rows and columns) a design may have: from a crossbar too small to be worth its ADCs to 16x the chip's.
 TILE_RANGE = (16, 4096)
@@ -119,7 +121,7 @@ class DesignSpaceError(SweepSpecError):
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """One network of the space: ``network`` (a task of ``aimc eval``), its weights, test samples and the
+    """One network of the space: ``network`` (a task of :mod:`aimc.tasks`), its weights, test samples and the
     calibration inputs of its compile (default: ``aimc eval``'s 256)."""
 
     network: str
@@ -129,10 +131,8 @@ class NetworkSpec:
 
     @cached_property
     def weights_sha256(self) -> str:
-        """SHA-256 of the weights (:meth:`DseNetwork.identity`): a point's identity includes the exact weights."""
-        from aimc.dse.networks import get_network
-
-        return get_network(self.network).identity(self.weights)
+        """SHA-256 of the weights (:meth:`aimc.tasks.Task.identity`): a point's identity includes the exact weights."""
+        return get_task(self.network).identity(self.weights)
 
     def context(self) -> dict[str, Any]:
         """What this network's results depend on (hashed into each point's key)."""
@@ -517,9 +517,6 @@ def _parse(raw: object, where: str, default_name: str) -> DesignSpace:
 
 
 def _parse_networks(raw: object, where: str) -> tuple[NetworkSpec, ...]:
-    from aimc.dse.networks import available_networks
-    from aimc.weights import available_weights
-
     out = []
     for i, item in enumerate(_list(raw, "networks", where)):
         name = f"networks[{i}]"
@@ -528,8 +525,8 @@ def _parse_networks(raw: object, where: str) -> tuple[NetworkSpec, ...]:
         if "network" not in entry:
             raise DesignSpaceError(f"{where}missing required key '{name}.network'")
         net = _string(entry["network"], f"{name}.network", where)
-        if net not in available_networks():
-            known = ", ".join(map(repr, available_networks()))
+        if net not in available_tasks():
+            known = ", ".join(map(repr, available_tasks()))
             raise DesignSpaceError(f"{where}{name}.network must be one of {known}; got {net!r}")
         weights = entry.get("weights")
         if weights is not None:
@@ -546,8 +543,6 @@ def _parse_networks(raw: object, where: str) -> tuple[NetworkSpec, ...]:
         samples = entry.get("samples")
         if samples is not None:
             samples = _int(samples, f"{name}.samples", where, low=1)
-        from aimc.experiments.evaluate import CALIBRATION_INPUTS
-
         cal = _int(entry.get("calibration_samples", CALIBRATION_INPUTS), f"{name}.calibration_samples", where, low=1)
         out.append(NetworkSpec(net, weights, samples, cal))
     _no_duplicates(tuple(n.network for n in out), "networks", where)
@@ -648,9 +643,8 @@ def _as_space(space: DesignSpace | str | Path | Mapping[str, Any]) -> DesignSpac
 def cores_needed(network: str, spec: ChipSpec) -> int:
     """Cores the network's weight layers need on ``spec``'s tiles (traced and tiled, not calibrated: fast)."""
     from aimc.compiler.capture import export_graph, fuse, lower
-    from aimc.dse.networks import get_network
 
-    net = get_network(network)
+    net = get_task(network)
     example = net.example_input()
     captured = lower(export_graph(net.architecture(), example if isinstance(example, tuple) else (example,)), spec)
     fuse(captured)

@@ -27,6 +27,8 @@ from aimc.errors import ValidationError
 from aimc.experiments import evaluate as ev
 from aimc.experiments.accuracy import points_as_dicts
 from aimc.experiments.report import PAPER, fmt, fmt_point, time_label
+from aimc.perf import estimate
+from aimc.tasks import CharLSTMPtb, TaskData, available_tasks, get_task
 
 #: Times after programming of the accuracy-over-time curves (1 min, 1 h, 1 day, 1 year).
 TIMES = (60.0, 3600.0, 86400.0, 31_536_000.0)
@@ -101,10 +103,8 @@ def _blocks_of(task: str) -> tuple[str, ...]:
 def _task_blocks(
     task: str, settings: Settings, store: _Store, data_dir: str | None, log: Any, bar: Any, progress: bool
 ) -> dict[str, Any]:
-    n = settings.images if task == "resnet9" else settings.chars
-    model, weights = ev.load_network(task)
-    data = ev.load_data(task, n, data_dir, streams=settings.streams)
-    data.x_cal = data.x_cal[: settings.adabs_inputs]
+    model = get_task(task).load_model()
+    data, weights = _task_data(task, settings, data_dir)
     mapping = ev.compile_task(model, data)
     seeds = list(range(settings.seeds))
 
@@ -122,9 +122,9 @@ def _task_blocks(
         bar.update(1)
         return value
 
-    out: dict[str, Any] = {"task": task, "metric": data.metric, "weights": Path(weights).name, "test_size": data.size}
+    out: dict[str, Any] = {"task": task, "metric": data.metric, "weights": weights, "test_size": data.size}
     out["placement"] = _placement(mapping)
-    out["software"] = block("software", lambda: ev.software_metric(model, data))
+    out["software"] = block("software", lambda: get_task(task).software(model, data))
     out["quantisation"] = block("quantisation", lambda: ev.quantisation_only(mapping, data))
 
     def curve(strategy: str, times: tuple[float, ...], use_adabs: bool) -> list[dict[str, Any]]:
@@ -148,11 +148,23 @@ def _task_blocks(
     return out
 
 
+def _task_data(task: str, settings: Settings, data_dir: str | None) -> tuple[TaskData, str]:
+    """The task's test data of the sizes of ``settings`` (images, or characters in ``settings.streams`` windows for
+    the char-LSTM), at most ``settings.adabs_inputs`` calibration inputs, and the name of its weights file."""
+    t = get_task(task)
+    n = settings.images if t.metric == "accuracy" else settings.chars
+    if isinstance(t, CharLSTMPtb):
+        data = t.load_data(n, data_dir, streams=settings.streams)
+    else:
+        data = t.load_data(n, data_dir)
+    data.x_cal = data.x_cal[: settings.adabs_inputs]
+    path = t.weights_path()
+    return data, "" if path is None else path.name
+
+
 def _placement(mapping: Any) -> dict[str, Any]:
     """Cores and chips of the mapping, and the perf model's latency and energy of one inference (four-phase,
     activations through the host as in the chip paper)."""
-    from aimc.perf import estimate
-
     report = estimate(mapping)
     digital = sum(op.kind == "digital" and op.attrs.get("unit") != "layout" for op in mapping.ops)
     return {
@@ -170,7 +182,7 @@ def reproduce(
     *,
     settings: Settings | None = None,
     data_dir: str | None = None,
-    tasks: tuple[str, ...] = ev.TASKS,
+    tasks: tuple[str, ...] | None = None,
     log: Any = print,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -180,11 +192,14 @@ def reproduce(
     of the block running) on stderr: a live bar on a terminal, plain lines otherwise. With ``progress=False``
     nothing is printed on stderr and ``log`` only receives warnings (a store of other code moved aside, a task
     skipped). A task whose data set cannot be found or downloaded (e.g. CIFAR-10 offline) is skipped with the
-    reason in ``results["skipped"]`` and in the report; the other tasks run.
+    reason in ``results["skipped"]`` and in the report; the other tasks run. ``tasks``: names of :mod:`aimc.tasks`
+    (default: all of them).
     """
     settings = settings or Settings()
+    tasks = tuple(available_tasks()) if tasks is None else tasks
     for task in tasks:
-        ev.check_task(task)
+        if task not in available_tasks():
+            raise ValidationError(f"task must be one of {', '.join(available_tasks())}; got {task!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

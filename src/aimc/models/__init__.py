@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from aimc.errors import ArgumentTypeError, UnknownNameError
+from aimc._registry import Registry
 from aimc.models.networks import (
     RESNET9_FILTERS,
     CaptionLSTM,
@@ -35,17 +35,15 @@ from aimc.models.networks import (
 )
 from aimc.models.transformer import CharTransformer, char_transformer
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "resnet9": resnet9,
-    "char-lstm": char_lstm,
-    "caption-lstm": caption_lstm,
-    "char-transformer": char_transformer,
-}
+_MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "model",
+    {"resnet9": resnet9, "char-lstm": char_lstm, "caption-lstm": caption_lstm, "char-transformer": char_transformer},
+)
 
 
 def available_models() -> list[str]:
     """Every name :func:`get_model` accepts."""
-    return list(_MODELS)
+    return _MODELS.available()
 
 
 def get_model(name: str, **kwargs: object) -> nn.Module:
@@ -56,11 +54,7 @@ def get_model(name: str, **kwargs: object) -> nn.Module:
     Raises:
         UnknownNameError: ``name`` is not a known model (the message lists the known names).
     """
-    if not isinstance(name, str):
-        raise ArgumentTypeError(f"model name must be a str, got {type(name).__name__} {name!r}")
-    if name not in _MODELS:
-        raise UnknownNameError(f"unknown model name {name!r}; available: {', '.join(map(repr, _MODELS))}")
-    return _MODELS[name](**kwargs)
+    return _MODELS.get(name)(**kwargs)
 
 
 def example_input(name: str, batch: int = 8, seed: int = 0) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -74,7 +68,7 @@ def example_input(name: str, batch: int = 8, seed: int = 0) -> torch.Tensor | tu
         return torch.randn(batch, 2048, generator=g), torch.randint(0, 4064, (batch, 12), generator=g)
     if name == "char-transformer":
         return torch.randint(0, 50, (batch, 128), generator=g)
-    raise UnknownNameError(f"unknown model name {name!r}; available: {', '.join(map(repr, _MODELS))}")
+    raise _MODELS.unknown(name)
 
 
 __all__ = [

@@ -6,7 +6,7 @@ Public API:
 - :func:`load_spec` / :func:`parse_spec` — validate a sweep file / dict into a :class:`SweepSpec`.
 - :func:`write_report` — markdown/HTML tables and figures of an output folder.
 - :class:`ResultStore`, :class:`PointResult` — the SQLite store (one row per finished point).
-- :class:`NetworkTask`, :class:`TaskData`, :func:`register_task`, :func:`available_tasks` — networks by name.
+- A sweep file's ``network`` names a task of :mod:`aimc.tasks` (``aimc.tasks.register_task`` adds one).
 - Errors: :class:`SweepSpecError`, :class:`BackendError`, :class:`StoreError`, :class:`SweepInterruptedError`,
   :class:`WorkerFailedError` (all :class:`~aimc.errors.AimcError`).
 
@@ -19,13 +19,11 @@ from aimc.sweep.report import write_report
 from aimc.sweep.runner import SweepResult, output_folder, run
 from aimc.sweep.spec import DataSpec, GridSpec, SweepSpec, load_spec, parse_spec
 from aimc.sweep.store import PointResult, ResultStore
-from aimc.sweep.tasks import NetworkTask, TaskData, available_tasks, get_task, register_task
 
 __all__ = [
     "BackendError",
     "DataSpec",
     "GridSpec",
-    "NetworkTask",
     "Point",
     "PointResult",
     "ResultStore",
@@ -34,14 +32,10 @@ __all__ = [
     "SweepResult",
     "SweepSpec",
     "SweepSpecError",
-    "TaskData",
     "WorkerFailedError",
-    "available_tasks",
-    "get_task",
     "load_spec",
     "output_folder",
     "parse_spec",
-    "register_task",
     "run",
     "write_report",
 ]

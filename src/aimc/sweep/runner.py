@@ -25,8 +25,8 @@ from aimc.sweep.points import work_units
 from aimc.sweep.progress import Progress
 from aimc.sweep.spec import SweepSpec, load_spec, parse_spec
 from aimc.sweep.store import PointResult, ResultStore
-from aimc.sweep.tasks import NetworkTask, get_task, task_info
 from aimc.sweep.worker import Payload
+from aimc.tasks import Task, get_task
 
 #: Output folder of a sweep whose file names none and which is run without ``out``: results/sweeps/<name>.
 DEFAULT_OUTPUT_ROOT = Path("results") / "sweeps"
@@ -181,17 +181,29 @@ def output_folder(spec: SweepSpec, out: str | Path | None = None) -> Path:
     return spec.output if spec.output is not None else DEFAULT_OUTPUT_ROOT / spec.name
 
 
-def prepare(spec: SweepSpec, task: NetworkTask, store: ResultStore) -> Payload:
-    """Load the network and data, record the software reference, and compile the mapping (or read it from the
-    store's folder, where it is cached for resumed runs)."""
+def task_info(task: Task) -> dict[str, Any]:
+    """What the report needs to know about a task's metric (recorded in the store)."""
+    return {
+        "network": task.name,
+        "metric": task.metric,
+        "metric_label": task.metric_label,
+        "display_scale": task.display_scale,
+        "higher_is_better": task.higher_is_better,
+    }
+
+
+def prepare(spec: SweepSpec, task: Task, store: ResultStore) -> Payload:
+    """Load the network and data (``spec.data.samples`` test samples, ``spec.data.calibration_samples`` calibration
+    inputs), record the software reference, and compile the mapping (or read it from the store's folder, where it
+    is cached for resumed runs)."""
     model = task.load_model(spec.weights_path)
-    data = task.load_data(spec.data)
+    data = task.load_data(spec.data.samples, spec.data.dir, calibration=spec.data.calibration_samples)
     if store.get_meta("reference") is None:
-        store.set_meta("reference", task.software(model, data, spec.data.batch_size))
+        store.set_meta("reference", task.software_scores(model, data, spec.data.batch_size))
     context = spec.context()
     mapping = load_mapping(store.folder, context)
     if mapping is None:
-        mapping = compile_network(model, calibration=task.calibration_input(spec.data), name=spec.network)
+        mapping = compile_network(model, calibration=data.x_cal, name=spec.network)
         save_mapping(mapping, store.folder, context)
     return Payload(task=task, mapping=mapping, data=data, batch_size=spec.data.batch_size)
 
@@ -230,7 +242,7 @@ def run(
     spec = _as_spec(spec)
     stream = check_run_options(workers, threads, progress)
     task = get_task(spec.network)
-    task.check_data(spec.data)
+    task.check_data(spec.data.dir)
 
     def plan(store: ResultStore) -> Plan:
         store.set_meta("spec", spec.to_dict())

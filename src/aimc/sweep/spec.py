@@ -4,7 +4,7 @@ A sweep file is YAML (read with ``yaml.safe_load``: plain data, never objects) o
 dict::
 
     name: resnet9-drift          # optional; default: the file's stem
-    network: resnet9             # a registered network task (aimc.sweep.available_tasks())
+    network: resnet9             # a registered task (aimc.tasks.available_tasks())
     weights: resnet9_hwa         # a shipped weights name or a .safetensors path (default: the task's default)
     data:                        # optional
       dir: null                  # folder holding the data set (default: $AIMC_DATA, shared/data, user cache)
@@ -39,9 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from aimc.core.analog import STRATEGIES
+from aimc.devices import available as available_devices
 from aimc.spec import READ_MODES
 from aimc.sweep.errors import SweepSpecError
 from aimc.sweep.points import Point, point_key
+from aimc.tasks import available_tasks, get_task
+from aimc.weights import available_weights
+from aimc.weights import weights_path as shipped_weights_path
 
 #: Device preset per strategy when the grid says ``default``: the HERMES statistics fitted to one device per
 #: polarity for ODP and to a device pair for TDP (docs/physics.md §3.2); the same defaults as ``aimc eval``.
@@ -97,7 +101,7 @@ class SweepSpec:
 
     Attributes:
         name: the sweep's name (report title).
-        network: the registered network task.
+        network: the registered task (:mod:`aimc.tasks`).
         weights: the weights as written in the file (shipped name or path).
         weights_path: the resolved weights file (exists).
         data: :class:`DataSpec`.
@@ -213,8 +217,6 @@ def parse_spec(raw: object, *, source: str = "sweep", default_name: str = "sweep
         source: where it came from, for messages.
         default_name: the name when the document has none.
     """
-    from aimc.sweep.tasks import get_task
-
     where = f"{source}: "
     if raw is None:
         raise SweepSpecError(f"{where}the sweep file is empty; it needs at least 'network' and 'grid'")
@@ -226,12 +228,15 @@ def parse_spec(raw: object, *, source: str = "sweep", default_name: str = "sweep
     name = _string(top.get("name", default_name), "name", where)
     description = _string(top.get("description", ""), "description", where, allow_empty=True)
     network = _string(top["network"], "network", where)
-    task = get_task(network, where=where + "network: ")
-    weights_value = top.get("weights", task.default_weights)
+    if network not in available_tasks():
+        raise SweepSpecError(
+            f"{where}network: network must be one of {', '.join(map(repr, available_tasks()))}; got {network!r}"
+        )
+    weights_value = top.get("weights", get_task(network).default_weights)
     if weights_value is None:
         raise SweepSpecError(f"{where}network {network!r} has no default weights; give 'weights'")
     weights = _string(weights_value, "weights", where)
-    weights_path = task.resolve_weights(weights, where=where + "weights: ")
+    weights_path = _weights_file(weights, where + "weights: ")
     data = _parse_data(top.get("data", {}), where)
     grid = _parse_grid(top["grid"], where)
     output = top.get("output")
@@ -251,6 +256,21 @@ def parse_spec(raw: object, *, source: str = "sweep", default_name: str = "sweep
     return spec
 
 
+def _weights_file(weights: str, where: str) -> Path:
+    """The weights file of a shipped name or a ``.safetensors`` path; raises SweepSpecError if it is missing."""
+    if weights in available_weights():
+        return shipped_weights_path(weights)
+    path = Path(weights)
+    if path.suffix != ".safetensors":
+        raise SweepSpecError(
+            f"{where}weights must be a shipped name ({', '.join(available_weights())}) or a path to a "
+            f".safetensors file; got {weights!r}"
+        )
+    if not path.is_file():
+        raise SweepSpecError(f"{where}weights file {str(path)!r} does not exist")
+    return path
+
+
 def _parse_data(raw: object, where: str) -> DataSpec:
     data = _mapping(raw, "data", where)
     _no_unknown(data, _DATA_KEYS, "data", where)
@@ -267,8 +287,6 @@ def _parse_data(raw: object, where: str) -> DataSpec:
 
 
 def _parse_grid(raw: object, where: str) -> GridSpec:
-    from aimc.devices import available as available_devices
-
     grid = _mapping(raw, "grid", where)
     _no_unknown(grid, _GRID_KEYS, "grid", where)
     for key in ("seeds", "times"):

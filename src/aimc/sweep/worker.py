@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 
+from aimc._provenance import code_fingerprint, provenance
+from aimc.chip import program
 from aimc.compiler.mapping import Mapping
-from aimc.sweep.points import Point, read_seed
+from aimc.sweep.points import Point, batch_seed, read_seed
 from aimc.sweep.store import PointResult
-from aimc.sweep.tasks import NetworkTask, TaskData
+from aimc.tasks import Task, TaskData
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,13 @@ class Payload:
     """Everything a worker needs besides the points: shipped once per worker.
 
     Attributes:
-        task: the network task.
+        task: the task (:mod:`aimc.tasks`).
         mapping: the compiled network.
         data: the evaluation data.
         batch_size: samples per ``chip.run`` call.
     """
 
-    task: NetworkTask
+    task: Task
     mapping: Mapping
     data: TaskData
     batch_size: int
@@ -61,8 +63,6 @@ class ChipRunner:
 
     def _provenance(self) -> dict[str, str]:
         """Versions of this process, with the fingerprint of the code that computed the point (hashed once)."""
-        from aimc._provenance import code_fingerprint, provenance
-
         if self._code is None:
             self._code = code_fingerprint()
         return {**provenance(), "code": self._code}
@@ -89,23 +89,23 @@ class PointRunner(ChipRunner):
     payload: Payload
 
     def run(self, key: str, point: Point) -> PointResult:
-        """Evaluate ``point`` (whose store key is ``key``), programming its chip unless the last one matches."""
-        from aimc.chip import program
-
+        """Evaluate ``point`` (whose store key is ``key``), programming its chip unless the last one matches: the
+        chip is read in runs of the payload's batch size, run ``b`` with the read-noise seed ``batch_seed(seed, b)``
+        of the point's seed."""
         p = self.payload
         start = time.perf_counter()
         cpu_start = time.process_time()
         reused = self._use_chip(point.chip, lambda: program(p.mapping, point.device, point.strategy, seed=point.seed))
         programmed = time.perf_counter()
         seed = read_seed(key)
-        scores = p.task.evaluate(
+        scores = p.task.chip_scores(
             self._chip,
             p.data,
             t_seconds=point.t_seconds,
             mode=point.mode,
-            drift_compensation=point.drift_compensation,
-            read_seed=seed,
+            seed=lambda b, _start: batch_seed(seed, b),
             batch_size=p.batch_size,
+            drift_compensation=point.drift_compensation,
         )
         done = time.perf_counter()
         cpu = time.process_time() - cpu_start
