@@ -21,9 +21,8 @@ DATA_DIR_HELP = (
 )
 
 
-#: The networks ``aimc train`` trains (the chip paper's two; the char-transformer is trained by
-#: :mod:`aimc.train.char_transformer`).
-TRAINED_HERE = ("resnet9", "char-lstm")
+#: The networks ``aimc train`` trains (the chip paper's two and the char-transformer).
+TRAINED_HERE = ("resnet9", "char-lstm", "char-transformer")
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -367,10 +366,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``aimc train resnet9|char-lstm``: floating-point training or HWA fine-tuning, resumable, on the real data."""
+    """``aimc train resnet9|char-lstm|char-transformer``: floating-point training or HWA fine-tuning, resumable, on the
+    real data."""
     if args.model not in TRAINED_HERE:
         raise ValidationError(f"MODEL must be one of {', '.join(TRAINED_HERE)}; got {args.model!r}")
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValidationError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
@@ -378,6 +378,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValidationError(f"--peak-lr must be positive; got {args.peak_lr}")
     if args.init is not None and not Path(args.init).is_file():
         raise ValidationError(f"--init {args.init!r} is not a file")
+    if args.model == "char-transformer":
+        return _train_char_transformer(args)
+    if args.steps is not None:
+        raise ValidationError("--steps applies to char-transformer only (the others train in --epochs)")
     kwargs: dict[str, Any] = {
         "seed": args.seed,
         "data_dir": args.data_dir,
@@ -404,6 +408,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         final = train_char_lstm(args.out, **kwargs)
     metric = {k: v for k, v in final.items() if k in ("test_acc", "test_bpc", "valid_bpc")}
+    print(f"wrote {args.out} ({json.dumps(metric)})")
+    return 0
+
+
+def _train_char_transformer(args: argparse.Namespace) -> int:
+    """``aimc train char-transformer``: the float model in ``--steps``, or with ``--hwa --init FILE`` HWA
+    fine-tuning of it (resumable from the same ``--out``)."""
+    from aimc.train import char_transformer as ct
+
+    if args.epochs is not None or args.io_aware or args.drift_aware or args.tag is not None:
+        raise ValidationError(
+            "char-transformer trains in --steps; --epochs, --io-aware, --drift-aware, --tag do not apply"
+        )
+    common: dict[str, Any] = {
+        "seed": args.seed,
+        "data_dir": args.data_dir,
+        "progress": not args.quiet,
+        "log": (lambda _text: None) if args.quiet else print,
+    }
+    if args.batch_size is not None:
+        common["batch_size"] = args.batch_size
+    if args.hwa:
+        if args.init is None:
+            raise ValidationError("--hwa fine-tunes trained weights: pass --init FILE (e.g. the float model)")
+        final = ct.hwa_char_transformer(
+            args.init, args.out, steps=args.steps or ct.HWA_STEPS, lr=args.peak_lr or ct.HWA_LR, **common
+        )
+    else:
+        if args.init is not None:
+            raise ValidationError("--init applies to --hwa fine-tuning of char-transformer")
+        final = ct.train_char_transformer(
+            args.out, steps=args.steps or ct.STEPS, peak_lr=args.peak_lr or ct.PEAK_LR, resume=args.resume, **common
+        )
+    metric = {k: v for k, v in final.items() if k in ("test_bpc", "valid_bpc")}
     print(f"wrote {args.out} ({json.dumps(metric)})")
     return 0
 
@@ -814,12 +852,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output (--json implies it)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("train", help="train ResNet-9 (CIFAR-10) or the char-LSTM (PTB), or fine-tune it hardware-aware")
-    p.add_argument("model", help="resnet9 or char-lstm")
+    p = sub.add_parser(
+        "train",
+        help="train ResNet-9 (CIFAR-10), the char-LSTM or the char-transformer (PTB), or fine-tune it hardware-aware",
+    )
+    p.add_argument("model", help="resnet9, char-lstm or char-transformer")
     p.add_argument("--out", required=True, help="output folder: checkpoints (last.safetensors), log.jsonl, weights")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 20 / 20)")
     p.add_argument("--batch-size", type=int, default=None, help="batch (default 256 images / 128 streams)")
     p.add_argument("--peak-lr", type=float, default=None, help="peak of the one-cycle learning rate")
+    p.add_argument("--steps", type=int, default=None, help="char-transformer: training steps (default 6000; HWA 400)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hwa", action="store_true", help="hardware-aware fine-tuning (the chip paper's noise, clipping)")
     p.add_argument("--io-aware", action="store_true", help="resnet9 HWA: also 8-bit inputs and output noise")

@@ -37,6 +37,8 @@ WARMUP_STEPS = 200
 BATCH = 32
 WEIGHT_DECAY = 0.1
 GRAD_CLIP = 1.0
+#: Training steps of the default schedule (the shipped weights: 4,600, see src/aimc/weights/README.md).
+STEPS = 6000
 #: Steps between checkpoints and validation measurements.
 CHECKPOINT_EVERY = 500
 #: Characters of validation text measured at each checkpoint (the full split is measured at the end).
@@ -81,7 +83,7 @@ def bits_per_character(model: CharTransformer, tokens: torch.Tensor) -> float:
 def train_char_transformer(
     out_dir: str,
     *,
-    steps: int = 6000,
+    steps: int = STEPS,
     batch_size: int = BATCH,
     peak_lr: float = PEAK_LR,
     seed: int = 0,
