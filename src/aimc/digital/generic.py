@@ -137,6 +137,28 @@ LAYOUT_OPS = frozenset(
         "feature_dropout",
     ]
 )
+#: Layout ops that copy their values (the others are views and move nothing).
+COPY_OPS = frozenset(
+    [
+        "cat",
+        "stack",
+        "contiguous",
+        "clone",
+        "_to_copy",
+        "to",
+        "repeat",
+        "tile",
+        "index_select",
+        "gather",
+        "flip",
+        "roll",
+        "pad",
+        "constant_pad_nd",
+        "embedding",
+        "index",
+        "copy",
+    ]
+)
 #: Element-wise ATen operations of the LDPU pipeline (affine, ReLU, add).
 LDPU_OPS = frozenset(
     [
@@ -354,25 +376,7 @@ def cost(name: str, args: list[Any], kwargs: dict[str, Any], out: Any, items: in
     tensors_out = [o for o in _flat([out]) if isinstance(o, torch.Tensor)]
     numel_out = sum(t.numel() for t in tensors_out)
     if unit == "layout":
-        copies = family in (
-            "cat",
-            "stack",
-            "contiguous",
-            "clone",
-            "_to_copy",
-            "to",
-            "repeat",
-            "tile",
-            "index_select",
-            "gather",
-            "flip",
-            "roll",
-            "pad",
-            "constant_pad_nd",
-            "embedding",
-            "index",
-            "copy",
-        )
+        copies = family in COPY_OPS
         moved = 2 * numel_out * 2 if copies else 0  # read and write each value
         return {"flops": 0.0, "bytes": moved / items}
     flops = 0.0
