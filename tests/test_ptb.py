@@ -9,7 +9,7 @@ import torch
 
 from aimc.data.ptb import EOL, PAPER_TEST_CHARS, VOCAB, decode, ptb_chars, streams, to_characters
 from aimc.errors import UnknownNameError, ValidationError
-from aimc.experiments.language import bpc_from_logits, windows
+from aimc.tasks.language import bpc_from_logits, windows
 
 
 def test_character_test_set_is_the_papers():
