@@ -145,7 +145,7 @@ def test_a_corrupt_cache_is_measured_again_and_rewritten(cache, damage):
 def test_a_cache_from_another_version_is_not_used(cache, monkeypatch):
     Backend().choose("aux_product")
     kernels.clear_memory()
-    monkeypatch.setattr(aimc, "__version__", "0.0.0-other")
+    monkeypatch.setattr(aimc._version, "__version__", "0.0.0-other")
     assert Backend().choose("aux_product").source == "measured"
 
 

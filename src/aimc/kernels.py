@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from aimc._version import __version__
+from aimc import _version
 from aimc.errors import UnknownNameError, ValidationError
 
 #: Environment variable that forces kernels for the whole process: ``"op=kernel,op=kernel"``.
@@ -432,7 +432,7 @@ def machine_key() -> str:
     """What a cached choice holds for: CPU model, architecture, threads, PyTorch, numba and aimc versions."""
     return (
         f"{cpu_model()} | {platform.machine()} | threads {torch.get_num_threads()} | torch {torch.__version__} | "
-        f"numba {numba_version()} | aimc {__version__}"
+        f"numba {numba_version()} | aimc {_version.__version__}"
     )
 
 
@@ -557,7 +557,7 @@ def report(backend: Backend | None = None, device_type: str = "cpu") -> dict:
         "cpu": cpu_model(),
         "machine": platform.machine(),
         "python": platform.python_version(),
-        "aimc": __version__,
+        "aimc": _version.__version__,
         "torch": torch.__version__,
         "numba": numba_version(),
         "threads": torch.get_num_threads(),
