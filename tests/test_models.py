@@ -213,7 +213,7 @@ def test_bad_arguments() -> None:
 
 
 def test_registry() -> None:
-    assert available_models() == ["resnet9", "char-lstm", "caption-lstm"]
+    assert available_models() == ["resnet9", "char-lstm", "caption-lstm", "char-transformer"]
     assert isinstance(get_model("resnet9"), ResNet9)
     assert isinstance(get_model("char-lstm", hidden_size=8), CharLSTM)
     small = get_model("caption-lstm", vocab_size=10, feature_dim=4, hidden_size=4, embedding_dim=4)

@@ -116,7 +116,9 @@ class CharTransformerPtb(_CharacterTask):
         if samples is not None:
             test = test[: samples + 1]
         scored = TRANSFORMER_WARMUP
-        x, y = windows(test, max(1, (test.numel() - 1) // scored), TRANSFORMER_WARMUP)
+        n_windows = max(1, (test.numel() - 1) // scored)
+        test = test[: n_windows * scored + 1]  # whole windows: each scores exactly ``scored`` characters
+        x, y = windows(test, n_windows, TRANSFORMER_WARMUP)
         n_cal = calibration or self.calibration_inputs
         cal, _ = windows(ptb_chars("valid", data_dir)[: n_cal * scored + 1], n_cal, TRANSFORMER_WARMUP)
         return TaskData(self.name, x, y, cal)
