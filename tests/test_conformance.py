@@ -5,8 +5,6 @@ conversions the outputs are finite, reproducible from the seeds, and a saved chi
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -308,9 +306,6 @@ def test_rnn_with_a_given_initial_state_is_refused():
         aimc.compile(Stateful(), calibration=torch.randn(2, 5, 3), progress=False)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("transformers") is None, reason="the transformers package is not installed"
-)
 def test_hugging_face_bert_sequence_classifier():
     from transformers import BertConfig, BertForSequenceClassification
 
