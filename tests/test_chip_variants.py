@@ -77,6 +77,10 @@ def test_kernels_hold_the_levels_exactly():
     ten = readout_kernels_for(chosen, dataclasses.replace(ChipSpec.hermes(), pwm_bits=10))
     assert ten["pos_neg_product"] == "float32" and ten["aux_product"] == "float32"
     assert ChipSpec.hermes().input_levels == INT8_LEVELS and BF16_EXACT_LEVELS == 256
+    int8 = {**chosen, "aux_product": "int8"}
+    assert readout_kernels_for(int8, ChipSpec.hermes()) == int8
+    assert readout_kernels_for(int8, dataclasses.replace(ChipSpec.hermes(), pwm_bits=9))["aux_product"] == "bfloat16"
+    assert readout_kernels_for(int8, dataclasses.replace(ChipSpec.hermes(), pwm_bits=10))["aux_product"] == "float32"
 
 
 def test_ldpu_charge_unit_is_one_fc_on_the_paper_chip():

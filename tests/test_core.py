@@ -137,21 +137,28 @@ def test_calibration_takes_one_range_per_core_and_rejects_bad_ranges():
         CoreConfig(adc_calibration="auto")
 
 
+#: Programming seeds the paper-test errors are averaged over: one programmed core's errors (its drift-compensation
+#: reference read included) move the four-/one-phase ratio by about ±0.015, more than the effect tested.
+PAPER_PROGRAMMING_SEEDS = (0, 1, 2, 3)
+
+
 @pytest.fixture(scope="module")
 def paper_errors():
-    """ε of the chip paper's MVM test for ODP/TDP x one-/four-phase at 1 h, two cores, one seed."""
+    """ε of the chip paper's MVM test for ODP/TDP x one-/four-phase at 1 h, two cores, each metric averaged over
+    :data:`PAPER_PROGRAMMING_SEEDS` (one read seed)."""
     w, x, y_fp = paper_mvm_problem(cores=2)
     out = {}
     for strategy, device in (("odp", "hermes-1dev"), ("tdp", "hermes-2dev")):
-        core = program_test_cores(w, x, device, strategy, 0)
+        cores = [program_test_cores(w, x, device, strategy, seed) for seed in PAPER_PROGRAMMING_SEEDS]
         for mode in ("one-phase", "four-phase"):
-            out[strategy, mode] = error_metrics(core.mvm(x, 3600.0, mode, 1), y_fp, x)
+            metrics = [error_metrics(core.mvm(x, 3600.0, mode, 1), y_fp, x) for core in cores]
+            out[strategy, mode] = tuple(sum(v) / len(v) for v in zip(*metrics, strict=True))
     return out
 
 
 def test_four_phase_is_more_accurate_than_one_phase(paper_errors):
     for strategy in ("odp", "tdp"):
-        # measured 0.977 (both strategies; 2 cores, 1 h)
+        # measured 0.976 (ODP) and 0.971 (TDP); single programmed cores range 0.963-0.991
         assert paper_errors[strategy, "four-phase"][0] < 0.985 * paper_errors[strategy, "one-phase"][0]
 
 
@@ -332,16 +339,18 @@ def test_bad_programming_input_raises_a_specific_error():
         program_core(torch.rand(4, 4), "hermes-2dev", "tdp", -3)
 
 
-def test_bfloat16_auxiliary_products_leave_the_error_statistics_unchanged():
-    """pos + neg and the noise variance in bfloat16 (fast path on AMX CPUs) give the float32 path's ε within 2%."""
+@pytest.mark.parametrize("aux", ["bfloat16", "int8"])
+def test_fast_auxiliary_products_leave_the_error_statistics_unchanged(aux):
+    """pos + neg and the noise variance in bfloat16, or pos + neg as an int8 plane, give the float32 path's ε
+    within 2%."""
     w, x, y_fp = paper_mvm_problem(cores=2, batch=1024)
     core = program_core(w, "hermes-2dev", "tdp", 0)
     errs = {}
-    for aux in ("float32", "bfloat16"):
-        y = core.prepare(3600.0, "four-phase", 1, backend=Backend(aux_product=aux)).mvm(x, 2)
-        errs[aux] = error_metrics(y, y_fp, x)
-    for e32, e16 in zip(errs["float32"], errs["bfloat16"], strict=True):
-        assert abs(e16 / e32 - 1) < 0.02
+    for kernel in ("float32", aux):
+        y = core.prepare(3600.0, "four-phase", 1, backend=Backend(aux_product=kernel)).mvm(x, 2)
+        errs[kernel] = error_metrics(y, y_fp, x)
+    for e32, e_fast in zip(errs["float32"], errs[aux], strict=True):
+        assert abs(e_fast / e32 - 1) < 0.02
 
 
 def test_mvm_test_lowers_g_max_only_where_currents_would_exceed_the_adc_range():

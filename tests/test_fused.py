@@ -13,7 +13,14 @@ import torch
 
 from aimc import CoreConfig, program_core
 from aimc.core import fused
-from aimc.core.fastmath import PLANE_LEVELS, int8_planes, int_plane_products, pack_int_planes
+from aimc.core.fastmath import (
+    AUX_PLANE_LEVELS,
+    PLANE_LEVELS,
+    int8_plane,
+    int8_planes,
+    int_plane_products,
+    pack_int_planes,
+)
 from aimc.core.normals import fill_normal_
 from aimc.core.philox import draw_key, fill_normal_rows_
 from aimc.errors import ValidationError
@@ -49,10 +56,10 @@ def _agree(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("mode", ["four-phase", "one-phase"])
-@pytest.mark.parametrize("aux", ["bfloat16", "float32"])
+@pytest.mark.parametrize("aux", ["bfloat16", "float32", "int8"])
 @pytest.mark.parametrize("product", ["float32", "int-mm", "onednn-int8"])
 def test_fused_kernel_gives_the_torch_paths_numbers(mode, aux, product):
-    """Every pos - neg product kernel, either auxiliary dtype: the compiled pass equals PyTorch's operations."""
+    """Every pos - neg product kernel, every auxiliary kernel: the compiled pass equals PyTorch's operations."""
     w, x = _problem(0, (3, 2), 100, 120, 300)  # stacked cores; the input broadcasts over the column blocks
     core = program_core(w, "hermes-2dev", "tdp", 0)
     fast, slow = _tails(core, 3600.0, mode, 1, pos_neg_product=product, aux_product=aux)
@@ -163,6 +170,31 @@ def test_int8_planes_encode_the_matrix_within_half_a_step():
         assert torch.equal(y[..., :40], (xs.double() @ hi.double()).int())
         assert torch.equal(y[..., 40:], (xs.double() @ lo.double()).int())
         assert torch.equal(planes.scales, torch.stack([step.flatten() * 256.0, step.flatten()], dim=1))
+
+
+def test_int8_plane_encodes_the_matrix_within_half_a_step():
+    g = torch.Generator().manual_seed(2)
+    m = torch.rand((3, 250, 40), generator=g) * torch.tensor([1e-3, 1.0, 50.0]).view(3, 1, 1)
+    q, step = int8_plane(m)
+    assert q.dtype == torch.int8 and q.is_contiguous()
+    assert bool(((step.double() * q.double() - m.double()).abs() <= 0.501 * step.double()).all())
+    assert torch.allclose(step.flatten(), m.abs().amax(dim=(-2, -1)) / AUX_PLANE_LEVELS)
+    assert int(q.max()) == AUX_PLANE_LEVELS
+
+
+def test_int8_pos_plus_neg_product_is_the_planes_exact_product():
+    """aux_product=int8: the readout's pos + neg product is the exact int32 product of |levels| and each core's
+    plane, for inputs shared by the cores or each core's own."""
+    w, _ = _problem(3, (3,), 40, 60, 1)
+    core = program_core(w, "hermes-2dev", "tdp", 0)
+    readout = core.prepare(60.0, "four-phase", 1, backend=Backend(aux_product="int8", mvm_tail="numba"))
+    q, step = readout.a_plane
+    levels = torch.randint(-127, 128, (3, 9, 60), dtype=torch.int8, generator=torch.Generator().manual_seed(4))
+    for x in (levels, levels[:1]):
+        p = readout._products_of(x, x.abs(), None, None)
+        assert p.a.dtype == torch.int32
+        assert torch.equal(p.a, (x.abs().double() @ q.double()).int().expand(3, 9, 40))
+        assert torch.equal(p.a_scale, step.flatten())
 
 
 def test_normal_draws_do_not_depend_on_the_thread_count():

@@ -142,6 +142,20 @@ def test_a_corrupt_cache_is_measured_again_and_rewritten(cache, damage):
     assert any(entry["kernel"] == choice.kernel for entry in record.values())
 
 
+def test_a_cache_that_misses_a_candidate_is_measured_again(cache):
+    """A choice cached before a candidate existed (or could run here) is measured again with it."""
+    Backend().choose("aux_product")
+    data = json.loads(cache.read_text())
+    for entry in data["machines"][kernels.machine_key()].values():
+        entry["times_ms"].pop("float32", None)
+        entry["probe_ms"].pop("float32", None)
+        entry["kernel"] = next(iter(entry["times_ms"]))
+    cache.write_text(json.dumps(data))
+    kernels.clear_memory()
+    choice = Backend().choose("aux_product")
+    assert choice.source == "measured" and "float32" in choice.probe_ms
+
+
 def test_a_cache_from_another_version_is_not_used(cache, monkeypatch):
     Backend().choose("aux_product")
     kernels.clear_memory()

@@ -464,7 +464,8 @@ def _valid_times(value: object, names: tuple[str, ...]) -> bool:
 
 
 def _read_cache(key: str, entry: str, operation: Operation, names: tuple[str, ...]) -> Choice | None:
-    """The cached choice of ``entry`` for machine ``key``, or None where missing, corrupt or not runnable here."""
+    """The cached choice of ``entry`` for machine ``key``, or None where missing, corrupt, not runnable here, or
+    measured without one of the candidates ``names`` that can run here."""
     data = _load_file()
     record = data["machines"].get(key) if data else None
     record = record.get(entry) if isinstance(record, dict) else None
@@ -477,6 +478,8 @@ def _read_cache(key: str, entry: str, operation: Operation, names: tuple[str, ..
     if not (_valid_times(times, names) and _valid_times(probe, names) and isinstance(when, str)):
         return None
     if times.get(kernel) is None:  # the chosen kernel must have been timed
+        return None
+    if any(name not in probe for name in names):  # a kernel that runs here was not measured (a newer candidate)
         return None
     return Choice(kernel, "cache", dict(times), dict(probe), when)
 

@@ -36,7 +36,7 @@ import torch
 
 from aimc import kernels
 from aimc._validation import SeedLike, check_choice, check_finite_tensor, check_number, make_generator
-from aimc.core import fused
+from aimc.core import fused, readdraw
 from aimc.core.adc import AdcState, cco_counts, cco_counts_, sample_adc
 from aimc.core.config import CoreConfig
 from aimc.core.fastmath import (
@@ -45,6 +45,7 @@ from aimc.core.fastmath import (
     POS_NEG_PRODUCT_CANDIDATES,
     IntPlanes,
     ScaledPlanes,
+    int8_plane,
     int8_planes,
     int_plane_products,
     pack_int_planes,
@@ -81,11 +82,13 @@ BF16_EXACT_LEVELS = 256
 
 def readout_kernels_for(chosen: Mapping[str, str], spec: ChipSpec) -> dict[str, str]:
     """The kernels ``chosen`` for the hot operations, restricted to those that hold ``spec``'s PWM levels exactly:
-    no int8 products above :data:`INT8_LEVELS` (pwm_bits > 8), no bfloat16 auxiliary products above
-    :data:`BF16_EXACT_LEVELS` (pwm_bits > 9); float32, the reference kernel, instead."""
+    no int8 products above :data:`INT8_LEVELS` (pwm_bits > 8; bfloat16 auxiliary products instead), no bfloat16
+    auxiliary products above :data:`BF16_EXACT_LEVELS` (pwm_bits > 9); float32, the reference kernel, instead."""
     out = dict(chosen)
     if spec.input_levels > INT8_LEVELS and out.get("pos_neg_product") in INT8_PRODUCTS:
         out["pos_neg_product"] = "float32"
+    if spec.input_levels > INT8_LEVELS and out.get("aux_product") == "int8":
+        out["aux_product"] = "bfloat16"
     if spec.input_levels > BF16_EXACT_LEVELS and out.get("aux_product") == "bfloat16":
         out["aux_product"] = "float32"
     return out
@@ -174,7 +177,9 @@ class _Products(NamedTuple):
         ``(1, B, S, W)``, one per group (:func:`scaled_plane_products` unstacked). With ``y_scale``, int32: the
         plane products Y_hi, Y_lo themselves (:func:`int_plane_products`).
     y_scale: ``(C, 2)`` float32 (256·step, step) of int32 plane products in ``y``, else None.
-    a: half the (pos + neg) charge in ``aux_dtype``, ``(*lead, B, m)``.
+    a: half the (pos + neg) charge in ``aux_dtype``, ``(*lead, B, m)``; with ``a_scale``, int32: the product of
+        the int8 plane (:func:`int8_plane`), the charge being fl(a_scale·a).
+    a_scale: ``(C,)`` float32 step of each core's int8 plane, else None.
     var: the fresh-noise variance of y (``aux_dtype``, ``(*lead, B, m)``), or None without fresh noise.
     key: with numba, the words that determine this MVM's standard normals (:mod:`aimc.core.philox`; the fused
         kernel draws them itself), else None.
@@ -185,6 +190,7 @@ class _Products(NamedTuple):
     y_pair: bool
     y_scale: torch.Tensor | None
     a: torch.Tensor
+    a_scale: torch.Tensor | None
     var: torch.Tensor | None
     key: np.ndarray | None
     z: torch.Tensor | None
@@ -209,6 +215,8 @@ class CoreReadout:
         aux_dtype: dtype of the pos + neg and noise-variance products (kernel ``aux_product``).
         y_planes: ``y_matrix`` as int8 planes (hi, lo, step) for the int8 pos - neg product
             (:func:`~aimc.core.fastmath.int8_planes`), or None to multiply in float32.
+        a_plane: ``a_matrix`` as one int8 plane (q, step) for the int8 pos + neg product
+            (:func:`~aimc.core.fastmath.int8_plane`, kernel ``aux_product="int8"``), or None.
         kernels: the kernel of each hot operation this readout runs with (:mod:`aimc.kernels`): ``pos_neg_product``,
             ``aux_product``, ``mvm_tail`` and ``mvm_threads``.
 
@@ -226,6 +234,7 @@ class CoreReadout:
     out_scale: torch.Tensor
     aux_dtype: torch.dtype
     y_planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    a_plane: tuple[torch.Tensor, torch.Tensor] | None = None
     kernels: dict[str, str] = field(default_factory=dict)
     _work: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _registers: dict[tuple, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
@@ -450,13 +459,42 @@ class CoreReadout:
                 planes = self._int_planes(tuple(lead), shared)
                 y, y_scale = int_plane_products(y_in, planes, tuple(lead)), planes.scales
             pair = True
-        a = torch.matmul(a_in, self.a_matrix, out=self._buffer("a_prod" + tag, out_shape, self.aux_dtype))
+        if self.a_plane is None:
+            a = torch.matmul(a_in, self.a_matrix, out=self._buffer("a_prod" + tag, out_shape, self.aux_dtype))
+            a_scale = None
+        else:
+            a, a_scale = self._int_a(a_in, tuple(lead), out_shape, tag), self._a_scales(tuple(lead))
         if self.fresh_var is None or (gen is None and key is None) or sq_in is None:
-            return _Products(y, pair, y_scale, a, None, None, None)
+            return _Products(y, pair, y_scale, a, a_scale, None, None, None)
         var = torch.matmul(sq_in, self.fresh_var, out=self._buffer("var_prod" + tag, out_shape, self.aux_dtype))
         if key is not None or fused.available():
-            return _Products(y, pair, y_scale, a, var, draw_key(gen) if key is None else key, None)
-        return _Products(y, pair, y_scale, a, var, None, self._normals(out_shape, gen))
+            return _Products(y, pair, y_scale, a, a_scale, var, draw_key(gen) if key is None else key, None)
+        return _Products(y, pair, y_scale, a, a_scale, var, None, self._normals(out_shape, gen))
+
+    def _int_a(self, a_in: torch.Tensor, lead: tuple[int, ...], out_shape: torch.Size, tag: str) -> torch.Tensor:
+        """The exact int32 product of the input magnitudes ``a_in`` ``(..., B, K)`` (integer PWM levels, any dtype)
+        with each core's int8 plane of pos + neg (:attr:`a_plane`): ``(*lead, B, m)``, one ``torch._int_mm`` per
+        core into its rows of the result."""
+        if a_in.dtype != torch.int8:
+            a_in = self._buffer("mag_int8" + tag, a_in.shape, torch.int8).copy_(a_in)
+        rows, k = a_in.shape[-2:]
+        x = a_in.expand(*lead, rows, k).reshape(-1, rows, k) if lead else a_in.reshape(1, rows, k)
+        q = self.a_plane[0]  # type: ignore[index]
+        q = q.expand(*lead, *q.shape[-2:]).reshape(-1, *q.shape[-2:]) if lead else q.reshape(1, *q.shape[-2:])
+        out = self._buffer("a_int" + tag, out_shape, torch.int32)
+        flat = out.view(-1, rows, out_shape[-1])
+        for c in range(flat.shape[0]):
+            torch._int_mm(x[c], q[c], out=flat[c])
+        return out
+
+    def _a_scales(self, lead: tuple[int, ...]) -> torch.Tensor:
+        """The step of each core's int8 plane of pos + neg as float32 ``(C,)`` for the cores ``lead``; computed once
+        per readout."""
+        key = ("a_scales", lead)
+        if key not in self._registers:
+            step = self.a_plane[1]  # type: ignore[index]
+            self._registers[key] = (step.expand(*lead, 1, 1).reshape(-1).float().contiguous(),)
+        return self._registers[key][0]
 
     def _scaled_planes(self, lead: tuple[int, ...], shared_dims: int, rows: int) -> ScaledPlanes | None:
         """:attr:`y_planes` of the cores ``lead`` (the planes broadcast to it) prepacked for oneDNN
@@ -603,6 +641,7 @@ class CoreReadout:
             out=None if out is None else out.view(cores, out.shape[-2], m),
             batch_offset=batch_offset,
             y_scale=p.y_scale,
+            a_scale=p.a_scale,
         )
         return result.view(*lead, -1, m)
 
@@ -636,6 +675,8 @@ class CoreReadout:
         core, spec, cfg = self.core, self.core.spec, self.core.config
         p = self._products(tau, gen)
         y, a = self._float_y(p), p.a
+        if p.a_scale is not None:  # int32 plane product: fl(step·a), as the fused kernel
+            a = self._buffer("a", y.shape, torch.float32).copy_(a).mul_(p.a_scale.view(*y.shape[:-2], 1, 1))
         if p.var is not None:
             std = self._noise_std(p.var)
             z = p.z if p.z is not None else self._normals(y.shape, gen, p.key)  # type: ignore[arg-type]
@@ -753,28 +794,30 @@ class ProgrammedCore:
         """
         t = check_time(t_seconds)
         check_choice(mode, "mode", READ_MODES)
-        chosen = readout_kernels_for(
-            readout_kernels(kernels.resolve(backend), self.states.g_prog.device.type), self.spec
-        )
+        resolved, device_type = kernels.resolve(backend), self.states.g_prog.device.type
+        chosen = readout_kernels_for(readout_kernels(resolved, device_type), self.spec)
         gen = make_generator(generator, "generator") if (read_noise or drift_compensation) else None
         g, noise_std, fresh_var = self._conductances_at(t, read_noise)
-        if noise_std is not None:
-            # g + noise_std·z, clamped at 0, computed in z's buffer (the same numbers, one temporary less)
-            z = torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
-            g = z.mul_(noise_std).add_(g).clamp_min_(0.0)
-        pos, neg = self._polarity_index(g.device)
-        g_pos = g.index_select(-3, pos).sum(-3)
-        g_neg = g.index_select(-3, neg).sum(-3)
-        aux = _AUX_DTYPES[chosen["aux_product"]]
         half_charge = 0.5 * self.config.read_voltage_V * self.spec.pwm_ns_per_lsb  # fC / 2 per (uS · PWM level)
-        if mode == "four-phase":
-            y_matrix = (g_pos - g_neg).mT * half_charge
-            a_matrix = (g_pos + g_neg).mT * half_charge
-        else:  # rows of negative inputs are read with the negative voltage: G·(1 + a), and swap the counters
-            g_neg_read = g * (1.0 + self.asymmetry)
-            gp_r, gn_r = g_neg_read.index_select(-3, pos).sum(-3), g_neg_read.index_select(-3, neg).sum(-3)
-            y_matrix = torch.cat([(g_pos - g_neg).mT, (gn_r - gp_r).mT], dim=-2) * half_charge
-            a_matrix = torch.cat([(g_pos + g_neg).mT, (gp_r + gn_r).mT], dim=-2) * half_charge
+        drawn = None
+        if noise_std is not None:
+            # this run's quasi-static read noise: philox normals where numba is there (readdraw), else PyTorch's
+            key = draw_key(gen) if readdraw.available() else None
+            chosen["readout_draw"] = resolved.kernel("readout_draw", device_type)
+            if chosen["readout_draw"] == "numba" and mode == "four-phase" and key is not None:
+                drawn = readdraw.noisy_sums(g, noise_std, key, self.polarity, half_charge)
+            else:
+                g = readdraw.noisy_conductances(g, noise_std, gen, key)  # type: ignore[arg-type]
+        if drawn is not None:
+            g_pos, g_neg, y_matrix, a_matrix = drawn
+        else:
+            g_pos, g_neg = readdraw.polarity_sums(g, self.polarity)
+            y_matrix, a_matrix = (g_pos - g_neg).mT * half_charge, (g_pos + g_neg).mT * half_charge
+        aux = _AUX_DTYPES[chosen["aux_product"]]
+        if mode == "one-phase":  # rows of negative inputs are read with the negative voltage: G·(1 + a), and swap
+            gp_r, gn_r = readdraw.polarity_sums(g * (1.0 + self.asymmetry), self.polarity)  # the counters
+            y_matrix = torch.cat([y_matrix, (gn_r - gp_r).mT * half_charge], dim=-2)
+            a_matrix = torch.cat([a_matrix, (gp_r + gn_r).mT * half_charge], dim=-2)
         y_matrix = y_matrix.contiguous()
         base_scale = (
             self.w_max
@@ -791,6 +834,7 @@ class ProgrammedCore:
             out_scale=base_scale,
             aux_dtype=aux,
             y_planes=int8_planes(y_matrix) if chosen["pos_neg_product"] in INT8_PRODUCTS else None,
+            a_plane=int8_plane(a_matrix) if chosen["aux_product"] == "int8" else None,
             kernels=chosen,
         )
         if drift_compensation:
@@ -817,11 +861,6 @@ class ProgrammedCore:
                 fresh_var = (frac * sigma * sigma).sum(-3) if frac > 0 else None
         self._at_time = ((t, read_noise), g, noise_std, fresh_var)
         return g, noise_std, fresh_var
-
-    def _polarity_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices of the positive and of the negative conductance units (dim -3 of the states)."""
-        pol = self.polarity.to(device)
-        return torch.nonzero(pol > 0).flatten(), torch.nonzero(pol < 0).flatten()
 
     def _gdc_readout(self, readout: CoreReadout, generator: torch.Generator) -> torch.Tensor:
         """Mean |output| of the calibration input (all inputs at ``gdc_input_fraction`` of full scale), ``(...,)``."""
@@ -1046,6 +1085,8 @@ def program_core(
 
 #: Representative MVM timed to choose the kernels: one 256 x 256 core, 1,024 input rows; the probe uses 16 rows.
 BENCH_SIZE, BENCH_ROWS, PROBE_ROWS = 256, 1024, 16
+#: Cores of the stack whose readout is timed to choose the ``readout_draw`` kernel.
+DRAW_CORES = 4
 
 
 def _mvm_workloads(operation: str, fixed: Mapping[str, str], names: tuple[str, ...]) -> dict[str, kernels.Workload]:
@@ -1093,6 +1134,27 @@ _MVM_THREADS_CANDIDATES = (
     ),
 )
 
+
+def _draw_workloads(fixed: Mapping[str, str], names: tuple[str, ...]) -> dict[str, kernels.Workload]:
+    """Timed readouts (:meth:`ProgrammedCore.prepare` of a stack of cores with read noise, without drift
+    compensation) per candidate of ``readout_draw``, the MVM's kernels at their first candidate that can run (a
+    readout does not multiply). Each runs once first, so that compiling is not timed."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.rand((DRAW_CORES, BENCH_SIZE, BENCH_SIZE), generator=gen) * 2 - 1
+    first = {
+        op: next(c.name for c in kernels.get_operation(op).candidates if c.available("cpu"))
+        for op in READOUT_OPERATIONS
+    }
+    core = program_core(w, "hermes-2dev", "tdp", 0, backend=kernels.Backend(**first, readout_draw="torch"))
+    loads = {}
+    for name in names:
+        backend = kernels.Backend(**{**first, **fixed, "readout_draw": name})
+        run = functools.partial(core.prepare, 3600.0, "four-phase", 1, drift_compensation=False, backend=backend)
+        run()
+        loads[name] = kernels.Workload(run, run)
+    return loads
+
+
 _READOUT_SUMMARIES = {
     "aux_product": "a core's products |x|·(G+ + G-) and x²·σ² (counter common mode, fresh-noise variance)",
     "pos_neg_product": "a core's signed product x·(G+ - G-), the MVM's result",
@@ -1105,6 +1167,19 @@ _READOUT_CANDIDATES = {
     "mvm_tail": _MVM_TAIL_CANDIDATES,
     "mvm_threads": _MVM_THREADS_CANDIDATES,
 }
+
+kernels.register(
+    kernels.Operation(
+        name="readout_draw",
+        summary="a run's read-noise draw of every device and its polarity sums (the fixed cost of a run)",
+        candidates=kernels.compiled_or_torch(
+            "one compiled pass per core row, normals drawn in place (aimc.core.readdraw)",
+            "PyTorch operations (any device)",
+            lambda device_type: device_type == "cpu" and readdraw.available(),
+        ),
+        workloads=_draw_workloads,
+    )
+)
 
 # each timed on whole MVMs, chosen in the order of READOUT_OPERATIONS with the earlier choices in place
 for _k, _op in enumerate(READOUT_OPERATIONS):

@@ -109,6 +109,8 @@ if numba is not None:
         y_scaled,
         a,
         a_bf16,
+        a_scale,
+        a_int,
         var,
         var_bf16,
         key,
@@ -158,7 +160,11 @@ if numba is not None:
                 for j in range(m):
                     s_y[j] = y_row[j]
             a_row = a[c, b]
-            if a_bf16:
+            if a_int:  # int32 plane product: fl(step·a)
+                s_c = a_scale[c]
+                for j in range(m):
+                    s_a[j] = np.float32(a_row[j]) * s_c
+            elif a_bf16:
                 for j in range(m):
                     s_a[j] = _bf16_to_f32(a_row[j])
             else:
@@ -191,12 +197,13 @@ if numba is not None:
 
     @numba.njit(nogil=True, parallel=True, cache=True, error_model="numpy")
     def _kernel_par(
-        y, y_pair, y_scale, y_scaled, a, a_bf16, var, var_bf16, key, noise,
+        y, y_pair, y_scale, y_scaled, a, a_bf16, a_scale, a_int, var, var_bf16, key, noise,
         gk, ok, ia, bias, scale, den_c, q_max, c_max, floor_counts, out, b_off, core_off, rows, chunks,
     ):  # fmt: skip  # pragma: no cover - compiled
         for c in numba.prange(chunks):
             _kernel(
-                y, y_pair, y_scale, y_scaled, a, a_bf16, var, var_bf16, key, noise, gk, ok, ia, bias, scale, den_c,
+                y, y_pair, y_scale, y_scaled, a, a_bf16, a_scale, a_int, var, var_bf16, key, noise, gk, ok, ia, bias,
+                scale, den_c,
                 q_max, c_max,
                 floor_counts, out, b_off, core_off, rows * c // chunks, rows * (c + 1) // chunks,
             )  # fmt: skip
@@ -225,6 +232,7 @@ def adc_ldpu(
     out: torch.Tensor | None = None,
     batch_offset: int = 0,
     y_scale: torch.Tensor | None = None,
+    a_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fresh noise, both counters, the CCO and the FP16 LDPU for every output, in one pass.
 
@@ -235,7 +243,8 @@ def adc_ldpu(
             such tensors holds consecutive cores (e.g. one ``(1, B, S, W)`` per group): each is passed on as it
             is, without copying them into one. With ``y_scale``, ``y`` holds the int32 plane products Y_hi, Y_lo
             (:func:`aimc.core.fastmath.int_plane_products`) and the charge is fl(s_hi·Y_hi) + fl(s_lo·Y_lo).
-        a: ``(C, B, m)`` half (pos + neg) charge, float32 or bfloat16.
+        a: ``(C, B, m)`` half (pos + neg) charge, float32 or bfloat16; with ``a_scale`` int32, the charge being
+            fl(a_scale[c]·a) (the product of an int8 plane, :func:`aimc.core.fastmath.int8_plane`).
         var: ``(C, B, m)`` fresh-noise variance of ``y`` (float32 or bfloat16), or None without fresh noise.
         key: the four words of this MVM's normals (:func:`aimc.core.philox.draw_key`): output (c, b, j) gets
             element j of :func:`~aimc.core.philox.normal_row` (key, c·B_out + b) for output row b of ``out``, as
@@ -250,6 +259,7 @@ def adc_ldpu(
         batch_offset: the rows given (``y``, ``a``, ``var``) are rows ``batch_offset`` .. ``batch_offset + B`` of
             ``out``'s batch (a part of a larger MVM): their results and their normals are those of these rows.
         y_scale: ``(C, 2)`` float32 scales (s_hi, s_lo) of int32 plane products in ``y`` (with ``y_pair``), or None.
+        a_scale: ``(C,)`` float32 steps of an int32 ``a``, or None.
 
     Returns:
         ``out``: ``(C, B_out, m)`` float32 holding the LDPU's FP16 results.
@@ -270,12 +280,16 @@ def adc_ldpu(
         raise ValueError(f"y holds {offsets[-1]} cores, a holds {cores}")
     if y_scale is not None and (not y_pair or tuple(y_scale.shape) != (cores, 2)):
         raise ValueError(f"y_scale must be ({cores}, 2) with y_pair; got {tuple(y_scale.shape)}")
+    if (a_scale is not None) != (a.dtype == torch.int32) or (a_scale is not None and tuple(a_scale.shape) != (cores,)):
+        raise ValueError(f"an int32 a needs a_scale ({cores},) and only it; got a {a.dtype}, a_scale {a_scale}")
     args = (
         y_pair,
         _DUMMY_SCALE if y_scale is None else y_scale.numpy(),
         y_scale is not None,
         _as_numpy(a),
         a.dtype == torch.bfloat16,
+        _DUMMY_STEP if a_scale is None else a_scale.numpy(),
+        a_scale is not None,
         _as_numpy(var) if noise else _DUMMY_F32,
         noise and var.dtype == torch.bfloat16,
         key if noise else _DUMMY_KEY,
@@ -300,4 +314,5 @@ def adc_ldpu(
 
 _DUMMY_F32 = np.zeros((1, 1, 1), dtype=np.float32)
 _DUMMY_SCALE = np.zeros((1, 2), dtype=np.float32)
+_DUMMY_STEP = np.zeros(1, dtype=np.float32)
 _DUMMY_KEY = np.zeros(4, dtype=np.uint32)
