@@ -413,8 +413,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_char_transformer(args: argparse.Namespace) -> int:
-    """``aimc train char-transformer``: the float model in ``--steps``, or with ``--hwa --init FILE`` HWA
-    fine-tuning of it (resumable from the same ``--out``)."""
+    """``aimc train char-transformer``: the float model in ``--steps`` (from scratch, or a warm restart from
+    ``--init FILE``), or with ``--hwa --init FILE`` HWA fine-tuning of it (resumable from the same ``--out``)."""
     from aimc.train import char_transformer as ct
 
     if args.epochs is not None or args.io_aware or args.drift_aware or args.tag is not None:
@@ -436,10 +436,13 @@ def _train_char_transformer(args: argparse.Namespace) -> int:
             args.init, args.out, steps=args.steps or ct.HWA_STEPS, lr=args.peak_lr or ct.HWA_LR, **common
         )
     else:
-        if args.init is not None:
-            raise ValidationError("--init applies to --hwa fine-tuning of char-transformer")
         final = ct.train_char_transformer(
-            args.out, steps=args.steps or ct.STEPS, peak_lr=args.peak_lr or ct.PEAK_LR, resume=args.resume, **common
+            args.out,
+            steps=args.steps or ct.STEPS,
+            peak_lr=args.peak_lr or ct.PEAK_LR,
+            resume=args.resume,
+            init=args.init,
+            **common,
         )
     metric = {k: v for k, v in final.items() if k in ("test_bpc", "valid_bpc")}
     print(f"wrote {args.out} ({json.dumps(metric)})")

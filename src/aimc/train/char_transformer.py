@@ -89,18 +89,28 @@ def train_char_transformer(
     seed: int = 0,
     data_dir: str | None = None,
     resume: bool = False,
+    init: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the char-transformer on PTB; returns the final record. Files go to ``out_dir``; the weights to
-    ``char_transformer_float.safetensors``."""
+    ``char_transformer_float.safetensors``.
+
+    ``init`` (a weights file) starts from trained weights with a fresh optimiser and a new warm-up + cosine schedule
+    of ``steps`` steps (a warm restart, to train a finished model longer); ``resume`` continues a run in ``out_dir``
+    from its last checkpoint."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train = ptb_chars("train", data_dir)
     valid = ptb_chars("valid", data_dir)
-    model = CharTransformer(seed=seed, **(model_kwargs or {})).to(device)
+    model = CharTransformer(seed=seed, **(model_kwargs or {}))
+    if init is not None:
+        from aimc.weights.io import load_weights_file
+
+        load_weights_file(init, model)
+    model = model.to(device)
     context = model.context
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and n != "position"]
     rest = [p for n, p in model.named_parameters() if not (p.dim() == 2 and n != "position")]
@@ -122,6 +132,7 @@ def train_char_transformer(
         "context": context,
         "peak_lr": peak_lr,
         "seed": seed,
+        "init": None if init is None else Path(init).name,
         "model": model_kwargs or {},
         "warmup_steps": WARMUP_STEPS,
         "weight_decay": WEIGHT_DECAY,
