@@ -7,7 +7,9 @@ each calibration method (``aimc.compile(..., calibration_method=...)``, calibrat
 - software: the PyTorch model (float32);
 - quantisation only: ideal devices, no read noise, the chip's converters and digital units;
 - hermes-2dev TDP and hermes-1dev ODP, four-phase reads, at 1 hour and 1 day after programming (global drift
-  compensation on), over ``--seeds`` programming seeds.
+  compensation on), over ``--seeds`` programming seeds;
+- hermes-2dev TDP at 1 hour with AdaBS (``aimc.chip.adabs.adabs``: each layer's LDPU affine registers recalibrated
+  on :data:`ADABS_IMAGES` unlabelled training images at the time of use), for the default calibration method.
 
 Then, with ``--finetune-epochs N``, the net is fine-tuned hardware-aware (``aimc.train.hwa_finetune``, hermes-2dev
 TDP noise) for N epochs on the CIFAR-10 training set, and measured again with the default calibration method. The
@@ -45,9 +47,13 @@ VALIDATION = Path(__file__).resolve().parent.parent / "docs" / "validation.md"
 #: The chip configurations measured: (label, device preset, strategy).
 CHIPS = (("TDP", "hermes-2dev", "tdp"), ("ODP", "hermes-1dev", "odp"))
 TIMES = {"1 h": 3600.0, "1 d": 86400.0}
+#: When the AdaBS column reads the chip (and recalibrates it): 1 hour.
+ADABS_TIME = 3600.0
 #: Training images that calibrate the ranges.
 CALIBRATION_IMAGES = 512
 BATCH = 250
+#: Unlabelled training images (after the calibration images) that AdaBS recalibrates on.
+ADABS_IMAGES = 1000
 #: Results key suffix of the runs with every depthwise convolution on the digital unit.
 DW_TAG = "+dw-digital"
 
@@ -81,6 +87,7 @@ def measure(
 ) -> None:
     """Every figure of ``model`` under the keys ``prefix/...``; ``digital``: ``compile``'s ``digital_layers``."""
     x, y, x_cal = data["x"], data["y"], data["x_cal"]
+    from aimc.chip.adabs import adabs
 
     def software() -> float:
         with torch.no_grad():
@@ -118,6 +125,17 @@ def measure(
                         )
 
                     res.get(f"{prefix}/{method}/{label}/{tname}/seed{seed}", read)
+                if label == "TDP" and method == DEFAULT_METHOD:
+
+                    def read_adabs(chip=chip, seed=seed) -> float:
+                        tuned = adabs(chip, data["x_adabs"], ADABS_TIME, seed=seed)
+                        return _accuracy(
+                            lambda xb, i: tuned.run(xb, t=ADABS_TIME, mode="four-phase", seed=seed * 1_000_003 + i),
+                            x,
+                            y,
+                        )
+
+                    res.get(f"{prefix}/{method}/TDP+AdaBS/1 h/seed{seed}", read_adabs)
 
 
 def _mean(res: Results, key: str, seeds) -> str:
@@ -128,20 +146,21 @@ def _mean(res: Results, key: str, seeds) -> str:
 
 
 def _recipe(stage: str) -> str:
-    """``"hwa_noise_scale1_output_noise0.05"`` -> ``"HWA fine-tuned (noise_scale 1, output_noise 0.05)"``."""
+    """``"hwa_noise_scale1_output_noise0.05_batchnorm-frozen"`` -> ``"HWA fine-tuned (noise_scale 1, output_noise
+    0.05, batchnorm frozen)"``."""
     parts = stage.removeprefix("hwa").strip("_")
     if not parts:
         return "HWA fine-tuned"
-    settings = [p for p in ("noise_scale", "output_noise") if p in parts]
-    values = {p: parts.split(p, 1)[1].split("_")[0] for p in settings}
+    settings = [p for p in ("noise_scale", "output_noise", "batchnorm") if p in parts]
+    values = {p: parts.split(p, 1)[1].lstrip("-").split("_")[0] for p in settings}
     return "HWA fine-tuned (" + ", ".join(f"{p} {v}" for p, v in values.items()) + ")"
 
 
 def table(res: Results, nets, methods, seeds, finetuned: bool) -> str:
     head = "| net | weights | calibration | software | quantisation only | " + " | ".join(
-        f"{label} {t}" for label, _, _ in CHIPS for t in TIMES
+        [f"{label} {t}" for label, _, _ in CHIPS for t in TIMES] + ["TDP 1 h + AdaBS"]
     )
-    lines = [head + " |", "|" + "---|" * (5 + len(CHIPS) * len(TIMES))]
+    lines = [head + " |", "|" + "---|" * (6 + len(CHIPS) * len(TIMES))]
     for net, variant in [(n, v) for n in nets for v in ("", DW_TAG)]:
         found = {k.split("/")[1] for k in res.data if k.startswith(f"{net}{variant}/")}
         stages = ["float"] + (sorted(st for st in found if st.startswith("hwa")) if finetuned else [])
@@ -160,6 +179,7 @@ def table(res: Results, nets, methods, seeds, finetuned: bool) -> str:
                     f"{res.data[f'{prefix}/{method}/quant']:.2f}",
                 ]
                 cells += [_mean(res, f"{prefix}/{method}/{label}/{t}", seeds) for label, _, _ in CHIPS for t in TIMES]
+                cells.append(_mean(res, f"{prefix}/{method}/TDP+AdaBS/1 h", seeds))
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -180,8 +200,12 @@ def main() -> None:
     )
     parser.add_argument("--noise-scale", type=float, default=None, help="hwa_finetune's noise_scale (default its own)")
     parser.add_argument("--output-noise", type=float, default=None, help="hwa_finetune's output_noise")
+    parser.add_argument(
+        "--batchnorm", choices=["update", "frozen"], default=None, help="hwa_finetune's batchnorm (default its own)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch threads (default 2)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     nets, methods = args.nets.split(","), args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     res = Results(args.results)
@@ -192,12 +216,16 @@ def main() -> None:
             "x": user_cnns.to_input(test_images, net),
             "y": torch.as_tensor(test_labels).long(),
             "x_cal": user_cnns.to_input(train_images[:CALIBRATION_IMAGES], net),
+            "x_adabs": user_cnns.to_input(train_images[CALIBRATION_IMAGES : CALIBRATION_IMAGES + ADABS_IMAGES], net),
         }
         model = user_cnns.load(net)
         digital = args.digital_layers or ""
         tag = DW_TAG if digital else ""
         noise = {k: v for k, v in (("noise_scale", args.noise_scale), ("output_noise", args.output_noise)) if v}
         recipe = "".join(f"_{k}{v:g}" for k, v in noise.items())
+        if args.batchnorm:
+            noise["batchnorm"] = args.batchnorm
+            recipe += f"_batchnorm-{args.batchnorm}"
         measure(res, f"{net}{tag}/float", model, net, data, methods, seeds, digital)
         if args.finetune_epochs and net in (args.finetune_nets or args.nets).split(","):
             out = user_cnns.WEIGHTS_DIR / f"{net}_hwa{'_dw_digital' if digital else ''}{recipe}.safetensors"
