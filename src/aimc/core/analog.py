@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -218,7 +219,7 @@ class CoreReadout:
         a_plane: ``a_matrix`` as one int8 plane (q, step) for the int8 pos + neg product
             (:func:`~aimc.core.fastmath.int8_plane`, kernel ``aux_product="int8"``), or None.
         kernels: the kernel of each hot operation this readout runs with (:mod:`aimc.kernels`): ``pos_neg_product``,
-            ``aux_product``, ``mvm_tail`` and ``mvm_threads``.
+            ``aux_product``, ``mvm_tail``, ``mvm_threads`` and, with read noise, ``readout_draw``.
 
     A readout keeps work buffers between calls of :meth:`mvm` (the hot path then allocates only its result), so
     one readout must not be used from two threads at once.
@@ -478,13 +479,12 @@ class CoreReadout:
         if a_in.dtype != torch.int8:
             a_in = self._buffer("mag_int8" + tag, a_in.shape, torch.int8).copy_(a_in)
         rows, k = a_in.shape[-2:]
-        x = a_in.expand(*lead, rows, k).reshape(-1, rows, k) if lead else a_in.reshape(1, rows, k)
         q = self.a_plane[0]  # type: ignore[index]
-        q = q.expand(*lead, *q.shape[-2:]).reshape(-1, *q.shape[-2:]) if lead else q.reshape(1, *q.shape[-2:])
+        xe, qe = a_in.expand(*lead, rows, k), q.expand(*lead, *q.shape[-2:])  # views: nothing copied
         out = self._buffer("a_int" + tag, out_shape, torch.int32)
         flat = out.view(-1, rows, out_shape[-1])
-        for c in range(flat.shape[0]):
-            torch._int_mm(x[c], q[c], out=flat[c])
+        for c, idx in enumerate(itertools.product(*map(range, lead))):
+            torch._int_mm(xe[idx], qe[idx], out=flat[c])
         return out
 
     def _a_scales(self, lead: tuple[int, ...]) -> torch.Tensor:
@@ -1089,6 +1089,14 @@ BENCH_SIZE, BENCH_ROWS, PROBE_ROWS = 256, 1024, 16
 DRAW_CORES = 4
 
 
+def _first_readout_kernels() -> dict[str, str]:
+    """The first candidate of each of :data:`READOUT_OPERATIONS` that runs on the CPU here (nothing measured)."""
+    return {
+        op: next(c.name for c in kernels.get_operation(op).candidates if c.available("cpu"))
+        for op in READOUT_OPERATIONS
+    }
+
+
 def _mvm_workloads(operation: str, fixed: Mapping[str, str], names: tuple[str, ...]) -> dict[str, kernels.Workload]:
     """Timed four-phase MVMs with fresh read noise, one readout per candidate of ``operation``, the kernels of the
     operations chosen before it as ``fixed`` and those chosen after it at their first candidate that can run (the
@@ -1097,11 +1105,7 @@ def _mvm_workloads(operation: str, fixed: Mapping[str, str], names: tuple[str, .
     gen = torch.Generator().manual_seed(0)
     w = torch.rand((BENCH_SIZE, BENCH_SIZE), generator=gen) * 2 - 1
     x_run, x_probe = (torch.rand((rows, BENCH_SIZE), generator=gen) * 2 - 1 for rows in (BENCH_ROWS, PROBE_ROWS))
-    first = {
-        op: next(c.name for c in kernels.get_operation(op).candidates if c.available("cpu"))
-        for op in READOUT_OPERATIONS
-    }
-    base = {**first, **fixed}
+    base = {**_first_readout_kernels(), **fixed}
     core = program_core(w, "hermes-2dev", "tdp", 0, backend=kernels.Backend(**base))
     loads = {}
     for name in names:
@@ -1141,10 +1145,7 @@ def _draw_workloads(fixed: Mapping[str, str], names: tuple[str, ...]) -> dict[st
     readout does not multiply). Each runs once first, so that compiling is not timed."""
     gen = torch.Generator().manual_seed(0)
     w = torch.rand((DRAW_CORES, BENCH_SIZE, BENCH_SIZE), generator=gen) * 2 - 1
-    first = {
-        op: next(c.name for c in kernels.get_operation(op).candidates if c.available("cpu"))
-        for op in READOUT_OPERATIONS
-    }
+    first = _first_readout_kernels()
     core = program_core(w, "hermes-2dev", "tdp", 0, backend=kernels.Backend(**first, readout_draw="torch"))
     loads = {}
     for name in names:
