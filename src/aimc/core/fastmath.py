@@ -4,7 +4,9 @@ The fast MVM path (:mod:`aimc.core.analog`) needs three products per batch: pos 
 pos + neg and the fresh-noise variance. An error in pos + neg shifts both counters by the same charge and cancels in
 pos - neg to first order; the noise variance needs only a few significant bits. Both can therefore be computed in
 bfloat16 (8-bit mantissa, float32 accumulation), which is several times faster than float32 where the CPU
-multiplies bfloat16 natively and much slower where it is emulated.
+multiplies bfloat16 natively and much slower where it is emulated; or pos + neg as one int8 plane per core
+(:func:`int8_plane`, 7 bits of the core's largest entry) against the PWM magnitudes, exactly int8, with the variance
+in bfloat16.
 
 The pos - neg product itself can run on the CPU's int8 units, several times faster than float32 on some CPUs:
 the PWM input levels are integers in [-127, 127], exactly int8, and the matrix is written per core as
