@@ -67,7 +67,7 @@ from aimc.sweep.spec import (
     read_yaml,
 )
 from aimc.tasks import CALIBRATION_INPUTS, available_tasks, get_task
-from aimc.weights import available_weights
+from aimc.weights import weights_problem
 
 #: Tile sizes (rows and columns) a design may have: from a crossbar too small to be worth its ADCs to 16x the chip's.
 TILE_RANGE = (16, 4096)
@@ -531,15 +531,9 @@ def _parse_networks(raw: object, where: str) -> tuple[NetworkSpec, ...]:
         weights = entry.get("weights")
         if weights is not None:
             weights = _string(weights, f"{name}.weights", where)
-            if weights not in available_weights():
-                path = Path(weights)
-                if path.suffix != ".safetensors":
-                    raise DesignSpaceError(
-                        f"{where}{name}.weights must be a shipped name ({', '.join(available_weights())}) or a path "
-                        f"to a .safetensors file; got {weights!r}"
-                    )
-                if not path.is_file():
-                    raise DesignSpaceError(f"{where}{name}.weights: file {weights!r} does not exist")
+            problem = weights_problem(weights)
+            if problem is not None:
+                raise DesignSpaceError(f"{where}{name}.weights {problem}")
         samples = entry.get("samples")
         if samples is not None:
             samples = _int(samples, f"{name}.samples", where, low=1)

@@ -44,7 +44,7 @@ from aimc.spec import READ_MODES
 from aimc.sweep.errors import SweepSpecError
 from aimc.sweep.points import Point, point_key
 from aimc.tasks import available_tasks, get_task
-from aimc.weights import available_weights
+from aimc.weights import available_weights, weights_problem
 from aimc.weights import weights_path as shipped_weights_path
 
 #: Device preset per strategy when the grid says ``default``: the HERMES statistics fitted to one device per
@@ -260,15 +260,10 @@ def _weights_file(weights: str, where: str) -> Path:
     """The weights file of a shipped name or a ``.safetensors`` path; raises SweepSpecError if it is missing."""
     if weights in available_weights():
         return shipped_weights_path(weights)
-    path = Path(weights)
-    if path.suffix != ".safetensors":
-        raise SweepSpecError(
-            f"{where}weights must be a shipped name ({', '.join(available_weights())}) or a path to a "
-            f".safetensors file; got {weights!r}"
-        )
-    if not path.is_file():
-        raise SweepSpecError(f"{where}weights file {str(path)!r} does not exist")
-    return path
+    problem = weights_problem(weights)
+    if problem is not None:
+        raise SweepSpecError(f"{where}weights {problem}")
+    return Path(weights)
 
 
 def _parse_data(raw: object, where: str) -> DataSpec:
