@@ -4,6 +4,7 @@ convolution's output noise counts the row tiles of its block-diagonal matrix."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -19,7 +20,7 @@ from aimc.cli import main
 from aimc.errors import ArgumentTypeError, CorruptFileError, UnknownNameError, ValidationError
 from aimc.train import hwa_finetune
 from aimc.train.checkpoint import load_checkpoint
-from aimc.train.finetune import DEFAULT_LR, lr_factor
+from aimc.train.finetune import DEFAULT_LR, distillation_loss, lr_factor
 from aimc.train.hwa import (
     CLIP_SIGMA,
     DRIFT_WINDOW_S,
@@ -135,6 +136,40 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path):
         hwa_finetune(_cnn(), _loader(x, y), epochs=2, checkpoint=ckpt, progress=False)
 
 
+def test_distillation_loss_is_the_tempered_kl_divergence():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    p = F.softmax(teacher / 3.0, dim=-1)
+    expected = 9.0 * float((p * (p.log() - F.log_softmax(student / 3.0, dim=-1))).sum(-1).mean())
+    assert float(distillation_loss(student, teacher, 3.0)) == pytest.approx(expected, rel=1e-5)
+    assert float(distillation_loss(teacher, teacher, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValidationError, match="one logits tensor"):
+        distillation_loss(student, teacher[:, :4], 2.0)
+
+
+def test_distillation_keeps_the_tuned_network_near_its_teacher():
+    """Fine-tuned on wrong labels (each class renamed as the next), a network tuned without a teacher learns the
+    wrong names; with distill=1 it learns from its own float outputs and keeps its task (accuracy on the true
+    labels of 512 images)."""
+    x, y = _task(1024, 0)
+    x_test, y_test = _task(512, 1)
+    model = _cnn()
+    hwa_finetune(
+        model, [(x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)], epochs=4, lr=3e-3, progress=False
+    )
+    with torch.no_grad():
+        start = float((model(x_test).argmax(1) == y_test).float().mean())
+    wrong = (y + 1) % 4
+    batches = [(x[i : i + 32], wrong[i : i + 32]) for i in range(0, len(x), 32)]
+    accuracy = {}
+    for distill in (0.0, 1.0):
+        tuned = hwa_finetune(copy.deepcopy(model), batches, epochs=3, lr=3e-3, distill=distill, progress=False)
+        with torch.no_grad():
+            accuracy[distill] = float((tuned(x_test).argmax(1) == y_test).float().mean())
+    assert start > 0.9, start
+    assert accuracy[1.0] > start - 0.05 and accuracy[0.0] < 0.5, (start, accuracy)
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     assert lr_factor(0, 100) == pytest.approx(0.2) and lr_factor(4, 100) == pytest.approx(1.0)
     assert lr_factor(99, 100) < 1e-3
@@ -165,6 +200,8 @@ def _batches(n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
         ({"seed": -1}, ValidationError, "seed"),
         ({"loss_fn": "mse"}, ArgumentTypeError, "loss_fn must be callable"),
         ({"loss_fn": lambda out, y: out.sum(1)}, ValidationError, "scalar tensor"),
+        ({"distill": 1.5}, ValidationError, "distill must be in"),
+        ({"distill": 0.5, "distill_temperature": 0.0}, ValidationError, "distill_temperature must be in"),
     ],
 )
 def test_bad_arguments_get_clear_errors(kwargs, error, words):
@@ -298,6 +335,8 @@ def test_cli_finetunes_a_model_file_and_resumes(tmp_path, capsys):
         "16",
         "--lr",
         "1e-3",
+        "--distill",
+        "0.5",
         "--quiet",
     ]
     whole, part = tmp_path / "whole.safetensors", tmp_path / "part.safetensors"
@@ -313,6 +352,7 @@ def test_cli_finetunes_a_model_file_and_resumes(tmp_path, capsys):
             assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
         assert not torch.equal(a.get_tensor("4.weight"), start[4].weight.detach())
     assert record["seed"] == 0 and record["device"] == "hermes-2dev" and record["epochs"] == 2
+    assert record["distill"] == 0.5
     assert record["pixels"] == "normalised" and record["images"] == 64 and record["aimc_version"]
 
 
@@ -325,6 +365,7 @@ def test_cli_finetunes_a_model_file_and_resumes(tmp_path, capsys):
         (["--lr", "-1"], "--lr must be in"),
         (["--device", "nope"], "unknown device model name"),
         (["--batch", "100"], "--batch 100 is larger than the 64 training images"),
+        (["--distill", "2"], "--distill must be in"),
     ],
 )
 def test_cli_bad_arguments(tmp_path, capsys, extra, words):

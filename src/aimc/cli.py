@@ -507,6 +507,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_number(args.epochs, "--epochs", low=1, integer=True)
     check_number(args.batch, "--batch", low=1, integer=True)
     check_number(args.lr, "--lr", low=0.0, low_inclusive=False)
+    check_number(args.distill, "--distill", low=0.0, high=1.0)
     for name in ("images", "max_steps"):
         if getattr(args, name) is not None:
             check_number(getattr(args, name), f"--{name.replace('_', '-')}", low=1, integer=True)
@@ -540,6 +541,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         max_steps=args.max_steps,
         progress=not args.quiet,
+        distill=args.distill,
     )
     total = args.epochs * len(loader)
     steps = total if args.max_steps is None else min(total, args.max_steps)
@@ -557,6 +559,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "batch": args.batch,
         "lr": args.lr,
         "seed": args.seed,
+        "distill": args.distill,
         "steps": steps,
         "total_steps": total,
         "aimc_version": __version__,
@@ -909,6 +912,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="device preset (default hermes-1dev for ODP, hermes-2dev for TDP)")
     p.add_argument("--strategy", default="tdp", choices=["tdp", "odp"], help="weight programming strategy")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the shuffling (default 0)")
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="weight in [0, 1] of distillation from the network as loaded (its noise-free outputs are the targets; "
+        "default 0: labels only)",
+    )
     p.add_argument(
         "--checkpoint",
         default=None,

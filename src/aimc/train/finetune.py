@@ -30,6 +30,7 @@ stopped and ends with the same weights as a run that was never interrupted.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -65,7 +66,7 @@ from aimc.train.hwa import (
 from aimc.train.hwa import noisy_weights as _noisy_weights
 from aimc.weights.io import MAX_WEIGHTS_BYTES
 
-__all__ = ["CHECKPOINT_EVERY", "DEFAULT_LR", "WARMUP_FRACTION", "hwa_finetune", "lr_factor"]
+__all__ = ["CHECKPOINT_EVERY", "DEFAULT_LR", "DISTILL_TEMPERATURE", "WARMUP_FRACTION", "hwa_finetune", "lr_factor"]
 
 #: Our choice: AdamW's learning rate (a common fine-tuning rate; see :func:`hwa_finetune` for why AdamW).
 DEFAULT_LR = 1e-4
@@ -73,6 +74,9 @@ DEFAULT_LR = 1e-4
 WARMUP_FRACTION = 0.05
 #: Our choice: steps between two checkpoints (one is also written at the end and where ``max_steps`` stops).
 CHECKPOINT_EVERY = 200
+#: Our choice: the softmax temperature of the distillation loss (Hinton, Vinyals & Dean, "Distilling the Knowledge in
+#: a Neural Network", 2015, use 1-20; 2 keeps most of the weight on the teacher's leading classes).
+DISTILL_TEMPERATURE = 2.0
 #: Kind of file written by :func:`hwa_finetune` (the ``kind`` of its checkpoint's meta).
 CHECKPOINT_KIND = "aimc-hwa-finetune"
 
@@ -96,6 +100,25 @@ def _autocast(device: torch.device, enabled: bool) -> AbstractContextManager[Any
         if kernels.Backend().kernel("train_precision", "cpu") == "bfloat16":
             return torch.autocast("cpu", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Knowledge-distillation loss (Hinton et al. 2015): ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))``,
+    averaged over every position of the logits' leading dimensions.
+
+    Args:
+        student, teacher: logits of the same shape ``(..., C)``; the classes are the last dimension.
+        temperature: ``T`` > 0.
+    """
+    if not isinstance(student, torch.Tensor) or not isinstance(teacher, torch.Tensor) or student.shape != teacher.shape:
+        raise ValidationError(
+            "distillation needs the model to return one logits tensor (..., classes); got "
+            f"{type(student).__name__} of shape {tuple(getattr(student, 'shape', ()))} from the model being tuned and "
+            f"{tuple(getattr(teacher, 'shape', ()))} from the teacher"
+        )
+    s = F.log_softmax(student.float().flatten(0, -2) / temperature, dim=-1)
+    t = F.log_softmax(teacher.float().flatten(0, -2) / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
 def _split_batch(batch: object, step: int) -> tuple[torch.Tensor, Any]:
@@ -151,6 +174,14 @@ def _input_ranges(
             loader_gen.set_state(state)
 
 
+def _teacher(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` in eval mode: the distillation teacher."""
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     """Raise a clear error if the checkpoint ``path`` was written by a run with other ``settings``."""
     _, header = read_header(path, max_bytes=MAX_WEIGHTS_BYTES, what="checkpoint")
@@ -192,6 +223,8 @@ def hwa_finetune(
     per_channel: bool = True,
     progress: bool = True,
     digital_layers: Sequence[str] | str = (),
+    distill: float = 0.0,
+    distill_temperature: float = DISTILL_TEMPERATURE,
 ) -> nn.Module:
     """Fine-tune ``model`` hardware-aware on ``train_loader``, in place; returns it in eval mode.
 
@@ -263,6 +296,14 @@ def hwa_finetune(
         digital_layers: the weight layers that ``aimc.compile(..., digital_layers=...)`` runs on the digital unit
             (module names, or ``"depthwise"``): they train without device noise, input quantisation or output
             noise.
+        distill: weight of knowledge distillation from the model as passed in (Hinton et al. 2015): the loss is
+            ``(1 - distill) · loss_fn + distill · T² · KL(teacher ‖ tuned)`` on the logits' last dimension, the
+            teacher being a frozen, noise-free copy of ``model`` in eval mode (one more forward pass per step).
+            The tuned network then learns to give the float network's outputs under the chip's noise, rather than
+            to refit the labels, which keeps more of its accuracy without noise. 0 (default): no teacher. A
+            resumed run makes its teacher from the ``model`` passed to that call, so pass the same starting
+            weights.
+        distill_temperature: the distillation's softmax temperature ``T``.
 
     Returns:
         ``model``, fine-tuned, in eval mode.
@@ -301,6 +342,8 @@ def hwa_finetune(
             per_channel=per_channel,
             progress=progress,
             digital=sorted(marked),
+            distill=distill,
+            distill_temperature=distill_temperature,
         )
 
 
@@ -327,6 +370,8 @@ def _hwa_finetune(
     per_channel: bool,
     progress: bool,
     digital: list[str],
+    distill: float,
+    distill_temperature: float,
 ) -> nn.Module:
     """The body of :func:`hwa_finetune` (its arguments); ``digital``: the layers marked as on the digital unit."""
     layers = analog_layers(model)
@@ -338,6 +383,8 @@ def _hwa_finetune(
     check_number(noise_scale, "noise_scale", low=0.0)
     check_number(output_noise, "output_noise", low=0.0)
     check_number(clip_sigma, "clip_sigma", low=0.0, low_inclusive=False)
+    check_number(distill, "distill", low=0.0, high=1.0)
+    check_number(distill_temperature, "distill_temperature", low=0.0, low_inclusive=False)
     check_number(checkpoint_every, "checkpoint_every", low=1, integer=True)
     if max_steps is not None:
         check_number(max_steps, "max_steps", low=1, integer=True)
@@ -393,6 +440,10 @@ def _hwa_finetune(
     }
     if digital:
         settings["digital_layers"] = digital
+    if distill > 0:
+        settings["distill"] = distill
+        settings["distill_temperature"] = distill_temperature
+    teacher = _teacher(model) if distill > 0 else None
     extra = {"loader": loader_gen} if loader_gen is not None else None
     step = 0
     ranges: list[float] | None = None
@@ -465,9 +516,15 @@ def _hwa_finetune(
                         analog_io(model, gen, output_noise, ranges=ranges, per_channel=per_channel),
                         _autocast(torch_device, autocast),
                     ):
-                        loss = loss_fn(model(x), y)
+                        out = model(x)
+                        loss = loss_fn(out, y)
                         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                             raise ValidationError(f"loss_fn must return a scalar tensor, got {loss!r:.80}")
+                        if teacher is not None:
+                            with torch.no_grad():
+                                target = teacher(x)
+                            kd = distillation_loss(out, target, distill_temperature)
+                            loss = (1.0 - distill) * loss + distill * kd
                         value = float(loss.detach())
                         if not math.isfinite(value):
                             raise ValidationError(
