@@ -13,6 +13,7 @@ import torch
 import aimc
 from aimc import kernels, program_core
 from aimc.core import analog
+from aimc.digital import fp16round
 from aimc.kernels import Backend, Candidate, KernelError, Operation, Workload
 
 
@@ -213,7 +214,9 @@ def test_a_kernel_that_cannot_run_on_the_device_is_refused():
 
 def test_every_operation_lists_candidates_with_stated_numerics():
     ops = kernels.operations()
-    assert {"pos_neg_product", "aux_product", "mvm_tail", "mvm_threads", "ldpu_chain", "train_precision"} <= set(ops)
+    assert {
+        "pos_neg_product", "aux_product", "mvm_tail", "mvm_threads", "ldpu_chain", "train_precision", "fp16_round"
+    } <= set(ops)  # fmt: skip
     for op in ops.values():
         assert op.candidates[0].available("cpu")  # the reference runs everywhere
         for c in op.candidates:
@@ -294,6 +297,32 @@ def test_both_ldpu_chains_give_the_same_network_outputs(small_chip):
     chip, x = small_chip
     outs = [chip.run(x, 3600.0, seed=1, backend=Backend(**REFERENCE, ldpu_chain=k)) for k in ("numba", "torch")]
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.skipif(not fp16round.available(), reason="numba missing")
+def test_compiled_fp16_rounding_equals_pytorchs_conversions():
+    """Ties, subnormals, overflow to infinity, signed zeros, NaN, and lengths around the pass's rows."""
+    g = torch.Generator().manual_seed(3)
+    special = torch.tensor(
+        [0.0, -0.0, 65504.0, 65519.99, 65520.0, -70000.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 6.1e-5, 1.0 + 2.0**-11,
+         1.0 + 3 * 2.0**-11, float("inf"), float("nan"), 1e-30]
+    )  # fmt: skip
+    for n in (1, 15, fp16round.ROW, fp16round.ROW + 1, 3 * fp16round.ROW + 100):
+        x = torch.cat([special, torch.randn(n, generator=g) * 10.0 ** torch.randint(-6, 5, (n,), generator=g)])
+        got = fp16round.round_fp16_(x.clone(), "numba")
+        want = x.half().float()
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), n  # bit for bit, -0 and NaN included
+
+
+def test_both_fp16_roundings_give_the_same_transformer_outputs():
+    """A digital-op-heavy network (attention, softmax, LayerNorm, GELU) gives the same outputs with either kernel."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True, norm_first=True)
+    model = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval()
+    x = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(1))
+    chip = aimc.program(aimc.compile(model, example_input=x), "hermes-2dev", "tdp", 0)
+    outs = [chip.run(x, 60.0, seed=1, backend=Backend(**REFERENCE, fp16_round=k)) for k in ("numba", "torch")]
+    assert torch.equal(outs[0], outs[1]) and bool(torch.isfinite(outs[0]).all())
 
 
 def test_bfloat16_training_precision_is_within_bfloat16_tolerance():

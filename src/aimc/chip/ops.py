@@ -31,11 +31,13 @@ class OpContext:
             layers, affine registers, the constants of ``digital`` ops).
         device: the torch device the chip's tensors are on.
         quantize: whether the digital units round as the hardware does (False: float32, ideal converters).
+        rounding: the ``fp16_round`` kernel that rounds the ``digital`` ops' results (:mod:`aimc.digital.fp16round`).
     """
 
     extra: Mapping[str, torch.Tensor]
     device: torch.device
     quantize: bool
+    rounding: str = "torch"
 
 
 #: An op's computation: ``(op, input values, context) -> output value``.
@@ -44,7 +46,7 @@ OpFunction = Callable[[Op, list[torch.Tensor], OpContext], torch.Tensor]
 
 def _digital(op: Op, args: list[torch.Tensor], ctx: OpContext) -> torch.Tensor:
     """An ATen operation on its digital unit (:func:`aimc.digital.generic.run`)."""
-    return generic.run(op.attrs, args, ctx.extra, ctx.device, quantize=ctx.quantize)
+    return generic.run(op.attrs, args, ctx.extra, ctx.device, quantize=ctx.quantize, rounding=ctx.rounding)
 
 
 def _rnn_state(op: Op, args: list[torch.Tensor], ctx: OpContext) -> torch.Tensor:

@@ -151,7 +151,9 @@ class ProgrammedChip(ChipState):
         device_type = self.tensor_device.type
         chain = quantize and device_type == "cpu" and chosen.kernel("ldpu_chain", device_type) == "numba"
         env: dict[str, torch.Tensor] = {}
-        ctx = OpContext(self.mapping.extra_tensors, self.tensor_device, quantize)
+        digital = quantize and device_type == "cpu" and any(op.kind == "digital" for op in self.mapping.ops)
+        rounding = chosen.kernel("fp16_round", device_type) if digital else "torch"
+        ctx = OpContext(self.mapping.extra_tensors, self.tensor_device, quantize, rounding)
         last_use, pools = self._last_uses(), self._fusable_pools(chain)
         it = iter(inputs)
         with torch.no_grad():

@@ -863,10 +863,14 @@ class ProgrammedCore:
         return g, noise_std, fresh_var
 
     def _gdc_readout(self, readout: CoreReadout, generator: torch.Generator) -> torch.Tensor:
-        """Mean |output| of the calibration input (all inputs at ``gdc_input_fraction`` of full scale), ``(...,)``."""
+        """Mean |output| of the calibration input (all inputs at ``gdc_input_fraction`` of full scale), ``(...,)``.
+
+        The input is one row shared by the cores of the last core dimension (the column blocks), as a layer's
+        inputs are, so that the products' packing made here (once per readout) is the one the layer's MVMs use."""
         n = self.shape[1]
+        lead = self.cores_shape
         x_cal = torch.full(
-            (*self.cores_shape, 1, n),
+            (*lead[:-1], 1, 1, n) if lead else (1, n),
             self.config.gdc_input_fraction,
             dtype=readout.g_pos.dtype,
             device=readout.g_pos.device,

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from aimc.digital.fp16round import round_fp16_
 from aimc.errors import ValidationError
 
 #: The precision of the digital units (the chip's LDPUs and GDPUs compute in FP16, docs/physics.md §9); a parameter
@@ -311,11 +312,23 @@ def _torch_attr(name: str, kind: type) -> Any:
     return attr
 
 
-def _round(value: Any, dtype: torch.dtype) -> Any:
+def _round(value: Any, dtype: torch.dtype, kernel: str = "torch", inputs: frozenset[int] = frozenset()) -> Any:
+    """``value``'s floating-point tensors rounded to ``dtype``'s values (kept in their own dtype). FP16 rounding of a
+    float32 tensor is done in place by the ``fp16_round`` kernel ``kernel``, unless the tensor shares memory with
+    one of the op's ``inputs`` (their storages' addresses)."""
     if isinstance(value, torch.Tensor):
-        return value.to(dtype).to(value.dtype) if value.is_floating_point() and value.dtype != dtype else value
+        if not value.is_floating_point() or value.dtype == dtype:
+            return value
+        if (
+            kernel == "numba"
+            and dtype == torch.float16
+            and value.dtype == torch.float32
+            and value.untyped_storage().data_ptr() not in inputs
+        ):
+            return round_fp16_(value, kernel)
+        return value.to(dtype).to(value.dtype)
     if isinstance(value, list | tuple):
-        return type(value)(_round(v, dtype) for v in value)
+        return type(value)(_round(v, dtype, kernel, inputs) for v in value)
     return value
 
 
@@ -331,16 +344,19 @@ def run(
     *,
     quantize: bool = True,
     dtype: torch.dtype = DIGITAL_DTYPE,
+    rounding: str = "torch",
 ) -> Any:
     """Run one stored op on its input values; a non-layout op's float results rounded to ``dtype`` when
-    ``quantize``."""
+    ``quantize``, by the ``fp16_round`` kernel ``rounding`` (:mod:`aimc.digital.fp16round`)."""
     # a view of a value the chip laid out differently (e.g. a conv output channels last) is the same reshape
     fn = resolve(_AS_RESHAPE.get(attrs["target"], attrs["target"]))
     args = decode(attrs.get("args", []), inputs, tensors, device)
     kwargs = {k: decode(v, inputs, tensors, device) for k, v in attrs.get("kwargs", {}).items()}
     out = fn(*args, **kwargs)
     if quantize and attrs.get("unit", "digital") != "layout":
-        out = _round(out, dtype)
+        given = _flat(list(args)) + _flat(list(kwargs.values()))
+        storages = frozenset(v.untyped_storage().data_ptr() for v in given if isinstance(v, torch.Tensor))
+        out = _round(out, dtype, rounding, storages)
     return out
 
 
