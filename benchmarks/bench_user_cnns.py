@@ -149,14 +149,18 @@ def _mean(res: Results, key: str) -> str:
 
 
 def _recipe(stage: str) -> str:
-    """``"hwa_noise_scale1_output_noise0.05_batchnorm-frozen"`` -> ``"HWA fine-tuned (noise_scale 1, output_noise
-    0.05, batchnorm frozen)"``."""
+    """``"hwa_noise_scale1_output_noise0.05_batchnorm-frozen_distill0.5_augment_5ep"`` -> ``"HWA fine-tuned
+    (noise_scale 1, output_noise 0.05, batchnorm frozen, distill 0.5, crops and flips, 5 epochs)"``."""
     parts = stage.removeprefix("hwa").strip("_")
     if not parts:
         return "HWA fine-tuned"
-    settings = [p for p in ("noise_scale", "output_noise", "batchnorm") if p in parts]
-    values = {p: parts.split(p, 1)[1].lstrip("-").split("_")[0] for p in settings}
-    return "HWA fine-tuned (" + ", ".join(f"{p} {v}" for p, v in values.items()) + ")"
+    settings = [p for p in ("noise_scale", "output_noise", "batchnorm", "distill") if p in parts]
+    words = [f"{p} {parts.split(p, 1)[1].lstrip('-').split('_')[0]}" for p in settings]
+    if "_augment" in parts:
+        words.append("crops and flips")
+    if parts.endswith("ep"):
+        words.append(parts.rsplit("_", 1)[1].replace("ep", " epochs"))
+    return "HWA fine-tuned (" + ", ".join(words) + ")"
 
 
 def table(res: Results, nets, methods, finetuned: bool) -> str:
@@ -206,6 +210,10 @@ def main() -> None:
     parser.add_argument(
         "--batchnorm", choices=["update", "frozen"], default=None, help="hwa_finetune's batchnorm (default its own)"
     )
+    parser.add_argument("--distill", type=float, default=None, help="hwa_finetune's distill (default none)")
+    parser.add_argument(
+        "--augment", action="store_true", help="fine-tune on random crops and flips (user_cnns.AugmentedBatches)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="PyTorch threads (default 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -229,6 +237,13 @@ def main() -> None:
         if args.batchnorm:
             noise["batchnorm"] = args.batchnorm
             recipe += f"_batchnorm-{args.batchnorm}"
+        if args.distill:
+            noise["distill"] = args.distill
+            recipe += f"_distill{args.distill:g}"
+        if args.augment:
+            recipe += "_augment"
+        if recipe and args.finetune_epochs > 1:  # (the plain recipe's weights file keeps its name)
+            recipe += f"_{args.finetune_epochs}ep"
         measure(res, f"{net}{tag}/float", model, net, data, methods, seeds, digital)
         if args.finetune_epochs and net in (args.finetune_nets or args.nets).split(","):
             out = user_cnns.WEIGHTS_DIR / f"{net}_hwa{'_dw_digital' if digital else ''}{recipe}.safetensors"
@@ -236,12 +251,16 @@ def main() -> None:
                 from aimc.train import hwa_finetune
                 from aimc.weights.io import save_weights
 
-                x_train = user_cnns.to_input(train_images, net)
-                loader = torch.utils.data.DataLoader(
-                    torch.utils.data.TensorDataset(x_train, torch.as_tensor(train_labels).long()),
-                    batch_size=128,
-                    shuffle=True,
-                    generator=torch.Generator().manual_seed(0),
+                x_train, y_train = user_cnns.to_input(train_images, net), torch.as_tensor(train_labels).long()
+                loader = (
+                    user_cnns.AugmentedBatches(x_train, y_train)
+                    if args.augment
+                    else torch.utils.data.DataLoader(
+                        torch.utils.data.TensorDataset(x_train, y_train),
+                        batch_size=128,
+                        shuffle=True,
+                        generator=torch.Generator().manual_seed(0),
+                    )
                 )
                 tuned = hwa_finetune(
                     model,

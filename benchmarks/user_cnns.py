@@ -133,6 +133,24 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
+class AugmentedBatches:
+    """Shuffled batches of ``(x, y)`` with random crops and flips (:func:`_augment`), every epoch anew; all the
+    randomness from one generator (``.generator``, which ``aimc.train.hwa_finetune`` saves in its checkpoints)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int = 128, seed: int = 0) -> None:
+        self.x, self.y, self.batch = x, y, batch
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch - 1) // self.batch
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self.generator)
+        for i in range(0, len(self.x), self.batch):
+            idx = order[i : i + self.batch]
+            yield _augment(self.x[idx], self.generator), self.y[idx]
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,

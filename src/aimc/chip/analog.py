@@ -133,10 +133,13 @@ def mvm_prepared(
     gen: torch.Generator,
     output_dtype: torch.dtype = torch.float16,
     padded: bool = False,
+    level_scale: float | None = None,
 ) -> torch.Tensor:
     """:func:`mvm_rows` of PWM levels ``x`` (the layer's input; a conv layer's already zero-padded with
     ``padded``) through :func:`prepare_four_phase`, which gathers each core's block of the im2col matrix without
-    transposing it first -> ``(r, c, R, m)``."""
+    transposing it first -> ``(r, c, R, m)``. With ``level_scale`` a linear layer's ``x`` holds its float32 values,
+    quantised in the same pass as :func:`~aimc.core.pwm.quantize_input` does (levels = round(x·level_scale) clipped
+    at full scale)."""
     t = layer.tiling
     if layer.kind == "conv2d":
         g = layer.geometry
@@ -145,7 +148,10 @@ def mvm_prepared(
             x, g["kernel"], g["stride"], padding, g["dilation"], t.block_inputs, t.row_blocks, readout.aux_dtype
         )
     else:
-        inputs = prepare_four_phase(x.reshape(1, -1, x.shape[-1]), t.block_inputs, t.row_blocks, readout.aux_dtype)
+        levels = readout.core.spec.input_levels
+        inputs = prepare_four_phase(
+            x.reshape(1, -1, x.shape[-1]), t.block_inputs, t.row_blocks, readout.aux_dtype, level_scale, levels
+        )
     inputs = FourPhaseInputs(*(v.unsqueeze(1) for v in inputs))  # (r, 1, R, n)
     return readout.mvm_prepared(inputs, gen, x_range=layer.x_range, output_dtype=output_dtype)
 
@@ -245,11 +251,14 @@ def run_analog(
     if conv:
         h_out, w_out = conv_output_size(layer, x.shape[2], x.shape[3])
     padded = False
+    level_scale = None  # with a value: the input pass quantises x itself (levels = round(x·level_scale), clipped)
     if quantize:
         # PWM quantisation is element-wise, so it commutes with im2col: quantise the (k·k times smaller) image once
         # and gather its levels in bfloat16 (exact for |level| <= 256, half the bytes of float32; float32 beyond)
         spec = readout.core.spec
-        if prepared and conv and x.dim() == 4 and spec.input_levels <= 255:
+        if prepared and not conv:
+            level_scale = spec.input_levels / layer.x_range
+        elif prepared and conv and x.dim() == 4 and spec.input_levels <= 255:
             # the same levels in one pass, written with the convolution's zero padding
             x = pwm_levels_bf16(x, layer.x_range, spec.input_levels, tuple(layer.geometry["padding"]))
             padded = True
@@ -289,7 +298,7 @@ def run_analog(
     for start in range(0, x.shape[0], items):
         sl = slice(start, start + items)
         if prepared:
-            y = mvm_prepared(layer, readout, x[sl], gen, y_dtype or torch.float16, padded)
+            y = mvm_prepared(layer, readout, x[sl], gen, y_dtype or torch.float16, padded, level_scale)
         else:
             rows_in = layer_rows(layer, x[sl])
             y = mvm_rows(layer, readout, rows_in, gen, quantize, levels=quantize, output_dtype=y_dtype)
