@@ -156,6 +156,8 @@ def _recipe(stage: str) -> str:
         return "HWA fine-tuned"
     settings = [p for p in ("noise_scale", "output_noise", "batchnorm", "distill") if p in parts]
     words = [f"{p} {parts.split(p, 1)[1].lstrip('-').split('_')[0]}" for p in settings]
+    if "_drift" in parts:
+        words.append("drift 1 min-1 day")
     if "_augment" in parts:
         words.append("crops and flips")
     if parts.endswith("ep"):
@@ -214,6 +216,9 @@ def main() -> None:
     parser.add_argument(
         "--augment", action="store_true", help="fine-tune on random crops and flips (user_cnns.AugmentedBatches)"
     )
+    parser.add_argument(
+        "--drift", action="store_true", help="hwa_finetune's drift_window=DRIFT_WINDOW_S (1 min - 1 day)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="PyTorch threads (default 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -240,6 +245,11 @@ def main() -> None:
         if args.distill:
             noise["distill"] = args.distill
             recipe += f"_distill{args.distill:g}"
+        if args.drift:
+            from aimc.train.hwa import DRIFT_WINDOW_S
+
+            noise["drift_window"] = DRIFT_WINDOW_S
+            recipe += "_drift"
         if args.augment:
             recipe += "_augment"
         if recipe and args.finetune_epochs > 1:  # (the plain recipe's weights file keeps its name)
