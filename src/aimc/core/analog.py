@@ -60,6 +60,7 @@ from aimc.core.philox import draw_key, fill_normal_rows_
 from aimc.core.pwm import quantize_input
 from aimc.core.readnoise import fresh_noise_fraction
 from aimc.core.rowpar import run_parts
+from aimc.core.workpool import work_tensor
 from aimc.devices.base import DeviceModel, DeviceState, check_time
 from aimc.devices.registry import get as get_device
 from aimc.errors import ArgumentTypeError, ValidationError
@@ -237,7 +238,6 @@ class CoreReadout:
     y_planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     a_plane: tuple[torch.Tensor, torch.Tensor] | None = None
     kernels: dict[str, str] = field(default_factory=dict)
-    _work: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _registers: dict[tuple, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
 
     @property
@@ -246,12 +246,8 @@ class CoreReadout:
         return 2 if self.mode == "four-phase" else 1
 
     def _buffer(self, name: str, shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A work tensor reused across calls (avoids re-faulting fresh memory pages on every MVM)."""
-        buf = self._work.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != self.g_pos.device:
-            buf = torch.empty(shape, dtype=dtype, device=self.g_pos.device)
-            self._work[name] = buf
-        return buf
+        """A work tensor used within one MVM call, kept between calls and runs (:mod:`aimc.core.workpool`)."""
+        return work_tensor(name, shape, dtype, self.g_pos.device)
 
     def mvm(
         self,
