@@ -454,7 +454,11 @@ class CoreReadout:
                 y_scale = None
             else:  # the exact int32 products; the converter pass scales them as oneDNN does
                 planes = self._int_planes(tuple(lead), shared)
-                y, y_scale = int_plane_products(y_in, planes, tuple(lead)), planes.scales
+
+                def buffer(g: int, shape: tuple[int, int]) -> torch.Tensor:
+                    return self._buffer(f"y_int{g}{tag}", shape, torch.int32)
+
+                y, y_scale = int_plane_products(y_in, planes, tuple(lead), buffer), planes.scales
             pair = True
         if self.a_plane is None:
             a = torch.matmul(a_in, self.a_matrix, out=self._buffer("a_prod" + tag, out_shape, self.aux_dtype))

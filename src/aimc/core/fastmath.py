@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -108,11 +109,19 @@ def pack_int_planes(hi: torch.Tensor, lo: torch.Tensor, step: torch.Tensor, shar
     return IntPlanes(weights, scales, groups, shared, shared_dims)
 
 
-def int_plane_products(x: torch.Tensor, planes: IntPlanes, lead: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+def int_plane_products(
+    x: torch.Tensor,
+    planes: IntPlanes,
+    lead: tuple[int, ...],
+    buffer: Callable[[int, tuple[int, int]], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, ...]:
     """The exact int32 products Y_hi = x @ hi and Y_lo = x @ lo of every core, one ``torch._int_mm`` per group.
 
     Args:
         x: ``(..., B, K)`` int8, leading dims broadcasting to the cores' ``lead``; constant over the shared dims.
+        buffer: ``buffer(g, (B, shared·2m))`` gives a contiguous int32 tensor to write group g's product into (a
+            work tensor kept between calls: a fresh tensor of tens of MB costs more in page faults than the
+            product itself); None: new tensors.
 
     Returns:
         Per group, ``(1, B, shared, 2m)`` int32: ``[..., :m]`` is Y_hi, ``[..., m:]`` Y_lo; y = fl(256·step·Y_hi) +
@@ -122,10 +131,12 @@ def int_plane_products(x: torch.Tensor, planes: IntPlanes, lead: tuple[int, ...]
     xe = x.expand(*lead, rows, k)
     group_lead = lead[: len(lead) - planes.shared_dims]
     first_shared = (0,) * planes.shared_dims
-    return tuple(
-        torch._int_mm(xe[idx + first_shared], planes.weights[g]).view(1, rows, planes.shared, -1)
-        for g, idx in enumerate(itertools.product(*map(range, group_lead)))
-    )
+    out = []
+    for g, idx in enumerate(itertools.product(*map(range, group_lead))):
+        w = planes.weights[g]
+        dest = None if buffer is None else buffer(g, (rows, w.shape[1]))
+        out.append(torch._int_mm(xe[idx + first_shared], w, out=dest).view(1, rows, planes.shared, -1))
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=1)
