@@ -15,9 +15,10 @@ import threading
 
 import torch
 
-#: Our choice: the most bytes of work tensors a thread keeps (beyond it the pool is emptied and refilled; a network's
-#: distinct MVM shapes fit in it, e.g. the 4-layer transformer encoder of docs/benchmarks.md needs about 0.3 GB).
-POOL_BYTES = 1 << 30
+#: Our choice: the most bytes of work tensors a thread keeps (beyond it the pool is emptied and refilled, which costs
+#: the page faults it saves). Measured: the 4-layer transformer encoder of docs/benchmarks.md keeps 136 MB (30
+#: tensors), ResNet-9 in batches of 250 images about 260 MB.
+POOL_BYTES = 512 << 20
 
 _local = threading.local()
 
