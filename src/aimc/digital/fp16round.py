@@ -1,9 +1,9 @@
 """Rounding a float32 tensor to FP16 values in place (simulation numerics, not physics).
 
 Every result of a digital op is rounded to the digital units' FP16 (:mod:`aimc.digital.generic`). PyTorch does that
-as two conversions, float32 -> float16 -> float32, each a pass over memory into a new tensor; on some CPUs its
-float16 conversion is also not vectorised (measured: 16 ms for 4 M values on a 2-core AMD EPYC, where one compiled
-pass takes well under 1 ms). :func:`round_fp16_` rounds in place, in one compiled pass per row on PyTorch's threads,
+as two conversions, float32 -> float16 -> float32, each a pass over memory into a new tensor (measured for 4 M
+values on a 2-core AMD EPYC: 16.3 ms, against 7.7 ms for the compiled pass below, both while other work shared the
+cores). :func:`round_fp16_` rounds in place, in one compiled pass per row on PyTorch's threads,
 with the same round-to-nearest-even as the conversion (the fused MVM kernel's rounding,
 :mod:`aimc.core.fused`), so its values equal PyTorch's bit for bit. Which of the two runs is chosen by measurement
 (:mod:`aimc.kernels`, operation ``fp16_round``).
