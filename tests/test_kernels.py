@@ -299,7 +299,6 @@ def test_both_ldpu_chains_give_the_same_network_outputs(small_chip):
     assert torch.equal(outs[0], outs[1])
 
 
-@pytest.mark.skipif(not fp16round.available(), reason="numba missing")
 def test_compiled_fp16_rounding_equals_pytorchs_conversions():
     """Ties, subnormals, overflow to infinity, signed zeros, NaN, and lengths around the pass's rows."""
     g = torch.Generator().manual_seed(3)
