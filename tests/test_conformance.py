@@ -352,3 +352,11 @@ def test_depthwise_layers_on_the_digital_unit():
     assert list(named.layers) == ["0", "3"]
     with pytest.raises(ValidationError, match="'depthwise' or a list of layer names"):
         aimc.compile(model, calibration=x, digital_layers="dw", progress=False)
+    both = aimc.compile(model, calibration=x, digital_layers=["depthwise", "0"], progress=False)
+    assert list(both.layers) == ["3"]
+    y = aimc.program(both, device="ideal", seed=0).run(x, quantize=False)
+    with torch.no_grad():
+        assert _rel(y, model(x)) < TOL
+    # a misspelt layer name is refused, naming the layers there are
+    with pytest.raises(ValidationError, match=r"names 'stem'.*'0', '2', '3'"):
+        aimc.compile(model, calibration=x, digital_layers=["depthwise", "stem"], progress=False)

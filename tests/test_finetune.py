@@ -495,3 +495,7 @@ def test_layers_on_the_digital_unit_get_no_analog_noise():
     assert model[1] in analog_layers(model)
     with pytest.raises(ValidationError, match="'depthwise' or a list of layer names"):
         hwa_finetune(model, [(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))], digital_layers="dw")
+    with on_digital_unit(model, ["depthwise", "0"]) as marked:
+        assert marked == ["0", "1"] and analog_layers(model) == [model[3]]
+    with pytest.raises(ValidationError, match=r"names 'stem'.*'0', '1', '3'"):
+        hwa_finetune(model, [(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))], digital_layers=["stem"])

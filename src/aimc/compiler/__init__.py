@@ -96,9 +96,11 @@ def compile(
             matters to the latency and energy model.
         digital_layers: weight layers to run on the digital unit beside the cores (FP16, as a digital op) instead
             of on the cores: layer names as ``aimc map`` lists them, or ``"depthwise"`` for every depthwise
-            convolution. Such a layer keeps its weights exact at the digital unit's cost in latency and energy
-            (:mod:`aimc.perf`); a depthwise convolution's columns sum only its kernel's few weights, so on the cores
-            its device noise is large against its signal (docs/validation.md).
+            convolution, or both (``["depthwise", "0"]``: the depthwise convolutions and layer ``"0"``); a name
+            that is no Conv/Linear layer of the model is refused. Such a layer keeps its weights exact at the
+            digital unit's cost in latency and energy (:mod:`aimc.perf`); a depthwise convolution's columns sum
+            only its kernel's few weights, so on the cores its device noise is large against its signal
+            (docs/validation.md).
         name: name of the network in reports (default: the model's class name).
 
     Returns:
@@ -218,15 +220,15 @@ def _calibrate(
     return cal.finish()
 
 
-def _digital(layers: Iterable[str] | str) -> str | frozenset[str]:
-    """``digital_layers`` checked: ``"depthwise"`` or a collection of layer names."""
+def _digital(layers: Iterable[str] | str) -> frozenset[str]:
+    """``digital_layers`` checked: ``"depthwise"``, or a collection of layer names that may hold ``"depthwise"``."""
     if isinstance(layers, str):
         if layers != DEPTHWISE:
             raise ValidationError(
                 f"digital_layers must be {DEPTHWISE!r} or a list of layer names (as aimc map lists them); got "
                 f"{layers!r}"
             )
-        return DEPTHWISE
+        return frozenset({DEPTHWISE})
     names = list(layers) if isinstance(layers, Iterable) else None
     if names is None or not all(isinstance(n, str) for n in names):
         raise ArgumentTypeError(f"digital_layers must be {DEPTHWISE!r} or a list of layer names; got {layers!r}")

@@ -53,7 +53,8 @@ class Captured:
 #: Modules that compile treats as a whole network of one layer (wrapped so that the layer is named ``"0"``).
 SINGLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU)
 
-#: ``compile(digital_layers=DEPTHWISE)``: every depthwise convolution (groups = in_channels) on the digital unit.
+#: ``compile(digital_layers=DEPTHWISE)``, or this entry among layer names: every depthwise convolution
+#: (groups = in_channels) on the digital unit.
 DEPTHWISE = "depthwise"
 
 _ZERO_STATES = ("zeros", "zeros_like", "new_zeros")
@@ -134,9 +135,10 @@ class _Lowering:
     """State of one lowering pass over an exported graph (see :func:`lower`)."""
 
     def __init__(
-        self, gm: torch.fx.GraphModule, spec: ChipSpec, offchip: tuple[str, ...], digital: str | frozenset[str]
+        self, gm: torch.fx.GraphModule, spec: ChipSpec, offchip: tuple[str, ...], digital: frozenset[str]
     ) -> None:
         self.gm, self.spec, self.offchip, self.digital = gm, spec, offchip, digital
+        self.candidates: list[str] = []  # the Conv/Linear layers that could run on the digital unit, by name
         self.layers: dict[str, MappedLayer] = {}
         self.ops: list[Op] = []
         self.extra: dict[str, torch.Tensor] = {}
@@ -354,9 +356,11 @@ class _Lowering:
 
     def runs_digital(self, layer: MappedLayer) -> bool:
         """True where the user put this weight layer on the digital unit (``compile(digital_layers=...)``)."""
-        if self.digital == DEPTHWISE:
-            return layer.kind == "conv2d" and 1 < layer.groups == layer.geometry["in_channels"]
-        return layer.name in self.digital
+        self.candidates.append(layer.name)
+        if layer.name in self.digital:
+            return True
+        depthwise = layer.kind == "conv2d" and 1 < layer.groups == layer.geometry["in_channels"]
+        return DEPTHWISE in self.digital and depthwise
 
     def conv_layer(self, node: torch.fx.Node, family: str) -> MappedLayer | None:
         weight = self.const(node.args[1]).float()
@@ -526,12 +530,13 @@ def lower(
     gm: torch.fx.GraphModule,
     spec: ChipSpec,
     offchip: tuple[str, ...] = (),
-    digital_layers: str | frozenset[str] = frozenset(),
+    digital_layers: frozenset[str] = frozenset(),
 ) -> Captured:
     """Turn an exported graph (:func:`export_graph`) into analog layers and ops (no fusion yet). ``offchip``: module
     paths whose Linear layers run in software on the host (e.g. the captioning model's image projection).
-    ``digital_layers``: weight layers (by layer name, or :data:`DEPTHWISE` for every depthwise convolution) that run
-    as digital ops in FP16 on the digital unit instead of on the cores."""
+    ``digital_layers``: weight layers (by layer name, and :data:`DEPTHWISE` for every depthwise convolution) that run
+    as digital ops in FP16 on the digital unit instead of on the cores; a name that is no Conv/Linear layer of the
+    model is refused."""
     state = _Lowering(gm, spec, tuple(offchip), digital_layers)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -546,6 +551,13 @@ def lower(
             state.lower_node(node)
         elif node.op == "call_module" and not str(node.target).startswith("_guards"):
             raise UnsupportedLayerError(f"graph node {node.name!r} calls a module, which torch.export should inline")
+    unknown = sorted(digital_layers - {DEPTHWISE} - set(state.candidates))
+    if unknown:
+        raise ValidationError(
+            f"digital_layers names {', '.join(map(repr, unknown))}, which the model has no Conv/Linear layer of; "
+            f"its layers that can run on the digital unit: {', '.join(map(repr, state.candidates)) or 'none'}"
+            f" (or {DEPTHWISE!r} for every depthwise convolution)"
+        )
     # drop what nothing reads (e.g. the sizes of an RNN's zero initial state, which the chip does not need)
     needed: set[str] = set()
     kept: list[Op] = []

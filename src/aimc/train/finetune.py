@@ -294,8 +294,8 @@ def hwa_finetune(
             and not every model trains well in bfloat16.
         progress: a progress bar on stderr (steps of the whole run, the loss, the time left).
         digital_layers: the weight layers that ``aimc.compile(..., digital_layers=...)`` runs on the digital unit
-            (module names, or ``"depthwise"``): they train without device noise, input quantisation or output
-            noise.
+            (module names, or ``"depthwise"``, or both): they train without device noise, input quantisation or
+            output noise. A name that is no Conv/Linear layer of the model is refused.
         distill: weight of knowledge distillation from the model as passed in (Hinton et al. 2015): the loss is
             ``(1 - distill) · loss_fn + distill · T² · KL(teacher ‖ tuned)`` on the logits' last dimension, the
             teacher being a frozen, noise-free copy of ``model`` in eval mode (one more forward pass per step).
@@ -320,6 +320,14 @@ def hwa_finetune(
     if isinstance(digital_layers, str) and digital_layers != "depthwise":
         raise ValidationError(f"digital_layers must be 'depthwise' or a list of layer names; got {digital_layers!r}")
     with on_digital_unit(model, digital_layers) as marked:
+        named = {digital_layers} if isinstance(digital_layers, str) else set(digital_layers)
+        unknown = sorted(named - {"depthwise"} - set(marked))
+        if unknown:
+            layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
+            raise ValidationError(
+                f"digital_layers names {', '.join(map(repr, unknown))}, which the model has no Conv/Linear layer "
+                f"of; its Conv/Linear layers: {', '.join(map(repr, layers)) or 'none'} (or 'depthwise')"
+            )
         return _hwa_finetune(
             model,
             train_loader,

@@ -47,13 +47,13 @@ def analog_layers(model: nn.Module) -> list[nn.Module]:
 @contextmanager
 def on_digital_unit(model: nn.Module, layers: Sequence[str] | str = ()) -> Iterator[list[str]]:
     """Within the block the weight layers that ``aimc.compile(..., digital_layers=layers)`` runs on the digital
-    unit (module names, or ``"depthwise"``) are no analog layers: they get no device noise, input quantisation or
-    output noise. Yields the names of the layers so marked."""
-    names = set(layers) if not isinstance(layers, str) else set()
+    unit (module names, or ``"depthwise"``, or both) are no analog layers: they get no device noise, input
+    quantisation or output noise. Yields the names of the layers so marked."""
+    names = {layers} if isinstance(layers, str) else set(layers)
     marked = []
     for name, m in model.named_modules():
         depthwise = isinstance(m, nn.Conv1d | nn.Conv2d) and 1 < m.groups == m.in_channels
-        if (layers == "depthwise" and depthwise) or name in names:
+        if ("depthwise" in names and depthwise) or name in names:
             m._aimc_digital = True  # type: ignore[assignment]
             marked.append((name, m))
     try:
