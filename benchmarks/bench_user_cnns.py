@@ -22,7 +22,8 @@ kept beside the all-analog ones (the ``net`` column says "depthwise digital").
 Every figure is kept in ``--results`` (JSON) as soon as it is measured: a run that is stopped continues where it
 stopped, and computes nothing twice. ``--write`` puts the table into docs/validation.md.
 
-Usage: ``python benchmarks/bench_user_cnns.py [--nets vgg,mobilenet] [--images 2000] [--finetune-epochs 5] [--write]``
+Usage: ``python benchmarks/bench_user_cnns.py [--nets vgg,mobilenet] [--images 2000] [--calibration-images 512]
+[--seeds 0,1,2] [--finetune-epochs 5] [--write]``
 """
 
 from __future__ import annotations
@@ -198,6 +199,13 @@ def main() -> None:
     parser.add_argument("--nets", default="vgg,mobilenet")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--images", type=int, default=2000, help="test images (default 2000)")
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=CALIBRATION_IMAGES,
+        help=f"training images that calibrate the ranges (default {CALIBRATION_IMAGES}); AdaBS takes the next "
+        f"{ADABS_IMAGES}",
+    )
     parser.add_argument("--seeds", default="0", help="programming seeds, comma-separated (default 0)")
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--finetune-nets", default=None, help="nets to fine-tune (default: all of --nets)")
@@ -225,14 +233,15 @@ def main() -> None:
     nets, methods = args.nets.split(","), args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     res = Results(args.results)
+    n_cal = args.calibration_images
     test_images, test_labels = load_cifar10("test", args.data_dir, args.images)
     train_images, train_labels = load_cifar10("train", args.data_dir, None)
     for net in nets:
         data = {
             "x": user_cnns.to_input(test_images, net),
             "y": torch.as_tensor(test_labels).long(),
-            "x_cal": user_cnns.to_input(train_images[:CALIBRATION_IMAGES], net),
-            "x_adabs": user_cnns.to_input(train_images[CALIBRATION_IMAGES : CALIBRATION_IMAGES + ADABS_IMAGES], net),
+            "x_cal": user_cnns.to_input(train_images[:n_cal], net),
+            "x_adabs": user_cnns.to_input(train_images[n_cal : n_cal + ADABS_IMAGES], net),
         }
         model = user_cnns.load(net)
         digital = args.digital_layers or ""
@@ -287,7 +296,7 @@ def main() -> None:
             measure(res, f"{net}{tag}/hwa{recipe}", tuned, net, data, (DEFAULT_METHOD,), seeds, digital)
     markdown = (
         f"Machine: {machine()}. Date: {today()}. {args.images} CIFAR-10 test images; calibration on "
-        f"{CALIBRATION_IMAGES} training images; accuracy in %; chip columns: programming seed 0, or the mean ± std "
+        f"{n_cal} training images; accuracy in %; chip columns: programming seed 0, or the mean ± std "
         "over the seeds measured where a ± is shown.\n\n" + table(res, nets, methods, bool(args.finetune_epochs))
     )
     print(markdown)
