@@ -554,8 +554,8 @@ def lower(
     unknown = sorted(digital_layers - {DEPTHWISE} - set(state.candidates))
     if unknown:
         raise ValidationError(
-            f"digital_layers names {', '.join(map(repr, unknown))}, which the model has no Conv/Linear layer of; "
-            f"its layers that can run on the digital unit: {', '.join(map(repr, state.candidates)) or 'none'}"
+            f"digital_layers names {', '.join(map(repr, unknown))}, but the model has no Conv/Linear layer of that "
+            f"name; its layers that can run on the digital unit: {', '.join(map(repr, state.candidates)) or 'none'}"
             f" (or {DEPTHWISE!r} for every depthwise convolution)"
         )
     # drop what nothing reads (e.g. the sizes of an RNN's zero initial state, which the chip does not need)

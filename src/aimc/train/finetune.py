@@ -325,8 +325,8 @@ def hwa_finetune(
         if unknown:
             layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
             raise ValidationError(
-                f"digital_layers names {', '.join(map(repr, unknown))}, which the model has no Conv/Linear layer "
-                f"of; its Conv/Linear layers: {', '.join(map(repr, layers)) or 'none'} (or 'depthwise')"
+                f"digital_layers names {', '.join(map(repr, unknown))}, but the model has no Conv/Linear layer of that "
+                f"name; its Conv/Linear layers: {', '.join(map(repr, layers)) or 'none'} (or 'depthwise')"
             )
         return _hwa_finetune(
             model,
