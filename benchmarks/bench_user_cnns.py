@@ -17,7 +17,8 @@ fine-tuned weights go to ``benchmarks/weights/<net>_hwa.safetensors``.
 
 With ``--digital-layers depthwise`` every depthwise convolution runs on the digital unit beside the cores in FP16
 (``aimc.compile(..., digital_layers="depthwise")``, and fine-tuning leaves it without analog noise); its figures are
-kept beside the all-analog ones (the ``net`` column says "depthwise digital").
+kept beside the all-analog ones (the ``net`` column says "depthwise digital"). ``--digital-layers depthwise+stem``
+puts the first convolution there as well (``digital_layers=["depthwise", "0"]``).
 
 Every figure is kept in ``--results`` (JSON) as soon as it is measured: a run that is stopped continues where it
 stopped, and computes nothing twice. ``--write`` puts the table into docs/validation.md.
@@ -57,6 +58,14 @@ BATCH = 250
 ADABS_IMAGES = 1000
 #: Results key suffix of the runs with every depthwise convolution on the digital unit.
 DW_TAG = "+dw-digital"
+#: ... and of those with the first convolution (the stem, layer "0" of both nets) there as well.
+STEM_TAG = "+dw-stem-digital"
+#: ``--digital-layers`` choices: compile's ``digital_layers``, the results key suffix, the weights file suffix and
+#: the table's words.
+DIGITAL = {
+    "depthwise": (("depthwise",), DW_TAG, "_dw_digital", "depthwise digital"),
+    "depthwise+stem": (("depthwise", "0"), STEM_TAG, "_dw_stem_digital", "depthwise and stem digital"),
+}
 
 
 def _accuracy(run, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -84,7 +93,7 @@ class Results:
 
 
 def measure(
-    res: Results, prefix: str, model: torch.nn.Module, net: str, data: dict, methods, seeds, digital: str = ""
+    res: Results, prefix: str, model: torch.nn.Module, net: str, data: dict, methods, seeds, digital=()
 ) -> None:
     """Every figure of ``model`` under the keys ``prefix/...``; ``digital``: ``compile``'s ``digital_layers``."""
     x, y, x_cal = data["x"], data["y"], data["x_cal"]
@@ -109,7 +118,7 @@ def measure(
             calibration_method=method,
             name=net,
             progress=False,
-            digital_layers=digital or (),
+            digital_layers=list(digital),
         )
 
         def quant(mapping=mapping) -> float:
@@ -171,7 +180,8 @@ def table(res: Results, nets, methods, finetuned: bool) -> str:
         [f"{label} {t}" for label, _, _ in CHIPS for t in TIMES] + ["TDP 1 h + AdaBS"]
     )
     lines = [head + " |", "|" + "---|" * (6 + len(CHIPS) * len(TIMES))]
-    for net, variant in [(n, v) for n in nets for v in ("", DW_TAG)]:
+    words = {tag: f" ({text})" for _, tag, _, text in DIGITAL.values()}
+    for net, variant in [(n, v) for n in nets for v in ("", *words)]:
         found = {k.split("/")[1] for k in res.data if k.startswith(f"{net}{variant}/")}
         stages = ["float"] + (sorted(st for st in found if st.startswith("hwa")) if finetuned else [])
         for stage in stages:
@@ -182,7 +192,7 @@ def table(res: Results, nets, methods, finetuned: bool) -> str:
                 if f"{prefix}/{method}/quant" not in res.data:
                     continue
                 cells = [
-                    net + (" (depthwise digital)" if variant else ""),
+                    net + words.get(variant, ""),
                     "as trained" if stage == "float" else _recipe(stage),
                     f"`{method}`",
                     f"{res.data[f'{prefix}/software']:.2f}",
@@ -213,7 +223,10 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("results/user_cnns.json"))
     parser.add_argument("--write", action="store_true", help="put the table into docs/validation.md")
     parser.add_argument(
-        "--digital-layers", choices=["depthwise"], default=None, help="depthwise convolutions on the digital unit"
+        "--digital-layers",
+        choices=sorted(DIGITAL),
+        default=None,
+        help="depthwise convolutions (and with +stem the first one) on the digital unit",
     )
     parser.add_argument("--noise-scale", type=float, default=None, help="hwa_finetune's noise_scale (default its own)")
     parser.add_argument("--output-noise", type=float, default=None, help="hwa_finetune's output_noise")
@@ -244,8 +257,7 @@ def main() -> None:
             "x_adabs": user_cnns.to_input(train_images[n_cal : n_cal + ADABS_IMAGES], net),
         }
         model = user_cnns.load(net)
-        digital = args.digital_layers or ""
-        tag = DW_TAG if digital else ""
+        digital, tag, suffix, _ = DIGITAL[args.digital_layers] if args.digital_layers else ((), "", "", "")
         noise = {k: v for k, v in (("noise_scale", args.noise_scale), ("output_noise", args.output_noise)) if v}
         recipe = "".join(f"_{k}{v:g}" for k, v in noise.items())
         if args.batchnorm:
@@ -265,7 +277,7 @@ def main() -> None:
             recipe += f"_{args.finetune_epochs}ep"
         measure(res, f"{net}{tag}/float", model, net, data, methods, seeds, digital)
         if args.finetune_epochs and net in (args.finetune_nets or args.nets).split(","):
-            out = user_cnns.WEIGHTS_DIR / f"{net}_hwa{'_dw_digital' if digital else ''}{recipe}.safetensors"
+            out = user_cnns.WEIGHTS_DIR / f"{net}_hwa{suffix}{recipe}.safetensors"
             if not out.exists():
                 from aimc.train import hwa_finetune
                 from aimc.weights.io import save_weights
@@ -287,7 +299,7 @@ def main() -> None:
                     epochs=args.finetune_epochs,
                     seed=0,
                     checkpoint=f"results/{out.stem}.ckpt",
-                    digital_layers=digital or (),
+                    digital_layers=list(digital),
                     **noise,
                 )
                 meta = {"finetune_epochs": str(args.finetune_epochs), "base": f"{net}.safetensors"}
