@@ -317,17 +317,7 @@ def hwa_finetune(
     """
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(digital_layers, str) and digital_layers != "depthwise":
-        raise ValidationError(f"digital_layers must be 'depthwise' or a list of layer names; got {digital_layers!r}")
     with on_digital_unit(model, digital_layers) as marked:
-        named = {digital_layers} if isinstance(digital_layers, str) else set(digital_layers)
-        unknown = sorted(named - {"depthwise"} - set(marked))
-        if unknown:
-            layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
-            raise ValidationError(
-                f"digital_layers names {', '.join(map(repr, unknown))}, but the model has no Conv/Linear layer of that "
-                f"name; its Conv/Linear layers: {', '.join(map(repr, layers)) or 'none'} (or 'depthwise')"
-            )
         return _hwa_finetune(
             model,
             train_loader,

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from aimc.compiler.calibrate import INT8_LEVELS
+from aimc.compiler.capture import DEPTHWISE
 from aimc.compiler.observe import AbsHistogram
 from aimc.core.analog import polarity_g_max
 from aimc.devices.base import DeviceModel, DeviceState
@@ -48,12 +49,25 @@ def analog_layers(model: nn.Module) -> list[nn.Module]:
 def on_digital_unit(model: nn.Module, layers: Sequence[str] | str = ()) -> Iterator[list[str]]:
     """Within the block the weight layers that ``aimc.compile(..., digital_layers=layers)`` runs on the digital
     unit (module names, or ``"depthwise"``, or both) are no analog layers: they get no device noise, input
-    quantisation or output noise. Yields the names of the layers so marked."""
+    quantisation or output noise. Yields the names of the layers so marked.
+
+    Raises:
+        ValidationError: ``layers`` is a string other than ``"depthwise"``, or names no Conv/Linear layer.
+    """
+    if isinstance(layers, str) and layers != DEPTHWISE:
+        raise ValidationError(f"digital_layers must be {DEPTHWISE!r} or a list of layer names; got {layers!r}")
     names = {layers} if isinstance(layers, str) else set(layers)
+    weights = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)}
+    unknown = sorted(names - {DEPTHWISE} - set(weights))
+    if unknown:
+        raise ValidationError(
+            f"digital_layers names {', '.join(map(repr, unknown))}, but the model has no Conv/Linear layer of that "
+            f"name; its Conv/Linear layers: {', '.join(map(repr, weights)) or 'none'} (or {DEPTHWISE!r})"
+        )
     marked = []
-    for name, m in model.named_modules():
+    for name, m in weights.items():
         depthwise = isinstance(m, nn.Conv1d | nn.Conv2d) and 1 < m.groups == m.in_channels
-        if ("depthwise" in names and depthwise) or name in names:
+        if (DEPTHWISE in names and depthwise) or name in names:
             m._aimc_digital = True  # type: ignore[assignment]
             marked.append((name, m))
     try:
