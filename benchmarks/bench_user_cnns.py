@@ -164,8 +164,8 @@ def _recipe(stage: str) -> str:
     parts = stage.removeprefix("hwa").strip("_")
     if not parts:
         return "HWA fine-tuned"
-    settings = [p for p in ("noise_scale", "output_noise", "batchnorm", "distill") if p in parts]
-    words = [f"{p} {parts.split(p, 1)[1].lstrip('-').split('_')[0]}" for p in settings]
+    settings = [p for p in ("noise_scale", "output_noise", "batchnorm", "distill", "lr") if f"_{p}" in f"_{parts}"]
+    words = [f"{p} {f'_{parts}'.split(f'_{p}', 1)[1].lstrip('-').split('_')[0]}" for p in settings]
     if "_drift" in parts:
         words.append("drift 1 min-1 day")
     if "_augment" in parts:
@@ -234,6 +234,7 @@ def main() -> None:
         "--batchnorm", choices=["update", "frozen"], default=None, help="hwa_finetune's batchnorm (default its own)"
     )
     parser.add_argument("--distill", type=float, default=None, help="hwa_finetune's distill (default none)")
+    parser.add_argument("--lr", type=float, default=None, help="hwa_finetune's peak learning rate (default its own)")
     parser.add_argument(
         "--augment", action="store_true", help="fine-tune on random crops and flips (user_cnns.AugmentedBatches)"
     )
@@ -266,6 +267,9 @@ def main() -> None:
         if args.distill:
             noise["distill"] = args.distill
             recipe += f"_distill{args.distill:g}"
+        if args.lr:
+            noise["lr"] = args.lr
+            recipe += f"_lr{args.lr:g}"
         if args.drift:
             from aimc.train.hwa import DRIFT_WINDOW_S
 
