@@ -42,6 +42,7 @@ import user_cnns
 from aimc.compiler.calibrate import DEFAULT_METHOD
 from aimc.compiler.observe import METHODS
 from aimc.data import load_cifar10
+from aimc.train.batches import AugmentedBatches
 
 from _common import machine, today, write_section
 
@@ -236,7 +237,9 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=None, help="hwa_finetune's distill (default none)")
     parser.add_argument("--lr", type=float, default=None, help="hwa_finetune's peak learning rate (default its own)")
     parser.add_argument(
-        "--augment", action="store_true", help="fine-tune on random crops and flips (user_cnns.AugmentedBatches)"
+        "--augment",
+        action="store_true",
+        help="fine-tune on random crops and flips (aimc.train.batches.AugmentedBatches)",
     )
     parser.add_argument(
         "--drift", action="store_true", help="hwa_finetune's drift_window=DRIFT_WINDOW_S (1 min - 1 day)"
@@ -288,7 +291,7 @@ def main() -> None:
 
                 x_train, y_train = user_cnns.to_input(train_images, net), torch.as_tensor(train_labels).long()
                 loader = (
-                    user_cnns.AugmentedBatches(x_train, y_train)
+                    AugmentedBatches(x_train, y_train)
                     if args.augment
                     else torch.utils.data.DataLoader(
                         torch.utils.data.TensorDataset(x_train, y_train),

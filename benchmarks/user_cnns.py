@@ -2,7 +2,8 @@
 
 These are networks trained without aimc, with common habits (BatchNorm after ReLU, unnormalised inputs), to measure
 how aimc's calibration and hardware-aware fine-tuning keep a foreign network's accuracy. They are trained in plain
-PyTorch (no aimc training code, no noise injection, no weight clipping, no hardware-aware tricks):
+PyTorch (of aimc only its plain crop-and-flip augmentation, :func:`aimc.train.batches.random_crop_flip`; no noise
+injection, no weight clipping, no hardware-aware tricks):
 
 * :func:`vgg_style`: 6 Conv2d (3x3, padding 1) + 3 Linear, each conv ``Conv2d -> ReLU -> BatchNorm2d`` (BatchNorm
   *after* the ReLU), max-pooling after every second conv, ``Linear -> ReLU -> BatchNorm1d`` in the classifier and
@@ -36,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from aimc.train.batches import random_crop_flip
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 NETS = ("vgg", "mobilenet")
@@ -119,38 +122,6 @@ def _load_file(net: str, path: Path) -> nn.Module:
 # --- training ---------------------------------------------------------------------------------------------------
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crop of the zero-padded (4 pixels) batch and a random horizontal flip, per image."""
-    n = x.shape[0]
-    padded = nn.functional.pad(x, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=gen)
-    dx = torch.randint(0, 9, (n,), generator=gen)
-    ar = torch.arange(32)
-    rows = (dy[:, None] + ar)[:, None, :, None]
-    cols = (dx[:, None] + ar)[:, None, None, :]
-    out = padded[torch.arange(n)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
-    flip = torch.rand(n, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
-
-
-class AugmentedBatches:
-    """Shuffled batches of ``(x, y)`` with random crops and flips (:func:`_augment`), every epoch anew; all the
-    randomness from one generator (``.generator``, which ``aimc.train.hwa_finetune`` saves in its checkpoints)."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int = 128, seed: int = 0) -> None:
-        self.x, self.y, self.batch = x, y, batch
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return (len(self.x) + self.batch - 1) // self.batch
-
-    def __iter__(self):
-        order = torch.randperm(len(self.x), generator=self.generator)
-        for i in range(0, len(self.x), self.batch):
-            idx = order[i : i + self.batch]
-            yield _augment(self.x[idx], self.generator), self.y[idx]
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -216,11 +187,11 @@ def time_steps(net: str, steps: int, data_dir: str | None, batch: int = 128) -> 
         model.train()
         gen = torch.Generator().manual_seed(SEED)
         for i in range(3):  # warm-up
-            _step(model, opt, sched, loss_fn, _augment(x[i * batch : (i + 1) * batch], gen), y[:batch], bf16)
+            _step(model, opt, sched, loss_fn, random_crop_flip(x[i * batch : (i + 1) * batch], gen), y[:batch], bf16)
         t0 = time.perf_counter()
         for i in range(steps):
             sl = slice(i * batch, (i + 1) * batch)
-            _step(model, opt, sched, loss_fn, _augment(x[sl], gen), y[sl], bf16)
+            _step(model, opt, sched, loss_fn, random_crop_flip(x[sl], gen), y[sl], bf16)
         dt = (time.perf_counter() - t0) / steps
         n_train = 50000
         print(
@@ -257,7 +228,7 @@ def train(net: str, epochs: int, out: Path, data_dir: str | None, lr: float, bf1
         loss_sum = 0.0
         for i in bar:
             idx = perm[i * batch : (i + 1) * batch]
-            loss_sum += _step(model, opt, sched, loss_fn, _augment(x_tr[idx], gen), y_tr[idx], bf16)
+            loss_sum += _step(model, opt, sched, loss_fn, random_crop_flip(x_tr[idx], gen), y_tr[idx], bf16)
             if i % 20 == 19:
                 bar.set_postfix(loss=f"{loss_sum / (i + 1):.3f}")
         bar.close()

@@ -356,9 +356,41 @@ def test_cli_finetunes_a_model_file_and_resumes(tmp_path, capsys):
     assert record["pixels"] == "normalised" and record["images"] == 64 and record["aimc_version"]
 
 
+def test_cli_recipe_options_reach_the_fine_tuning(tmp_path):
+    """--noise-scale, --output-noise, --batchnorm, --drift, --augment and --digital-layers are the settings the run
+    trains with (its checkpoint's) and are recorded in the output file."""
+    from aimc.cli import _user_model
+
+    model_py = tmp_path / "net.py"
+    model_py.write_text(MODEL_FILE)
+    torch.manual_seed(0)
+    start = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(1024, 10)
+    )
+    weights, out, ckpt = (tmp_path / f"{n}.safetensors" for n in ("w", "o", "ck"))
+    save_weights(weights, start)
+    _fake_cifar(tmp_path / "data")
+    recipe = ["--noise-scale", "1", "--output-noise", "0.05", "--batchnorm", "frozen", "--drift", "--augment"]
+    argv = ["finetune", str(model_py), str(weights), "--data-dir", str(tmp_path / "data"), "--batch", "16"]
+    argv += [*recipe, "--digital-layers", "0", "--quiet", "--out", str(out), "--checkpoint", str(ckpt)]
+    assert main(argv) == 0
+    settings = load_checkpoint(ckpt, _user_model(str(model_py), "model"))["settings"]
+    assert settings["noise_scale"] == 1.0 and settings["output_noise"] == 0.05
+    assert settings["batchnorm"] == "frozen" and settings["digital_layers"] == ["0"]
+    assert tuple(settings["drift_window"]) == DRIFT_WINDOW_S
+    with safe_open(str(out), "pt") as f:
+        record = json.loads(f.metadata()["aimc_hwa_finetune"])
+    assert record["noise_scale"] == 1.0 and record["output_noise"] == 0.05 and record["batchnorm"] == "frozen"
+    assert record["augment"] is True and record["digital_layers"] == ["0"]
+    assert tuple(record["drift_window"]) == DRIFT_WINDOW_S
+    assert record["steps"] == 4  # 64 images in batches of 16, the last one kept
+
+
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
+        (["--digital-layers", "conv1"], "conv1"),
+        (["--noise-scale", "-1"], "--noise-scale must be in"),
         (["--factory", "nope"], "defines no function nope()"),
         (["--factory", "other"], "returned a str, not a torch.nn.Module"),
         (["--epochs", "0"], "--epochs must be in"),

@@ -500,7 +500,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from aimc import __version__
     from aimc._validation import check_number
     from aimc.devices.registry import get as get_device
+    from aimc.train.batches import AugmentedBatches
     from aimc.train.finetune import hwa_finetune
+    from aimc.train.hwa import DRIFT_WINDOW_S, digital_layer_names
     from aimc.weights.io import load_weights_file, save_weights
 
     # the arguments are checked before the model file runs and the data are read
@@ -508,6 +510,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_number(args.batch, "--batch", low=1, integer=True)
     check_number(args.lr, "--lr", low=0.0, low_inclusive=False)
     check_number(args.distill, "--distill", low=0.0, high=1.0)
+    noise = {k: v for k, v in (("noise_scale", args.noise_scale), ("output_noise", args.output_noise)) if v is not None}
+    for name, value in noise.items():
+        check_number(value, f"--{name.replace('_', '-')}", low=0.0)
     for name in ("images", "max_steps"):
         if getattr(args, name) is not None:
             check_number(getattr(args, name), f"--{name.replace('_', '-')}", low=1, integer=True)
@@ -519,15 +524,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     get_device(device)  # an unknown preset raises here
     model = _user_model(args.model, args.factory)
     meta = load_weights_file(args.weights, model)  # checked: size, header, dtypes, finite values, names, shapes
+    digital = _names(args.digital_layers)
+    digital_layer_names(model, digital)  # a name that is no Conv/Linear layer of the model raises here
     x, y = _finetune_data(args)
     if len(x) < args.batch:
         raise ValidationError(f"--batch {args.batch} is larger than the {len(x)} training images")
-    loader = DataLoader(
-        TensorDataset(x, y),
-        batch_size=args.batch,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(args.seed),
+    loader = (
+        AugmentedBatches(x, y, batch=args.batch, seed=args.seed)
+        if args.augment
+        else DataLoader(
+            TensorDataset(x, y),
+            batch_size=args.batch,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
     )
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     hwa_finetune(
@@ -542,6 +553,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         progress=not args.quiet,
         distill=args.distill,
+        batchnorm=args.batchnorm,
+        drift_window=DRIFT_WINDOW_S if args.drift else None,
+        digital_layers=digital,
+        **noise,
     )
     total = args.epochs * len(loader)
     steps = total if args.max_steps is None else min(total, args.max_steps)
@@ -560,6 +575,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "seed": args.seed,
         "distill": args.distill,
+        **noise,
+        "batchnorm": args.batchnorm,
+        "drift_window": list(DRIFT_WINDOW_S) if args.drift else None,
+        "augment": args.augment,
+        "digital_layers": digital,
         "steps": steps,
         "total_steps": total,
         "aimc_version": __version__,
@@ -893,8 +913,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(aimc.train.hwa_finetune). MODEL.py is imported and run as Python code: it is your own code, so pass only "
         "files you trust. Its function model() (or --factory NAME) returns the torch.nn.Module, whose weights are "
         "then read from WEIGHTS (a .safetensors state dict, checked; never pickle). Data: the CIFAR-10 training "
-        "set, shuffled with --seed, no augmentation; inputs normalised with the CIFAR-10 mean and std unless "
-        "--unit-pixels or --raw-pixels says otherwise.",
+        "set, shuffled with --seed (random crops and flips with --augment); inputs normalised with the CIFAR-10 "
+        "mean and std unless --unit-pixels or --raw-pixels says otherwise.",
     )
     p.add_argument("model", metavar="MODEL.py", help="Python file defining model() (run as code: your own file)")
     p.add_argument("weights", metavar="WEIGHTS.safetensors", help="the trained weights (state dict) to start from")
@@ -919,6 +939,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="weight in [0, 1] of distillation from the network as loaded (its noise-free outputs are the targets; "
         "default 0: labels only)",
+    )
+    p.add_argument(
+        "--noise-scale",
+        type=float,
+        default=None,
+        help="weight noise in units of the device's programming error (default 2, the chip paper's ResNet-9 recipe)",
+    )
+    p.add_argument(
+        "--output-noise",
+        type=float,
+        default=None,
+        help="additive output noise per layer, as a fraction of its full scale (default 0.1)",
+    )
+    p.add_argument(
+        "--batchnorm",
+        choices=["update", "frozen"],
+        default="update",
+        help="batch norms: 'update' their statistics on the noisy network (default) or keep them 'frozen' as loaded",
+    )
+    p.add_argument(
+        "--drift",
+        action="store_true",
+        help="the noisy weights also drift to a random read time in 1 min - 1 day (global drift compensation)",
+    )
+    p.add_argument("--augment", action="store_true", help="random crops (4-pixel zero padding) and horizontal flips")
+    p.add_argument(
+        "--digital-layers",
+        default="",
+        metavar="NAMES",
+        help="comma-separated layers that will run on the digital unit (module names, or 'depthwise'): trained "
+        "without analog noise; compile with the same digital_layers",
     )
     p.add_argument(
         "--checkpoint",

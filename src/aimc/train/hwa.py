@@ -45,11 +45,9 @@ def analog_layers(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-@contextmanager
-def on_digital_unit(model: nn.Module, layers: Sequence[str] | str = ()) -> Iterator[list[str]]:
-    """Within the block the weight layers that ``aimc.compile(..., digital_layers=layers)`` runs on the digital
-    unit (module names, or ``"depthwise"``, or both) are no analog layers: they get no device noise, input
-    quantisation or output noise. Yields the names of the layers so marked.
+def digital_layer_names(model: nn.Module, layers: Sequence[str] | str = ()) -> list[str]:
+    """The names of the weight layers that ``aimc.compile(..., digital_layers=layers)`` runs on the digital unit
+    (``layers``: module names, or ``"depthwise"`` for every depthwise convolution, or both).
 
     Raises:
         ValidationError: ``layers`` is a string other than ``"depthwise"``, or names no Conv/Linear layer.
@@ -64,12 +62,27 @@ def on_digital_unit(model: nn.Module, layers: Sequence[str] | str = ()) -> Itera
             f"digital_layers names {', '.join(map(repr, unknown))}, but the model has no Conv/Linear layer of that "
             f"name; its Conv/Linear layers: {', '.join(map(repr, weights)) or 'none'} (or {DEPTHWISE!r})"
         )
-    marked = []
-    for name, m in weights.items():
-        depthwise = isinstance(m, nn.Conv1d | nn.Conv2d) and 1 < m.groups == m.in_channels
-        if (DEPTHWISE in names and depthwise) or name in names:
-            m._aimc_digital = True  # type: ignore[assignment]
-            marked.append((name, m))
+    return [
+        name
+        for name, m in weights.items()
+        if name in names
+        or (DEPTHWISE in names and isinstance(m, nn.Conv1d | nn.Conv2d) and 1 < m.groups == m.in_channels)
+    ]
+
+
+@contextmanager
+def on_digital_unit(model: nn.Module, layers: Sequence[str] | str = ()) -> Iterator[list[str]]:
+    """Within the block the weight layers that ``aimc.compile(..., digital_layers=layers)`` runs on the digital
+    unit (:func:`digital_layer_names`) are no analog layers: they get no device noise, input quantisation or output
+    noise. Yields the names of the layers so marked.
+
+    Raises:
+        ValidationError: as :func:`digital_layer_names`.
+    """
+    modules = dict(model.named_modules())
+    marked = [(name, modules[name]) for name in digital_layer_names(model, layers)]
+    for _, m in marked:
+        m._aimc_digital = True  # type: ignore[assignment]
     try:
         yield [name for name, _ in marked]
     finally:
