@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -77,18 +78,25 @@ def _accuracy(run, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 class Results:
-    """The figures measured so far, in a JSON file written after each one."""
+    """The figures measured so far, in a JSON file written after each one. Runs may share the file: each write
+    merges the figures other runs have written since (then replaces the file in one rename)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+        self.data: dict[str, float] = self._read()
+
+    def _read(self) -> dict[str, float]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def get(self, key: str, compute) -> float:
         if key not in self.data:
             start = time.perf_counter()
-            self.data[key] = float(compute())
+            value = float(compute())
+            self.data = {**self._read(), **self.data, key: value}
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+            tmp.replace(self.path)
             print(f"{key}: {self.data[key]:.2f}  ({time.perf_counter() - start:.0f} s)", flush=True)
         return self.data[key]
 
