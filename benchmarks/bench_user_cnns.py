@@ -12,8 +12,10 @@ each calibration method (``aimc.compile(..., calibration_method=...)``, calibrat
   on :data:`ADABS_IMAGES` unlabelled training images at the time of use), for the default calibration method.
 
 Then, with ``--finetune-epochs N``, the net is fine-tuned hardware-aware (``aimc.train.hwa_finetune``, hermes-2dev
-TDP noise) for N epochs on the CIFAR-10 training set, and measured again with the default calibration method. The
-fine-tuned weights go to ``benchmarks/weights/<net>_hwa.safetensors``.
+TDP noise) for N epochs on the CIFAR-10 training set, and measured again with the default calibration method.
+``--noise-scale``, ``--output-noise``, ``--batchnorm``, ``--distill``, ``--lr``, ``--drift`` and ``--augment`` set
+its recipe. The fine-tuned weights go to ``benchmarks/weights/<net>_hwa[_<digital layers>][_<recipe>].safetensors``;
+where that file exists nothing is trained.
 
 With ``--digital-layers depthwise`` every depthwise convolution runs on the digital unit beside the cores in FP16
 (``aimc.compile(..., digital_layers="depthwise")``, and fine-tuning leaves it without analog noise); its figures are
@@ -21,7 +23,8 @@ kept beside the all-analog ones (the ``net`` column says "depthwise digital"). `
 puts the first convolution there as well (``digital_layers=["depthwise", "0"]``).
 
 Every figure is kept in ``--results`` (JSON) as soon as it is measured: a run that is stopped continues where it
-stopped, and computes nothing twice. ``--write`` puts the table into docs/validation.md.
+stopped, computes nothing twice, and runs side by side may share the file. ``--write`` puts the table into
+docs/validation.md.
 
 Usage: ``python benchmarks/bench_user_cnns.py [--nets vgg,mobilenet] [--images 2000] [--calibration-images 512]
 [--seeds 0,1,2] [--finetune-epochs 5] [--write]``
