@@ -386,6 +386,16 @@ def test_cli_recipe_options_reach_the_fine_tuning(tmp_path):
     assert record["steps"] == 4  # 64 images in batches of 16, the last one kept
 
 
+def test_cli_help_states_the_defaults_of_hwa_finetune(capsys):
+    from aimc.train.hwa import OUTPUT_NOISE, RESNET9_NOISE_SCALE
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"programming error (default {RESNET9_NOISE_SCALE:g}," in text
+    assert f"full scale (default {OUTPUT_NOISE:g})" in text
+
+
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
